@@ -1,0 +1,90 @@
+"""The engine protocol every backend implements, with its request and response types.
+
+The pipeline reads an engine's capabilities (attributes) before it calls it, so an
+engine never has to reject a request shape it declared it cannot take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from llamadoc.results import Verdict
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy by default: documents want the same answer every time."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model; shared by every engine."""
+
+    model_path: str
+    mmproj_path: str | None = None
+    gpu_layers: int = -1  # -1: all layers on the GPU when a GPU backend is present
+    n_ctx: int = 0  # 0: sized by the engine from image tokens, prompt and max_tokens
+    max_tokens: int = 1024  # the largest completion the context must leave room for
+    threads: int | None = None
+    flash_attn: bool = True
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    images: tuple[Image, ...] = ()
+    system: str | None = None
+    schema: dict[str, Any] | None = None  # JSON Schema: decoding is constrained to it
+    max_tokens: int = 1024
+    sampling: Sampling = Sampling()
+
+
+@dataclass
+class GenerationResponse:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # "stop" | "length"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VisionEngine(Protocol):
+    """Answers a prompt about page images."""
+
+    name: str  # engine id as in models.toml: "mtmd", "mllama"
+    max_images: int  # images one request may carry
+    supports_schema: bool  # constrained JSON decoding
+    gpu_layers: int  # layers actually offloaded
+    device: str  # "CPU", "CUDA0 (NVIDIA H100)", ...
+
+    def generate(self, request: GenerationRequest) -> GenerationResponse: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class GuardEngine(Protocol):
+    """Classifies content with a Llama Guard model."""
+
+    model_name: str
+    sees_images: bool
+
+    def classify(
+        self,
+        user: str,
+        agent: str | None = None,
+        image: Image | None = None,
+        categories: tuple[str, ...] = (),
+    ) -> Verdict: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,70 @@
+"""One exception hierarchy. Every error knows its exit code and says how to fix it.
+
+The CLI maps these to one-line messages; nothing else in the package prints errors.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # some document failed
+    USAGE = 2  # usage or configuration error
+    BLOCKED = 3  # the guard withheld something
+    INTERRUPTED = 130
+
+
+class LlamadocError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(LlamadocError):
+    """Bad arguments or options: nothing was processed."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(LlamadocError):
+    """A configuration file or environment variable is wrong."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ModelError(LlamadocError):
+    """A model file is missing, unreadable, or does not fit the job."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DownloadError(LlamadocError):
+    """A model could not be fetched or verified."""
+
+    exit_code = ExitCode.FAILED
+
+
+class DocumentError(LlamadocError):
+    """One document (or page) cannot be read. Recorded in its result; the batch goes on."""
+
+    exit_code = ExitCode.FAILED
+
+
+class PageError(DocumentError):
+    """One page cannot be processed (for example it does not fit the context)."""
+
+
+class EngineError(LlamadocError):
+    """The inference engine failed on a request."""
+
+    exit_code = ExitCode.FAILED
