@@ -32,6 +32,7 @@ class Page:
     dpi: float | None = None
     text: str | None = None  # the PDF text layer; None when the page has none
     rotation: int = 0
+    graphics: bool = True  # images or drawings the text layer cannot show
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""python -m llamadoc"""
+
+from llamadoc.cli import main
+
+main()

@@ -1,0 +1,342 @@
+"""The command line: parse options, call the library, map errors to exit codes. Thin."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from llamadoc.errors import ExitCode, LlamadocError, UsageError
+
+EXIT_CODES = (
+    "Exit codes: 0 every document answered; 1 a document or page failed; "
+    "2 usage or configuration error; 3 the guard withheld an answer; 130 interrupted."
+)
+
+app = typer.Typer(
+    help=f"Read documents with local vision models: answers, Markdown, JSON.\n\n{EXIT_CODES}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+models_app = typer.Typer(help="List and download models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_state = {"traceback": False}
+
+
+def say(message: str) -> None:
+    """Progress, warnings and errors: stderr only; stdout carries results."""
+    print(f"llamadoc: {message}", file=sys.stderr, flush=True)
+
+
+def handles_errors(fn: F) -> F:
+    """One place maps exceptions to one-line messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LlamadocError as err:
+            if _state["traceback"]:
+                raise
+            say(f"error: {err}")
+            raise typer.Exit(int(err.exit_code)) from None
+        except KeyboardInterrupt:
+            if _state["traceback"]:
+                raise
+            say("interrupted; finished documents are kept")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except (typer.Exit, typer.Abort, BrokenPipeError):
+            raise
+        except Exception as err:  # a bug: say so plainly, offer the traceback
+            if _state["traceback"]:
+                raise
+            say(f"internal error: {type(err).__name__}: {err} (rerun with --traceback and report it)")
+            raise typer.Exit(int(ExitCode.FAILED)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Options shared by ask, describe and extract.
+Files = Annotated[list[str], typer.Argument(help="Files, folders, globs, or - for stdin.", show_default=False)]
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Model name from `models list`, or a .gguf path.")]
+Mmproj = Annotated[str | None, typer.Option("--mmproj", help="Vision projector .gguf for a model given as a path.")]
+Format = Annotated[str, typer.Option("--format", "-f", help="text, json, jsonl or md.")]
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write one file per document to this folder.")]
+Pages = Annotated[str | None, typer.Option("--pages", help="Pages to read, e.g. 1-3,7 (PDFs, multi-frame images).")]
+Password = Annotated[str | None, typer.Option("--password", help="Password of encrypted PDFs.")]
+Dpi = Annotated[float | None, typer.Option("--dpi", help="Render PDFs at this DPI (default: fit --max-pixels).")]
+MaxPixels = Annotated[int | None, typer.Option("--max-pixels", help="Pixel budget per page (default: the model's).")]
+GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU; -1 all.")]
+Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens; 0 sizes it from the page and prompt.")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", help="Longest answer in tokens.")]
+Temperature = Annotated[float, typer.Option("--temperature", help="0 is greedy (the default).")]
+Seed = Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature > 0).")]
+Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
+Traceback = Annotated[bool, typer.Option("--traceback", help="Show the Python traceback on errors.")]
+
+
+def _run(
+    task_factory: Callable[[], Any],
+    files: list[str],
+    *,
+    model: str | None,
+    mmproj: str | None,
+    fmt: str,
+    output: Path | None,
+    pages: str | None,
+    password: str | None,
+    dpi: float | None,
+    max_pixels: int | None,
+    gpu_layers: int,
+    ctx: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    config: Path | None,
+    verbose: bool,
+    traceback: bool,
+    per_page: bool = False,
+    all_pages: bool = False,
+) -> None:
+    from llamadoc import render
+    from llamadoc.raster import parse_pages
+    from llamadoc.reader import Reader
+    from llamadoc.report import Report
+    from llamadoc.sources import collect
+
+    _state["traceback"] = traceback
+    if fmt not in render.FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(render.FORMATS)}")
+    if pages is not None:
+        parse_pages(pages)  # a bad range is a usage error before any model loads
+    if dpi is not None and dpi <= 0:
+        raise UsageError("--dpi must be positive")
+    if max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    if files.count("-") > 1:
+        raise UsageError("'-' (stdin) can be given once")
+    task = task_factory()
+    sources = collect(files)
+    if all(s.error for s in sources):
+        # Nothing to read: report each argument and stop before loading a model.
+        for s in sources:
+            say(f"{s.label}: {s.error}")
+        raise typer.Exit(int(ExitCode.FAILED))
+    reader = Reader(
+        model, mmproj=mmproj, gpu_layers=gpu_layers, ctx=ctx, max_tokens=max_tokens,
+        verbose=verbose, config=config, notify=say,
+    )
+    options = reader.run_options(
+        pages=pages, dpi=dpi, max_pixels=max_pixels, password=password, max_tokens=max_tokens,
+        temperature=temperature, seed=seed, all_pages=all_pages,
+    )
+    report = Report()
+    writer = _Writer(fmt, output, several=len(sources) > 1, per_page=per_page)
+    try:
+        for doc in reader.run(task, sources, options):
+            report.add(doc)
+            for line in report.problems(doc):
+                say(line)
+            writer.emit(doc)
+    finally:
+        reader.close()
+    raise typer.Exit(int(report.exit_code()))
+
+
+class _Writer:
+    """Results to stdout, or one file per document with -o (atomically)."""
+
+    def __init__(self, fmt: str, output: Path | None, several: bool, per_page: bool) -> None:
+        self.fmt = fmt
+        self.output = output
+        self.several = several
+        self.per_page = per_page
+        self.names: dict[str, str] = {}
+
+    def emit(self, doc: Any) -> None:
+        from llamadoc import render
+        from llamadoc.results import Status
+
+        if self.output is not None:
+            if doc.status is Status.FAILED and not doc.pages and self.fmt in ("text", "md"):
+                return  # nothing to write, and never an empty file that looks finished
+            path = self.output / self._filename(doc)
+            render.write_atomic(path, render.render(doc, self.fmt))
+            say(f"wrote {path}")
+            return
+        if self.fmt in ("json", "jsonl"):
+            text = render.render(doc, self.fmt)
+        else:
+            if doc.status is Status.FAILED and not doc.pages:
+                return
+            text = render.render(doc, self.fmt)
+            if self.per_page and doc.task == "ask":
+                text = "".join(f"[page {p.index}] {p.answer}\n" for p in doc.pages if p.answer) + text
+            if self.several and self.fmt == "text":
+                text = f"==> {doc.source} <==\n{text}\n"
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def _filename(self, doc: Any) -> str:
+        from llamadoc import render
+
+        stem = Path(doc.source).stem if doc.source != "<stdin>" else f"stdin-{(doc.sha256 or 'unknown')[:12]}"
+        name = stem + render.EXTENSIONS[self.fmt]
+        if self.names.get(name, doc.source) != doc.source:  # two documents, one stem
+            name = f"{stem}-{(doc.sha256 or 'x')[:8]}{render.EXTENSIONS[self.fmt]}"
+        self.names[name] = doc.source
+        return name
+
+
+@app.command(epilog=EXIT_CODES)
+@handles_errors
+def ask(
+    files: Files,
+    question: Annotated[str, typer.Option("--question", "-q", help="The question to answer.", show_default=False)],
+    per_page: Annotated[bool, typer.Option("--per-page", help="Also print each page's own answer.")] = False,
+    all_pages: Annotated[bool, typer.Option("--all-pages", help="Read pages the text layer shows are irrelevant.")] = False,
+    model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
+    pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
+    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
+    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+) -> None:
+    """Answer a question about each document, citing the pages it rests on."""
+    from llamadoc.tasks import Ask
+
+    _run(lambda: Ask(question), files, model=model, mmproj=mmproj, fmt=fmt, output=output, pages=pages,
+         password=password, dpi=dpi, max_pixels=max_pixels, gpu_layers=gpu_layers, ctx=ctx,
+         max_tokens=max_tokens, temperature=temperature, seed=seed, config=config, verbose=verbose,
+         traceback=traceback, per_page=per_page, all_pages=all_pages)
+
+
+@app.command(epilog=EXIT_CODES)
+@handles_errors
+def describe(
+    files: Files,
+    model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
+    pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
+    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 2048, temperature: Temperature = 0.0,
+    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+) -> None:
+    """Transcribe each document to Markdown, page by page."""
+    from llamadoc.tasks import Describe
+
+    _run(Describe, files, model=model, mmproj=mmproj, fmt=fmt, output=output, pages=pages,
+         password=password, dpi=dpi, max_pixels=max_pixels, gpu_layers=gpu_layers, ctx=ctx,
+         max_tokens=max_tokens, temperature=temperature, seed=seed, config=config, verbose=verbose,
+         traceback=traceback)
+
+
+@app.command(epilog=EXIT_CODES)
+@handles_errors
+def extract(
+    files: Files,
+    schema: Annotated[str, typer.Option("--schema", "-s", help="JSON Schema (.json, or .yaml/.yml).", show_default=False)],
+    model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
+    pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
+    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 1024, temperature: Temperature = 0.0,
+    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+) -> None:
+    """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
+    from llamadoc.tasks import Extract, load_schema
+
+    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), files, model=model, mmproj=mmproj,
+         fmt=fmt, output=output, pages=pages, password=password, dpi=dpi, max_pixels=max_pixels,
+         gpu_layers=gpu_layers, ctx=ctx, max_tokens=max_tokens, temperature=temperature, seed=seed,
+         config=config, verbose=verbose, traceback=traceback)
+
+
+@models_app.command("list")
+@handles_errors
+def models_list(config: Config = None) -> None:
+    """The models llamadoc knows, with their engine and whether they are downloaded."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from llamadoc import registry
+    from llamadoc.config import load_settings
+
+    settings = load_settings(config)
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "engine", "kind", "quant", "size", "local"):
+        table.add_column(column)
+    for name, spec in sorted(settings.models.items()):
+        defaults = {settings.default_vision: " (default)", settings.default_guard: " (default guard)"}
+        size = f"{spec.size_bytes / 1e9:.1f} GB" if spec.size_bytes else "?"
+        local = "yes" if registry.is_present(settings, spec) else "no"
+        table.add_row(name + defaults.get(name, ""), spec.engine, spec.kind, spec.quantisation or "", size, local)
+    Console(width=200).print(table)
+    print(f"models folder: {settings.models_dir}")
+
+
+@models_app.command("pull")
+@handles_errors
+def models_pull(name: Annotated[str, typer.Argument(help="A model name from `models list`.")],
+                config: Config = None) -> None:
+    """Download a model's files (resumable) into LLAMADOC_HOME."""
+    from llamadoc import registry
+    from llamadoc.config import load_settings
+
+    settings = load_settings(config)
+    for path in registry.pull(settings, settings.model(name), notify=say):
+        print(path)
+
+
+@app.command()
+@handles_errors
+def doctor(config: Config = None) -> None:
+    """Versions, compiled-in ggml backends, GPUs, and where models live."""
+    import platform
+    from importlib.metadata import version
+
+    from llamadoc import registry
+    from llamadoc.config import load_settings
+    from llamadoc.engines import llamacpp
+
+    settings = load_settings(config)
+    rows = [
+        ("llamadoc", version("llamadoc") if _installed("llamadoc") else "source checkout"),
+        ("python", platform.python_version()),
+        ("llama-cpp-python", version("llama-cpp-python")),
+    ]
+    llamacpp.set_logging(False)
+    for backend in llamacpp.backends():
+        rows.append(("backend", backend))
+    rows.append(("gpu offload", "yes" if llamacpp.gpu_available() else "no (CPU only)"))
+    rows.append(("LLAMADOC_HOME", str(settings.home)))
+    rows.append(("offline", "yes" if settings.offline else "no"))
+    for name, spec in sorted(settings.models.items()):
+        rows.append(("model", f"{name}: {'present' if registry.is_present(settings, spec) else 'not downloaded'}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(dist)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # an abort in ggml should not dump gdb output
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="llamadoc")
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(int(ExitCode.FAILED))

@@ -1,0 +1,99 @@
+"""What the llama-cpp-python engines share: quiet logging, GPU detection, context sizing."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+_quiet_callback: Any = None  # kept referenced: ctypes callbacks die with their Python object
+
+
+def set_logging(verbose: bool) -> None:
+    """Route llama.cpp, ggml and libmtmd logs to stderr when verbose, else drop them.
+
+    ``Llama(verbose=False)`` does not silence libmtmd (about 40 lines per image), so
+    every logger gets the same callback here.
+    """
+    global _quiet_callback
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(verbose)
+    if verbose:
+        callback = _logger.llama_log_callback
+    else:
+        if _quiet_callback is None:
+            _quiet_callback = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        callback = _quiet_callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_log_set(callback, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+
+
+def gpu_available() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def default_threads() -> int:
+    """Physical-ish cores: llama.cpp slows down badly when threads outnumber free cores."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, count // 2) if count > 4 else count
+
+
+def round_up(value: int, step: int = 256) -> int:
+    return -(-value // step) * step
+
+
+def gguf_metadata(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A few metadata values from a GGUF header (None where absent).
+
+    ``{arch}`` in a key stands for the file's general.architecture.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    arch_field = reader.get_field("general.architecture")
+    arch = str(arch_field.contents()) if arch_field is not None else ""
+    out: dict[str, Any] = {"general.architecture": arch or None}
+    for key in keys:
+        field = reader.get_field(key.format(arch=arch))
+        out[key] = field.contents() if field is not None else None
+    return out
+
+
+def describe_system() -> str:
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    return info.decode() if isinstance(info, bytes) else str(info)
+
+
+def backends() -> list[str]:
+    """ggml's devices as 'NAME: description (free/total GiB)', through its device registry."""
+    import llama_cpp  # loads the libraries first, so we share their ggml
+
+    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    ggml = ctypes.CDLL(os.path.join(lib_dir, "libggml.so.0"))
+    ggml.ggml_backend_load_all()
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_void_p]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    out = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        name = ggml.ggml_backend_dev_name(dev).decode()
+        desc = ggml.ggml_backend_dev_description(dev).decode()
+        memory = f" ({free.value / 2**30:.1f}/{total.value / 2**30:.1f} GiB free)" if total.value else ""
+        out.append(f"{name}: {desc}{memory}")
+    return out

@@ -1,0 +1,299 @@
+"""Sequences the stages over documents and pages.
+
+sources -> pages -> analyze -> validate -> results. Opening, hashing and
+rasterising run ahead of the model on a worker thread (a small bounded queue), so
+the model never waits for PyMuPDF and memory stays bounded whatever the batch.
+Failures of a page or a document become data in its result; only bugs raise.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, Sampling, VisionEngine
+from llamadoc.errors import DocumentError, LlamadocError
+from llamadoc.raster import RasterOptions, open_document
+from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status
+from llamadoc.sources import Source
+from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
+
+PREFETCH_PAGES = 2  # pages rasterised ahead of the model
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    raster: RasterOptions = field(default_factory=RasterOptions)
+    max_tokens: int = 1024
+    sampling: Sampling = field(default_factory=Sampling)
+    all_pages: bool = False  # ask: read pages whose text layer shows they cannot matter
+
+    def recorded(self) -> dict[str, Any]:
+        """The options that shape an answer, as the result document records them."""
+        return {
+            "dpi": self.raster.dpi,
+            "max_pixels": self.raster.max_pixels,
+            "pages": self.raster.pages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p,
+            "seed": self.sampling.seed,
+            "all_pages": self.all_pages,
+        }
+
+
+# What the rasterising thread hands to the model thread.
+@dataclass
+class _DocStart:
+    source: Source
+    sha256: str
+    page_count: int
+    skipped: dict[int, str]
+
+
+@dataclass
+class _DocFailed:
+    source: Source
+    sha256: str | None
+    error: str
+
+
+@dataclass
+class _PageReady:
+    page: Page
+    raster_ms: float
+
+
+@dataclass
+class _PageFailed:
+    index: int
+    error: str
+
+
+@dataclass
+class _Crash:
+    error: BaseException
+
+
+_DOC_END = object()
+_ALL_DONE = object()
+
+
+class Pipeline:
+    def __init__(self, engine: VisionEngine, task: Task, options: RunOptions, model: ModelInfo) -> None:
+        self.engine = engine
+        self.task = task
+        self.options = options
+        self.model = model
+
+    # -- the rasterising side (worker thread) ---------------------------------
+
+    def _produce(self, sources: Iterable[Source], out: queue.Queue[Any], stop: threading.Event) -> None:
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            for source in sources:
+                if stop.is_set():
+                    return
+                self._produce_one(source, put)
+            put(_ALL_DONE)
+        except BaseException as err:  # a bug: hand it to the main thread to raise
+            put(_Crash(err))
+
+    def _produce_one(self, source: Source, put: Any) -> None:
+        sha256 = None
+        try:
+            if source.error:
+                raise DocumentError(source.error)
+            sha256 = source.sha256()
+            with open_document(source, self.options.raster) as doc:
+                indices = doc.selected()
+                skipped = self._plan(doc, indices)
+                put(_DocStart(source, sha256, doc.page_count, skipped))
+                for index in indices:
+                    if index in skipped:
+                        continue
+                    started = time.perf_counter()
+                    try:
+                        page = next(doc.pages([index]))
+                    except DocumentError as err:
+                        put(_PageFailed(index, str(err)))
+                        continue
+                    put(_PageReady(page, (time.perf_counter() - started) * 1000))
+                put(_DOC_END)
+        except OSError as err:
+            put(_DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}"))
+        except DocumentError as err:
+            put(_DocFailed(source, sha256, str(err)))
+
+    def _plan(self, doc: Any, indices: list[int]) -> dict[int, str]:
+        """Pages the text layer shows cannot matter to the question (ask only)."""
+        if not isinstance(self.task, Ask) or self.options.all_pages or len(indices) < 2 or doc.kind != "pdf":
+            return {}
+        task = self.task
+        skip = {
+            i: "its text layer shares no word with the question and it has no pictures"
+            for i in indices
+            if not task.relevant(*doc.page_info(i))
+        }
+        return {} if len(skip) == len(indices) else skip  # nothing to prefer: read them all
+
+    # -- the model side (calling thread) ---------------------------------------
+
+    def run(self, sources: Iterable[Source]) -> Iterator[DocumentResult]:
+        """Results document by document, as each finishes."""
+        items: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(sources, items, stop), daemon=True)
+        worker.start()
+        try:
+            while (item := items.get()) is not _ALL_DONE:
+                if isinstance(item, _Crash):
+                    raise item.error
+                if isinstance(item, _DocFailed):
+                    yield self._failed(item)
+                    continue
+                yield self._document(item, items)
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+
+    def _failed(self, item: _DocFailed) -> DocumentResult:
+        return DocumentResult(
+            source=item.source.label, task=self.task.name, sha256=item.sha256, model=self.model,
+            options=self._options(), status=Status.FAILED, errors=[item.error],
+        )
+
+    def _options(self) -> dict[str, Any]:
+        return self.task.options() | self.options.recorded()
+
+    def _document(self, start: _DocStart, items: queue.Queue[Any]) -> DocumentResult:
+        doc = DocumentResult(
+            source=start.source.label, task=self.task.name, sha256=start.sha256,
+            page_count=start.page_count, model=self.model, options=self._options(),
+        )
+        started = time.perf_counter()
+        pages: dict[int, PageResult] = {
+            i: PageResult(index=i, status=Status.SKIPPED, skipped_reason=why) for i, why in start.skipped.items()
+        }
+        replies: dict[int, PageReply] = {}
+        while (item := items.get()) is not _DOC_END:
+            if isinstance(item, _Crash):
+                raise item.error
+            if isinstance(item, _PageFailed):
+                pages[item.index] = PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
+                continue
+            result, reply = self._page(item.page, start.page_count)
+            result.timings_ms["raster"] = round(item.raster_ms, 2)
+            pages[item.page.index] = result
+            if reply is not None:
+                replies[item.page.index] = reply
+            item.page.image.close()  # drop pixels as soon as the model is done with them
+        doc.pages = [pages[i] for i in sorted(pages)]
+        self._combine(doc, replies)
+        doc.status = document_status(doc.pages)
+        if doc.status is Status.FAILED and not doc.errors:
+            doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
+        doc.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 2)
+        return doc
+
+    def _generate(self, prompt: str, page: Page | None) -> GenerationResponse:
+        return self.engine.generate(
+            GenerationRequest(
+                prompt=prompt,
+                images=(page.image,) if page is not None else (),
+                schema=self.task.schema,
+                max_tokens=self.options.max_tokens,
+                sampling=self.options.sampling,
+            )
+        )
+
+    def _page(self, page: Page, page_count: int) -> tuple[PageResult, PageReply | None]:
+        result = PageResult(
+            index=page.index, width=page.image.width, height=page.image.height, dpi=page.dpi,
+            text_layer_chars=len(page.text or ""), text_layer=page.text,
+        )
+        try:
+            response = self._generate(self.task.prompt(page_count), page)
+            reply = self.task.read(response.text)
+            if isinstance(self.task, Extract) and reply.error:
+                # One re-ask that shows the model its mistake, then a recorded failure.
+                self._record(result, response)
+                result.errors.append(f"first answer did not match the schema: {reply.error}")
+                response = self._generate(self.task.prompt(page_count, previous_error=reply.error), page)
+                reply = self.task.read(response.text)
+        except LlamadocError as err:
+            result.status = Status.FAILED
+            result.errors.append(str(err))
+            return result, None
+        self._record(result, response)
+        result.answer = reply.answer
+        result.fields = reply.fields
+        if isinstance(self.task, Extract):
+            result.checks.append(_schema_check(reply.error))
+        if reply.error:
+            result.status = Status.FAILED
+            result.errors.append(reply.error)
+        if response.finish_reason == "length":
+            result.errors.append(f"the answer reached --max-tokens ({self.options.max_tokens}) and may be cut short")
+        return result, reply
+
+    @staticmethod
+    def _record(result: PageResult, response: GenerationResponse) -> None:
+        """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
+        for key, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
+            result.tokens[key] = result.tokens.get(key, 0) + value
+        model_ms = response.timings_ms.get("model", 0.0)
+        result.timings_ms["model"] = round(result.timings_ms.get("model", 0.0) + model_ms, 2)
+
+    def _combine(self, doc: DocumentResult, replies: dict[int, PageReply]) -> None:
+        """Fold page replies into the document's answer or record."""
+        status = {p.index: p.status for p in doc.pages}
+        ok = {i: r for i, r in replies.items() if status[i] is Status.OK}
+        if isinstance(self.task, Extract):
+            records = [(i, r.fields) for i, r in sorted(ok.items()) if r.fields is not None]
+            if records:
+                doc.fields, doc.field_pages = merge_fields(records)
+                doc.checks.append(_schema_check(schema_error(doc.fields, self.task.schema)))
+            return
+        if not isinstance(self.task, Ask):
+            return
+        found = [(i, r.answer or "") for i, r in sorted(ok.items()) if r.found]
+        doc.cited_pages = [i for i, _ in found]
+        if not found:
+            doc.answer = "The pages read do not answer this question." if ok else None
+        elif len(found) == 1:
+            doc.answer = found[0][1]
+        else:
+            started = time.perf_counter()
+            try:
+                response = self._generate(self.task.combine_prompt(found), None)
+                doc.answer = response.text.strip()
+            except LlamadocError as err:
+                doc.errors.append(f"combining the page answers failed: {err}")
+                doc.answer = "\n".join(f"(page {i}) {a}" for i, a in found)
+            doc.timings_ms["combine"] = round((time.perf_counter() - started) * 1000, 2)
+
+
+def _schema_check(error: str | None) -> Check:
+    return Check(name="schema", status="fail" if error else "pass", detail=error or "")
+
+
+def document_status(pages: list[PageResult]) -> Status:
+    """ok: every page read answered; partial: some did; failed/blocked: none did."""
+    statuses = {p.status for p in pages if p.status is not Status.SKIPPED}
+    if statuses <= {Status.OK}:
+        return Status.OK
+    if Status.OK in statuses:
+        return Status.PARTIAL
+    return Status.FAILED if Status.FAILED in statuses else Status.BLOCKED

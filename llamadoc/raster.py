@@ -1,0 +1,249 @@
+"""Documents -> pages: PyMuPDF for PDFs, Pillow for images.
+
+Pages come out one at a time (a generator), so a 500-page PDF never sits in memory
+whole. Every page is an 8-bit RGB image the right size for the model: rotation and
+EXIF orientation applied, alpha flattened on white, odd colour modes converted.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from llamadoc.errors import DocumentError, UsageError
+from llamadoc.results import Page
+from llamadoc.sources import Source, sniff
+
+# A Letter/A4 page at about 100 DPI; models.toml sets the budget per model.
+DEFAULT_MAX_PIXELS = 1_254_400
+MAX_DPI = 300  # above this the budget, not the DPI, is the limit worth raising
+MIN_DPI = 36
+
+
+@dataclass(frozen=True)
+class RasterOptions:
+    dpi: float | None = None  # fixed DPI for PDFs; None: derived from max_pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    pages: str | None = None  # "1-3,7": 1-based, for PDFs and multi-frame images
+    password: str | None = None
+
+
+def parse_pages(spec: str) -> list[tuple[int, int | None]]:
+    """'1-3,7,10-' -> [(1, 3), (7, 7), (10, None)]; a UsageError for anything else."""
+    ranges: list[tuple[int, int | None]] = []
+    for part in spec.replace(" ", "").split(","):
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                first = int(lo) if lo else 1
+                last = int(hi) if hi else None
+            else:
+                first = last = int(part)
+        except ValueError:
+            raise UsageError(f"--pages {spec!r} is not a page list", hint="use numbers and ranges like 1-3,7,10-") from None
+        if first < 1 or (last is not None and last < first):
+            raise UsageError(f"--pages {spec!r} has an empty or zero range {part!r}", hint="pages count from 1")
+        ranges.append((first, last))
+    return ranges
+
+
+def select_pages(spec: str | None, count: int) -> list[int]:
+    if spec is None:
+        return list(range(1, count + 1))
+    chosen: set[int] = set()
+    for first, last in parse_pages(spec):
+        chosen.update(range(first, min(last or count, count) + 1))
+    return sorted(chosen)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency becomes white, 16-bit is scaled down."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = img.convert("I") if img.mode.startswith("I;16") else img
+        lo, hi = img.getextrema()  # scale the used range to 0..255, like a viewer would
+        scale = 255.0 / (hi - lo) if hi > lo else 1.0
+        img = img.point(lambda v: (v - lo) * scale).convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def fit_budget(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Shrink (never enlarge) to at most ``max_pixels``, keeping the aspect ratio."""
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    scale = math.sqrt(max_pixels / (w * h))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+class Document:
+    """An opened document; use as a context manager and iterate ``pages()``."""
+
+    def __init__(self, source: Source, options: RasterOptions) -> None:
+        self.source = source
+        self.options = options
+        self.kind = ""
+        self.page_count = 0
+        self._pdf: Any = None
+        self._image: Image.Image | None = None
+        self._open()
+
+    def __enter__(self) -> Document:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pdf is not None:
+            self._pdf.close()
+            self._pdf = None
+        if self._image is not None:
+            self._image.close()
+            self._image = None
+
+    @property
+    def label(self) -> str:
+        return self.source.label
+
+    def _open(self) -> None:
+        if self.source.error:
+            raise DocumentError(self.source.error)
+        try:
+            data = self.source.read_bytes()
+        except OSError as err:
+            raise DocumentError(f"cannot read {self.label}: {err.strerror or err}") from None
+        if not data:
+            raise DocumentError(f"{self.label} is empty (0 bytes)")
+        kind = sniff(data[:2048])
+        if kind is None:
+            raise DocumentError(
+                f"{self.label} is not a PDF or an image",
+                hint="llamadoc reads PDF, PNG, JPEG, TIFF, GIF, WebP and BMP",
+            )
+        self.kind = kind
+        if kind == "pdf":
+            self._open_pdf(data)
+        else:
+            self._open_image(data)
+
+    def _open_pdf(self, data: bytes) -> None:
+        import pymupdf  # imported here: only PDFs need it
+
+        try:
+            pdf = pymupdf.open(stream=data, filetype="pdf")
+        except Exception as err:  # PyMuPDF raises several types for damaged files
+            raise DocumentError(f"{self.label} is not a readable PDF ({err}); is it truncated or damaged?") from None
+        if pdf.needs_pass:
+            if self.options.password is None:
+                pdf.close()
+                raise DocumentError(f"{self.label} is encrypted", hint="pass its password with --password")
+            if not pdf.authenticate(self.options.password):
+                pdf.close()
+                raise DocumentError(f"the password given does not open {self.label}", hint="check --password")
+        if pdf.page_count == 0:
+            pdf.close()
+            raise DocumentError(f"{self.label} has no pages; is it truncated or damaged?")
+        self._pdf = pdf
+        self.page_count = pdf.page_count
+
+    def _open_image(self, data: bytes) -> None:
+        try:
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice it; we refuse from the limit.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DocumentError(
+                f"{self.label} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
+                hint="downscale it first; this limit guards against decompression bombs",
+            ) from None
+        except Exception as err:  # Pillow raises many types for bad files
+            raise DocumentError(f"{self.label} is not a readable image ({err})") from None
+        self._image = img
+        self.page_count = getattr(img, "n_frames", 1)
+
+    def embedded_files(self) -> dict[str, bytes]:
+        """Files attached to a PDF (e-invoice XML lives here); empty for images."""
+        if self._pdf is None:
+            return {}
+        return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
+
+    def selected(self) -> list[int]:
+        indices = select_pages(self.options.pages, self.page_count)
+        if not indices:
+            raise DocumentError(
+                f"--pages {self.options.pages} selects nothing in {self.label}",
+                hint=f"it has {self.page_count} page(s)",
+            )
+        return indices
+
+    def pages(self, indices: list[int] | None = None) -> Iterator[Page]:
+        """Rasterise the chosen pages (1-based) one at a time."""
+        for index in self.selected() if indices is None else indices:
+            yield self._pdf_page(index) if self._pdf is not None else self._image_page(index)
+
+    def page_info(self, index: int) -> tuple[str | None, bool]:
+        """A page's text layer (None for images and scans) and whether it has pictures
+        or drawings, without rasterising it."""
+        if self._pdf is None:
+            return None, True
+        page = self._pdf[index - 1]
+        return page.get_text("text").strip() or None, bool(page.get_images()) or bool(page.get_drawings())
+
+    def _pdf_page(self, index: int) -> Page:
+        import pymupdf
+
+        page = self._pdf[index - 1]
+        width_in, height_in = page.rect.width / 72, page.rect.height / 72  # rect is after /Rotate
+        if self.options.dpi is not None:
+            dpi = float(self.options.dpi)
+            pixels = width_in * height_in * dpi * dpi
+            if pixels > Image.MAX_IMAGE_PIXELS:
+                raise DocumentError(
+                    f"page {index} of {self.label} at {dpi:g} DPI would be {pixels:,.0f} pixels",
+                    hint="lower --dpi",
+                )
+        else:
+            dpi = math.sqrt(self.options.max_pixels / max(width_in * height_in, 1e-6))
+            dpi = max(MIN_DPI, min(MAX_DPI, dpi))
+        try:
+            pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csRGB, alpha=False)
+        except Exception as err:
+            raise DocumentError(f"page {index} of {self.label} cannot be rendered ({err})") from None
+        image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+        text, graphics = self.page_info(index)
+        return Page(index=index, image=image, dpi=round(dpi, 2), text=text, rotation=page.rotation,
+                    graphics=graphics)
+
+    def _image_page(self, index: int) -> Page:
+        assert self._image is not None
+        img = self._image
+        try:
+            img.seek(index - 1)
+            frame = ImageOps.exif_transpose(img)  # a copy, upright
+            frame = to_rgb(frame)
+        except Exception as err:
+            raise DocumentError(f"frame {index} of {self.label} cannot be decoded ({err})") from None
+        dpi = img.info.get("dpi")
+        frame = fit_budget(frame, self.options.max_pixels)
+        return Page(index=index, image=frame, dpi=float(dpi[0]) if dpi else None)
+
+
+def open_document(source: Source, options: RasterOptions) -> Document:
+    return Document(source, options)

@@ -1,0 +1,146 @@
+"""The public Python API: load a model once, then ask, describe or extract over documents.
+
+    import llamadoc
+    with llamadoc.Reader() as reader:
+        [chart] = reader.ask("chart.png", "Which bar is tallest?")
+        print(chart.answer)
+
+The CLI is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from llamadoc import registry
+from llamadoc.config import Settings, load_settings
+from llamadoc.engines import load_vision_engine
+from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
+from llamadoc.pipeline import Pipeline, RunOptions
+from llamadoc.raster import DEFAULT_MAX_PIXELS, RasterOptions
+from llamadoc.results import DocumentResult, ModelInfo
+from llamadoc.sources import Source, collect
+from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
+
+Documents = str | Path | bytes | Sequence[str | Path]
+
+
+class Reader:
+    """A vision model, loaded on first use and reused for every page."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        mmproj: str | None = None,
+        gpu_layers: int = -1,
+        ctx: int = 0,
+        max_tokens: int = 1024,
+        threads: int | None = None,
+        verbose: bool = False,
+        config: Path | None = None,
+        settings: Settings | None = None,
+        pull: bool = True,
+        notify: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.settings = settings or load_settings(config)
+        self.resolved = registry.resolve(self.settings, model, mmproj, pull_missing=pull, notify=notify)
+        self.load_options = LoadOptions(
+            model_path=str(self.resolved.model_path),
+            mmproj_path=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
+            gpu_layers=gpu_layers,
+            n_ctx=ctx,
+            max_tokens=max_tokens,
+            threads=threads,
+            verbose=verbose,
+        )
+        self.max_tokens = max_tokens
+        self.max_pixels = self.resolved.max_pixels or DEFAULT_MAX_PIXELS
+        self._engine: VisionEngine | None = None
+        self._model_info: ModelInfo | None = None
+
+    @property
+    def engine(self) -> VisionEngine:
+        if self._engine is None:
+            self._engine = load_vision_engine(self.resolved.engine, self.load_options, self.max_pixels)
+        return self._engine
+
+    @property
+    def model_info(self) -> ModelInfo:
+        if self._model_info is None:
+            engine = self.engine
+            spec = self.resolved.spec
+            self._model_info = ModelInfo(
+                name=self.resolved.name,
+                path=str(self.resolved.model_path),
+                engine=self.resolved.engine,
+                sha256=registry.file_sha256(self.resolved.model_path, self.settings.cache_dir),
+                quantisation=spec.quantisation if spec else None,
+                mmproj=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
+                gpu_layers=engine.gpu_layers,
+                device=engine.device,
+            )
+        return self._model_info
+
+    def run_options(
+        self,
+        *,
+        pages: str | None = None,
+        dpi: float | None = None,
+        max_pixels: int | None = None,
+        password: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        all_pages: bool = False,
+    ) -> RunOptions:
+        return RunOptions(
+            raster=RasterOptions(dpi=dpi, max_pixels=max_pixels or self.max_pixels, pages=pages, password=password),
+            max_tokens=max_tokens or self.max_tokens,
+            sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed),
+            all_pages=all_pages,
+        )
+
+    def run(self, task: Task, sources: Sequence[Source], options: RunOptions) -> Iterator[DocumentResult]:
+        """Results as each document finishes (the CLI streams them)."""
+        pipeline = Pipeline(self.engine, task, options, self.model_info)
+        yield from pipeline.run(sources)
+
+    def ask(self, documents: Documents, question: str, **options: Any) -> list[DocumentResult]:
+        return self._run_all(Ask(question), documents, options)
+
+    def describe(self, documents: Documents, **options: Any) -> list[DocumentResult]:
+        return self._run_all(Describe(), documents, options)
+
+    def extract(self, documents: Documents, schema: str | Path | dict[str, Any], **options: Any) -> list[DocumentResult]:
+        if isinstance(schema, dict):
+            task = Extract(schema=schema, schema_path="<dict>")
+        else:
+            task = Extract(schema=load_schema(str(schema)), schema_path=str(schema))
+        return self._run_all(task, documents, options)
+
+    def _run_all(self, task: Task, documents: Documents, options: dict[str, Any]) -> list[DocumentResult]:
+        return list(self.run(task, as_sources(documents), self.run_options(**options)))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def as_sources(documents: Documents, stdin: BinaryIO | None = None) -> list[Source]:
+    if isinstance(documents, bytes):
+        return [Source(label="<bytes>", data=documents)]
+    if isinstance(documents, str | Path):
+        return collect([str(documents)], stdin=stdin)
+    return collect([str(d) for d in documents], stdin=stdin)
