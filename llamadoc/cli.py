@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -76,6 +77,7 @@ Password = Annotated[str | None, typer.Option("--password", help="Password of en
 Dpi = Annotated[float | None, typer.Option("--dpi", help="Render PDFs at this DPI (default: fit --max-pixels).")]
 MaxPixels = Annotated[int | None, typer.Option("--max-pixels", help="Pixel budget per page (default: the model's).")]
 GpuLayers = Annotated[int, typer.Option("--gpu-layers", help="Layers to offload to the GPU; -1 all.")]
+Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: about the core count).")]
 Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens; 0 sizes it from the page and prompt.")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", help="Longest answer in tokens.")]
 Temperature = Annotated[float, typer.Option("--temperature", help="0 is greedy (the default).")]
@@ -85,63 +87,71 @@ Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own l
 Traceback = Annotated[bool, typer.Option("--traceback", help="Show the Python traceback on errors.")]
 
 
-def _run(
-    task_factory: Callable[[], Any],
-    files: list[str],
-    *,
-    model: str | None,
-    mmproj: str | None,
-    fmt: str,
-    output: Path | None,
-    pages: str | None,
-    password: str | None,
-    dpi: float | None,
-    max_pixels: int | None,
-    gpu_layers: int,
-    ctx: int,
-    max_tokens: int,
-    temperature: float,
-    seed: int,
-    config: Path | None,
-    verbose: bool,
-    traceback: bool,
-    per_page: bool = False,
-    all_pages: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class Common:
+    """The options every document command shares, as typed by the user."""
+
+    files: list[str]
+    model: str | None
+    mmproj: str | None
+    fmt: str
+    output: Path | None
+    pages: str | None
+    password: str | None
+    dpi: float | None
+    max_pixels: int | None
+    gpu_layers: int
+    threads: int | None
+    ctx: int
+    max_tokens: int
+    temperature: float
+    seed: int
+    config: Path | None
+    verbose: bool
+    traceback: bool
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> Common:
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = False, all_pages: bool = False) -> None:
     from llamadoc import render
     from llamadoc.raster import parse_pages
     from llamadoc.reader import Reader
     from llamadoc.report import Report
     from llamadoc.sources import collect
 
-    _state["traceback"] = traceback
-    if fmt not in render.FORMATS:
-        raise UsageError(f"--format {fmt!r} is not one of {', '.join(render.FORMATS)}")
-    if pages is not None:
-        parse_pages(pages)  # a bad range is a usage error before any model loads
-    if dpi is not None and dpi <= 0:
+    _state["traceback"] = opts.traceback
+    if opts.fmt not in render.FORMATS:
+        raise UsageError(f"--format {opts.fmt!r} is not one of {', '.join(render.FORMATS)}")
+    if opts.pages is not None:
+        parse_pages(opts.pages)  # a bad range is a usage error before any model loads
+    if opts.dpi is not None and opts.dpi <= 0:
         raise UsageError("--dpi must be positive")
-    if max_tokens < 1:
+    if opts.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
-    if files.count("-") > 1:
+    if opts.threads is not None and opts.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if opts.files.count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
     task = task_factory()
-    sources = collect(files)
+    sources = collect(opts.files)
     if all(s.error for s in sources):
         # Nothing to read: report each argument and stop before loading a model.
         for s in sources:
             say(f"{s.label}: {s.error}")
         raise typer.Exit(int(ExitCode.FAILED))
     reader = Reader(
-        model, mmproj=mmproj, gpu_layers=gpu_layers, ctx=ctx, max_tokens=max_tokens,
-        verbose=verbose, config=config, notify=say,
+        opts.model, mmproj=opts.mmproj, gpu_layers=opts.gpu_layers, threads=opts.threads, ctx=opts.ctx,
+        max_tokens=opts.max_tokens, verbose=opts.verbose, config=opts.config, notify=say,
     )
     options = reader.run_options(
-        pages=pages, dpi=dpi, max_pixels=max_pixels, password=password, max_tokens=max_tokens,
-        temperature=temperature, seed=seed, all_pages=all_pages,
+        pages=opts.pages, dpi=opts.dpi, max_pixels=opts.max_pixels, password=opts.password,
+        max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed, all_pages=all_pages,
     )
     report = Report()
-    writer = _Writer(fmt, output, several=len(sources) > 1, per_page=per_page)
+    writer = _Writer(opts.fmt, opts.output, several=len(sources) > 1, per_page=per_page)
     try:
         for doc in reader.run(task, sources, options):
             report.add(doc)
@@ -207,16 +217,14 @@ def ask(
     all_pages: Annotated[bool, typer.Option("--all-pages", help="Read pages the text layer shows are irrelevant.")] = False,
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
-    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
-    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+    gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
+    traceback: Traceback = False,
 ) -> None:
     """Answer a question about each document, citing the pages it rests on."""
     from llamadoc.tasks import Ask
 
-    _run(lambda: Ask(question), files, model=model, mmproj=mmproj, fmt=fmt, output=output, pages=pages,
-         password=password, dpi=dpi, max_pixels=max_pixels, gpu_layers=gpu_layers, ctx=ctx,
-         max_tokens=max_tokens, temperature=temperature, seed=seed, config=config, verbose=verbose,
-         traceback=traceback, per_page=per_page, all_pages=all_pages)
+    _run(lambda: Ask(question), Common.of(locals()), per_page=per_page, all_pages=all_pages)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -225,16 +233,14 @@ def describe(
     files: Files,
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
-    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 2048, temperature: Temperature = 0.0,
-    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+    gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 2048,
+    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
+    traceback: Traceback = False,
 ) -> None:
     """Transcribe each document to Markdown, page by page."""
     from llamadoc.tasks import Describe
 
-    _run(Describe, files, model=model, mmproj=mmproj, fmt=fmt, output=output, pages=pages,
-         password=password, dpi=dpi, max_pixels=max_pixels, gpu_layers=gpu_layers, ctx=ctx,
-         max_tokens=max_tokens, temperature=temperature, seed=seed, config=config, verbose=verbose,
-         traceback=traceback)
+    _run(Describe, Common.of(locals()))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -244,16 +250,14 @@ def extract(
     schema: Annotated[str, typer.Option("--schema", "-s", help="JSON Schema (.json, or .yaml/.yml).", show_default=False)],
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
-    gpu_layers: GpuLayers = -1, ctx: Ctx = 0, max_tokens: MaxTokens = 1024, temperature: Temperature = 0.0,
-    seed: Seed = 0, config: Config = None, verbose: Verbose = False, traceback: Traceback = False,
+    gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 1024,
+    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
+    traceback: Traceback = False,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema
 
-    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), files, model=model, mmproj=mmproj,
-         fmt=fmt, output=output, pages=pages, password=password, dpi=dpi, max_pixels=max_pixels,
-         gpu_layers=gpu_layers, ctx=ctx, max_tokens=max_tokens, temperature=temperature, seed=seed,
-         config=config, verbose=verbose, traceback=traceback)
+    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), Common.of(locals()))
 
 
 @models_app.command("list")

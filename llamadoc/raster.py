@@ -222,8 +222,14 @@ class Document:
         else:
             dpi = math.sqrt(self.options.max_pixels / max(width_in * height_in, 1e-6))
             dpi = max(MIN_DPI, min(MAX_DPI, dpi))
+            # MuPDF rounds the pixmap size up: step down until the budget holds.
+            while dpi > MIN_DPI and (
+                math.ceil(width_in * dpi) * math.ceil(height_in * dpi) > self.options.max_pixels
+            ):
+                dpi *= 0.998
         try:
-            pix = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csRGB, alpha=False)
+            zoom = dpi / 72  # a matrix, not dpi=: the budget gives fractional DPIs
+            pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
         except Exception as err:
             raise DocumentError(f"page {index} of {self.label} cannot be rendered ({err})") from None
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)

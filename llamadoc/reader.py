@@ -11,6 +11,7 @@ The CLI is a thin layer over this class.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -107,6 +108,11 @@ class Reader:
 
     def run(self, task: Task, sources: Sequence[Source], options: RunOptions) -> Iterator[DocumentResult]:
         """Results as each document finishes (the CLI streams them)."""
+        if self._engine is None:
+            # Size the context for this task's prompt: a schema can be thousands of
+            # tokens. Bytes bound the tokens of any byte-level tokenizer.
+            prompt_bytes = len(task.prompt(2).encode("utf-8")) + 256
+            self.load_options = replace(self.load_options, prompt_tokens=max(1024, prompt_bytes))
         pipeline = Pipeline(self.engine, task, options, self.model_info)
         yield from pipeline.run(sources)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llamadoc.config import FileSource, ModelSpec, Settings
 from llamadoc.errors import DownloadError, ModelError
+from llamadoc.ggufinfo import gguf_metadata
 
 Notify = Callable[[str], None]
 
@@ -58,17 +59,10 @@ def looks_like_path(value: str) -> bool:
 
 
 def gguf_architecture(path: Path) -> str:
-    """general.architecture of a GGUF file, read from its header only."""
-    import gguf  # imported here: only needed to inspect files
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as err:  # truncated or not GGUF at all
-        raise ModelError(f"{path} is not a readable GGUF file ({err})") from None
-    field = reader.get_field("general.architecture")
-    if field is None:
+    arch = gguf_metadata(str(path), ())["general.architecture"]
+    if arch is None:
         raise ModelError(f"{path} has no general.architecture: is it a GGUF model?")
-    return str(field.contents())
+    return str(arch)
 
 
 def resolve(

@@ -33,6 +33,7 @@ class LoadOptions:
     gpu_layers: int = -1  # -1: all layers on the GPU when a GPU backend is present
     n_ctx: int = 0  # 0: sized by the engine from image tokens, prompt and max_tokens
     max_tokens: int = 1024  # the largest completion the context must leave room for
+    prompt_tokens: int = 2048  # room for instructions, a schema and the chat template
     threads: int | None = None
     flash_attn: bool = True
     verbose: bool = False

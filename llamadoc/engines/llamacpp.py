@@ -48,23 +48,6 @@ def round_up(value: int, step: int = 256) -> int:
     return -(-value // step) * step
 
 
-def gguf_metadata(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A few metadata values from a GGUF header (None where absent).
-
-    ``{arch}`` in a key stands for the file's general.architecture.
-    """
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-    arch_field = reader.get_field("general.architecture")
-    arch = str(arch_field.contents()) if arch_field is not None else ""
-    out: dict[str, Any] = {"general.architecture": arch or None}
-    for key in keys:
-        field = reader.get_field(key.format(arch=arch))
-        out[key] = field.contents() if field is not None else None
-    return out
-
-
 def describe_system() -> str:
     import llama_cpp
 

@@ -10,13 +10,13 @@ import base64
 import io
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from llamadoc.engines import llamacpp
+from llamadoc.ggufinfo import gguf_metadata
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, LoadOptions
 from llamadoc.errors import EngineError, ModelError, PageError
-
-PROMPT_HEADROOM = 2048  # tokens for the instructions, a schema and the chat template
 
 
 def _image_uri(image: Any) -> str:
@@ -25,24 +25,40 @@ def _image_uri(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def estimate_image_tokens(mmproj_path: str, max_pixels: int) -> int:
-    """An upper bound on the tokens one page image becomes, from the projector's header.
+# Projectors that resize every image to one fixed size; the others (Qwen2.5-VL,
+# Pixtral, SmolVLM's tiles, ...) make more tokens from more pixels.
+FIXED_SIZE_PROJECTORS = frozenset({"mlp", "mlp_norm", "ldp", "ldpv2", "gemma3", "adapter"})
 
-    Fixed-size encoders give (image_size / patch)^2 / merge^2 tokens; dynamic-resolution
-    ones (Qwen2.5-VL, Pixtral, ...) give about max_pixels / (patch * merge)^2. The
-    larger of the two is safe for both kinds.
-    """
-    meta = llamacpp.gguf_metadata(
+
+@dataclass(frozen=True)
+class Geometry:
+    image_size: int
+    patch: int
+    merge: int
+    fixed: bool
+
+    def tokens(self, pixels: int) -> int:
+        """An upper bound on the tokens an image of ``pixels`` becomes."""
+        per_side = self.image_size // self.patch // self.merge
+        count = per_side * per_side if self.fixed else math.ceil(pixels / (self.patch * self.merge) ** 2)
+        return count + 16  # begin/end-of-image and row-break tokens
+
+
+def projector_geometry(mmproj_path: str) -> Geometry:
+    meta = gguf_metadata(
         mmproj_path,
-        ("clip.vision.image_size", "clip.vision.patch_size", "clip.vision.spatial_merge_size",
-         "clip.vision.projector.scale_factor"),
+        ("clip.projector_type", "clip.vision.image_size", "clip.vision.patch_size",
+         "clip.vision.spatial_merge_size", "clip.vision.projector.scale_factor"),
     )
-    size = int(meta["clip.vision.image_size"] or 336)
-    patch = int(meta["clip.vision.patch_size"] or 14)
-    merge = int(meta["clip.vision.spatial_merge_size"] or meta["clip.vision.projector.scale_factor"] or 1)
-    fixed = (size // patch) ** 2 // (merge * merge)
-    dynamic = math.ceil(max_pixels / (patch * merge) ** 2)
-    return max(fixed, dynamic) + 16  # begin/end-of-image and row-break tokens
+    if meta["general.architecture"] != "clip":
+        raise ModelError(f"{mmproj_path} is not a vision projector (architecture {meta['general.architecture']})")
+    merge = meta["clip.vision.spatial_merge_size"] or meta["clip.vision.projector.scale_factor"] or 1
+    return Geometry(
+        image_size=int(meta["clip.vision.image_size"] or 336),
+        patch=int(meta["clip.vision.patch_size"] or 14),
+        merge=int(merge),
+        fixed=meta["clip.projector_type"] in FIXED_SIZE_PROJECTORS,
+    )
 
 
 def _data_uri_handler() -> type:
@@ -71,9 +87,10 @@ class MtmdEngine:
         if options.mmproj_path is None:
             raise ModelError(f"{options.model_path} needs a vision projector", hint="pass --mmproj PATH")
         llamacpp.set_logging(options.verbose)
+        meta = _model_meta(options.model_path)
+        self._geometry = projector_geometry(options.mmproj_path)
         gpu = llamacpp.gpu_available()
         self.gpu_layers = (options.gpu_layers if options.gpu_layers >= 0 else 10_000) if gpu else 0
-        meta = _model_meta(options.model_path)
         n_ctx = options.n_ctx or self._context_size(options, max_pixels, meta["context"])
         threads = options.threads or llamacpp.default_threads()
         try:
@@ -102,21 +119,32 @@ class MtmdEngine:
         except ValueError:
             raise ModelError(
                 f"vision projector {options.mmproj_path} does not fit model {options.model_path}",
-                hint="use the mmproj file published with this model (run with --verbose for libmtmd's reason)",
+                hint="use the mmproj file published with this model; --verbose shows libmtmd's reason",
             ) from None
         self._handler = handler
         self.n_ctx = n_ctx
         self.device = "GPU" if self.gpu_layers else "CPU"
         self.architecture = meta["architecture"]
 
-    @staticmethod
-    def _context_size(options: LoadOptions, max_pixels: int, trained: int | None) -> int:
-        assert options.mmproj_path is not None
-        need = estimate_image_tokens(options.mmproj_path, max_pixels) + PROMPT_HEADROOM + options.max_tokens
+    def _context_size(self, options: LoadOptions, max_pixels: int, trained: int | None) -> int:
+        need = self._geometry.tokens(max_pixels) + options.prompt_tokens + options.max_tokens
         size = llamacpp.round_up(need)
         return min(size, trained) if trained else size
 
+    def _check_fits(self, request: GenerationRequest) -> None:
+        """Refuse a page that cannot fit before llama.cpp fails on it less clearly."""
+        text_tokens = len(self._llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=True))
+        for_images = sum(self._geometry.tokens(img.width * img.height) for img in request.images)
+        need = text_tokens + for_images + 32  # + the chat template's own tokens
+        if need >= self.n_ctx:
+            raise PageError(
+                f"the page needs about {need} tokens (image {for_images}, prompt {text_tokens}) "
+                f"but the context holds {self.n_ctx}",
+                hint="lower --max-pixels, or raise --ctx",
+            )
+
     def generate(self, request: GenerationRequest) -> GenerationResponse:
+        self._check_fits(request)
         content: list[dict[str, Any]] = [
             {"type": "image_url", "image_url": {"url": _image_uri(img)}} for img in request.images
         ]
@@ -141,10 +169,10 @@ class MtmdEngine:
             )
         except ValueError as err:
             message = str(err)
-            if message.startswith("Prompt exceeds n_ctx"):
+            if "n_ctx" in message or "exceed context" in message:
                 raise PageError(
-                    f"the page does not fit the model's context ({message.split(': ', 1)[-1]} tokens)",
-                    hint="lower --max-pixels or --max-tokens, or raise --ctx",
+                    f"the page does not fit the model's context ({message})",
+                    hint="lower --max-pixels, or raise --ctx",
                 ) from None
             raise EngineError(f"the model failed on this page: {message}") from None
         elapsed = (time.perf_counter() - started) * 1000
@@ -163,9 +191,6 @@ class MtmdEngine:
 
 
 def _model_meta(path: str) -> dict[str, Any]:
-    try:
-        meta = llamacpp.gguf_metadata(path, ("{arch}.context_length",))
-    except Exception as err:  # the gguf reader raises several types on bad files
-        raise ModelError(f"{path} is not a readable GGUF file ({err})") from None
+    meta = gguf_metadata(path, ("{arch}.context_length",))
     context = meta["{arch}.context_length"]
     return {"architecture": meta["general.architecture"], "context": int(context) if context else None}

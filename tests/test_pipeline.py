@@ -1,0 +1,102 @@
+"""Pipeline logic with a scripted engine: combining, skipping, re-asking, statuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llamadoc.engines.base import GenerationRequest
+from llamadoc.pipeline import Pipeline, RunOptions, document_status
+from llamadoc.raster import RasterOptions
+from llamadoc.report import Report
+from llamadoc.results import ModelInfo, PageResult, Status
+from llamadoc.sources import collect
+from llamadoc.tasks import NOT_FOUND, Ask, Extract
+from tests.conftest import make_pdf
+from tests.fakes import ScriptedEngine
+
+MODEL = ModelInfo(name="scripted", path="-", engine="scripted")
+OPTIONS = RunOptions(raster=RasterOptions(dpi=20))
+FILLER = "\n".join(["lorem ipsum dolor sit amet"] * 12)
+
+
+def run(engine: ScriptedEngine, task: object, *paths: Path, options: RunOptions = OPTIONS) -> list:
+    return list(Pipeline(engine, task, options, MODEL).run(collect([str(p) for p in paths])))  # type: ignore[arg-type]
+
+
+def test_ask_combines_the_pages_that_answer_and_cites_them(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "r.pdf", [f"Revenue 10 {FILLER}", f"Revenue 12 {FILLER}", f"Revenue none {FILLER}"])
+
+    def answer(req: GenerationRequest, n: int) -> str:
+        if not req.images:
+            return "Revenue grew from 10 to 12 (page 1, page 2)."
+        return {1: "10", 2: "12"}.get(n, NOT_FOUND)
+
+    engine = ScriptedEngine(answer)
+    [doc] = run(engine, Ask("What is the revenue?"), pdf)
+    assert doc.status is Status.OK and doc.cited_pages == [1, 2]
+    assert doc.answer.startswith("Revenue grew")
+    combine = engine.requests[-1]
+    assert not combine.images and "[page 1] 10" in combine.prompt and "[page 2] 12" in combine.prompt
+
+
+def test_ask_skips_pages_the_text_layer_rules_out(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "r.pdf", [f"Quarterly revenue table {FILLER}", FILLER, FILLER])
+    engine = ScriptedEngine(lambda req, n: "42")
+    [doc] = run(engine, Ask("What is the quarterly revenue?"), pdf)
+    assert doc.pages_read == [1] and len(engine.requests) == 1
+    assert [p.status for p in doc.pages] == [Status.OK, Status.SKIPPED, Status.SKIPPED]
+    assert "shares no word" in (doc.pages[1].skipped_reason or "")
+    [doc] = run(engine, Ask("What is the quarterly revenue?"), pdf,
+                options=RunOptions(raster=RasterOptions(dpi=20), all_pages=True))
+    assert doc.pages_read == [1, 2, 3]
+
+
+def test_extract_reasks_once_then_records_the_failure(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "i.pdf", ["Invoice 7"])
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fixed = ScriptedEngine(lambda req, n: '{"n": "seven"}' if n == 1 else '{"n": 7}')
+    [doc] = run(fixed, Extract(schema=schema), pdf)
+    assert doc.status is Status.OK and doc.fields == {"n": 7}
+    assert "previous answer did not match" in fixed.requests[1].prompt
+    assert doc.pages[0].errors and doc.pages[0].tokens["prompt"] == 20  # both calls counted
+
+    stubborn = ScriptedEngine(lambda req, n: '{"n": "seven"}')
+    [doc] = run(stubborn, Extract(schema=schema), pdf)
+    assert len(stubborn.requests) == 2 and doc.status is Status.FAILED
+    assert doc.pages[0].fields == {"n": "seven"}  # kept for inspection, marked failed
+    assert doc.pages[0].checks[0].status == "fail"
+    assert Report.problems(doc) and json.dumps(doc.pages[0].fields)
+
+
+def test_extract_merges_fields_across_pages(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "i.pdf", ["Invoice A-1", "Total 12.50"])
+    schema = {"type": "object", "properties": {"id": {"type": ["string", "null"]},
+                                                "total": {"type": ["number", "null"]}}}
+    answers = {1: '{"id": "A-1", "total": null}', 2: '{"id": null, "total": 12.5}'}
+    [doc] = run(ScriptedEngine(lambda req, n: answers[n]), Extract(schema=schema), pdf)
+    assert doc.fields == {"id": "A-1", "total": 12.5} and doc.field_pages == {"id": 1, "total": 2}
+    assert [c.status for c in doc.checks] == ["pass"]
+
+
+def test_failures_are_data_and_the_batch_goes_on(tmp_path: Path) -> None:
+    good = make_pdf(tmp_path / "good.pdf", ["fine"])
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4 truncated")
+    docs = run(ScriptedEngine(lambda req, n: "ok"), Ask("q?"), bad, tmp_path / "missing.pdf", good)
+    assert [d.status for d in docs] == [Status.FAILED, Status.FAILED, Status.OK]
+    assert "does not exist" in docs[1].errors[0]
+    report = Report()
+    for d in docs:
+        report.add(d)
+    assert int(report.exit_code()) == 1
+
+
+def test_document_status() -> None:
+    ok, failed, blocked = (PageResult(index=i, status=s) for i, s in
+                           enumerate((Status.OK, Status.FAILED, Status.BLOCKED), 1))
+    skipped = PageResult(index=9, status=Status.SKIPPED)
+    assert document_status([ok, skipped]) is Status.OK
+    assert document_status([ok, failed]) is Status.PARTIAL
+    assert document_status([failed, blocked]) is Status.FAILED
+    assert document_status([blocked, skipped]) is Status.BLOCKED

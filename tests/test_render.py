@@ -1,0 +1,48 @@
+"""Rendering results, and writing files atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from llamadoc import render
+from llamadoc.results import DocumentResult, PageResult, Status
+
+
+def sample() -> DocumentResult:
+    return DocumentResult(
+        source="a/report.pdf", task="describe", sha256="0" * 64, page_count=2,
+        pages=[PageResult(index=1, answer="# One"), PageResult(index=2, status=Status.FAILED, errors=["x"])],
+        status=Status.PARTIAL,
+    )
+
+
+def test_json_document_is_versioned_and_plain() -> None:
+    body = json.loads(render.to_json(sample()))
+    assert list(body)[:4] == ["schema_version", "source", "sha256", "task"]
+    assert body["status"] == "partial" and body["pages"][1]["status"] == "failed"
+    assert body["pages_read"] == [1, 2]
+    assert render.to_jsonl(sample()).count("\n") == 1
+
+
+def test_describe_markdown_separates_pages_and_marks_gaps() -> None:
+    text = render.to_text(sample())
+    assert "<!-- page 1 -->\n\n# One" in text and "---" in text
+    assert "*Page 2 could not be read.*" in text
+
+
+def test_write_atomic_never_leaves_partial_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out" / "doc.json"
+    render.write_atomic(target, "finished\n")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        render.write_atomic(target, "half")
+    assert target.read_text() == "finished\n"  # the finished file is untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["doc.json"]  # no temp left
