@@ -82,6 +82,12 @@ Ctx = Annotated[int, typer.Option("--ctx", help="Context size in tokens; 0 sizes
 MaxTokens = Annotated[int, typer.Option("--max-tokens", help="Longest answer in tokens.")]
 Temperature = Annotated[float, typer.Option("--temperature", help="0 is greedy (the default).")]
 Seed = Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature > 0).")]
+GuardMode = Annotated[str, typer.Option("--guard", help="block: withhold unsafe answers; flag: mark them; off.")]
+GuardModel = Annotated[str | None, typer.Option("--guard-model", help="Guard model name or .gguf path.")]
+GuardThreshold = Annotated[float | None, typer.Option(
+    "--guard-threshold", help="Unsafe when P(unsafe) reaches this (0-1), whatever the guard's text says.")]
+GuardCategories = Annotated[str | None, typer.Option(
+    "--guard-categories", help="Categories that count, e.g. S1,S10 (default: all, S1-S13).")]
 Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 Traceback = Annotated[bool, typer.Option("--traceback", help="Show the Python traceback on errors.")]
@@ -106,6 +112,10 @@ class Common:
     max_tokens: int
     temperature: float
     seed: int
+    guard: str
+    guard_model: str | None
+    guard_threshold: float | None
+    guard_categories: str | None
     config: Path | None
     verbose: bool
     traceback: bool
@@ -117,6 +127,7 @@ class Common:
 
 def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = False, all_pages: bool = False) -> None:
     from llamadoc import render
+    from llamadoc.guard import MODES, GuardPolicy, parse_categories
     from llamadoc.raster import parse_pages
     from llamadoc.reader import Reader
     from llamadoc.report import Report
@@ -135,6 +146,14 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
         raise UsageError("--threads must be at least 1")
     if opts.files.count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
+    if opts.guard not in MODES:
+        raise UsageError(f"--guard {opts.guard!r} is not one of {', '.join(MODES)}")
+    if opts.guard_threshold is not None and not 0.0 <= opts.guard_threshold <= 1.0:
+        raise UsageError("--guard-threshold must be between 0 and 1")
+    policy = GuardPolicy(
+        mode=opts.guard, model=opts.guard_model, threshold=opts.guard_threshold,
+        categories=parse_categories(opts.guard_categories),
+    )
     task = task_factory()
     sources = collect(opts.files)
     if all(s.error for s in sources):
@@ -144,7 +163,7 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
         raise typer.Exit(int(ExitCode.FAILED))
     reader = Reader(
         opts.model, mmproj=opts.mmproj, gpu_layers=opts.gpu_layers, threads=opts.threads, ctx=opts.ctx,
-        max_tokens=opts.max_tokens, verbose=opts.verbose, config=opts.config, notify=say,
+        max_tokens=opts.max_tokens, verbose=opts.verbose, config=opts.config, notify=say, guard=policy,
     )
     options = reader.run_options(
         pages=opts.pages, dpi=opts.dpi, max_pixels=opts.max_pixels, password=opts.password,
@@ -218,8 +237,9 @@ def ask(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 512,
-    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
-    traceback: Traceback = False,
+    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
+    verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:
     """Answer a question about each document, citing the pages it rests on."""
     from llamadoc.tasks import Ask
@@ -234,8 +254,9 @@ def describe(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 2048,
-    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
-    traceback: Traceback = False,
+    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
+    verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:
     """Transcribe each document to Markdown, page by page."""
     from llamadoc.tasks import Describe
@@ -251,8 +272,9 @@ def extract(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 1024,
-    temperature: Temperature = 0.0, seed: Seed = 0, config: Config = None, verbose: Verbose = False,
-    traceback: Traceback = False,
+    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
+    verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema

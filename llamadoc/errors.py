@@ -48,6 +48,12 @@ class ModelError(LlamadocError):
     exit_code = ExitCode.USAGE
 
 
+class GuardError(LlamadocError):
+    """The guard cannot run as configured."""
+
+    exit_code = ExitCode.USAGE
+
+
 class DownloadError(LlamadocError):
     """A model could not be fetched or verified."""
 

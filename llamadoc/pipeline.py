@@ -8,6 +8,7 @@ Failures of a page or a document become data in its result; only bugs raise.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -18,7 +19,8 @@ from typing import Any
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, Sampling, VisionEngine
 from llamadoc.errors import DocumentError, LlamadocError
 from llamadoc.raster import RasterOptions, open_document
-from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status
+from llamadoc.guard import Guard
+from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status, Verdict
 from llamadoc.sources import Source
 from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
 
@@ -66,6 +68,8 @@ class _DocFailed:
 class _PageReady:
     page: Page
     raster_ms: float
+    guard_in: list[Verdict] = field(default_factory=list)  # checked ahead of the model
+    guard_ms: float = 0.0
 
 
 @dataclass
@@ -84,11 +88,15 @@ _ALL_DONE = object()
 
 
 class Pipeline:
-    def __init__(self, engine: VisionEngine, task: Task, options: RunOptions, model: ModelInfo) -> None:
+    def __init__(
+        self, engine: VisionEngine, task: Task, options: RunOptions, model: ModelInfo, guard: Guard | None = None
+    ) -> None:
         self.engine = engine
         self.task = task
         self.options = options
         self.model = model
+        self.guard = guard
+        self.block = guard is not None and guard.policy.mode == "block"
 
     # -- the rasterising side (worker thread) ---------------------------------
 
@@ -129,12 +137,22 @@ class Pipeline:
                     except DocumentError as err:
                         put(_PageFailed(index, str(err)))
                         continue
-                    put(_PageReady(page, (time.perf_counter() - started) * 1000))
+                    raster_ms = (time.perf_counter() - started) * 1000
+                    put(self._screen(page, doc.page_count, raster_ms))
                 put(_DOC_END)
         except OSError as err:
             put(_DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}"))
         except DocumentError as err:
             put(_DocFailed(source, sha256, str(err)))
+
+    def _screen(self, page: Page, page_count: int, raster_ms: float) -> _PageReady:
+        """The input check runs here, on the rasterising thread, so the guard judges the
+        next page while the vision model answers this one."""
+        if self.guard is None:
+            return _PageReady(page, raster_ms)
+        started = time.perf_counter()
+        verdicts = self.guard.check_input(self.task.prompt(page_count), page)
+        return _PageReady(page, raster_ms, verdicts, (time.perf_counter() - started) * 1000)
 
     def _plan(self, doc: Any, indices: list[int]) -> dict[int, str]:
         """Pages the text layer shows cannot matter to the question (ask only)."""
@@ -175,12 +193,14 @@ class Pipeline:
         )
 
     def _options(self) -> dict[str, Any]:
-        return self.task.options() | self.options.recorded()
+        guard = self.guard.policy.recorded() if self.guard else {"guard": "off"}
+        return self.task.options() | self.options.recorded() | guard
 
     def _document(self, start: _DocStart, items: queue.Queue[Any]) -> DocumentResult:
         doc = DocumentResult(
             source=start.source.label, task=self.task.name, sha256=start.sha256,
             page_count=start.page_count, model=self.model, options=self._options(),
+            guard_model=self.guard.name if self.guard else None,
         )
         started = time.perf_counter()
         pages: dict[int, PageResult] = {
@@ -193,7 +213,7 @@ class Pipeline:
             if isinstance(item, _PageFailed):
                 pages[item.index] = PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
                 continue
-            result, reply = self._page(item.page, start.page_count)
+            result, reply = self._page(item, start.page_count)
             result.timings_ms["raster"] = round(item.raster_ms, 2)
             pages[item.page.index] = result
             if reply is not None:
@@ -202,6 +222,8 @@ class Pipeline:
         doc.pages = [pages[i] for i in sorted(pages)]
         self._combine(doc, replies)
         doc.status = document_status(doc.pages)
+        if doc.status is Status.OK and doc.guard_out is not None and doc.answer is None:
+            doc.status = Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
         if doc.status is Status.FAILED and not doc.errors:
             doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
         doc.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 2)
@@ -218,13 +240,19 @@ class Pipeline:
             )
         )
 
-    def _page(self, page: Page, page_count: int) -> tuple[PageResult, PageReply | None]:
+    def _page(self, item: _PageReady, page_count: int) -> tuple[PageResult, PageReply | None]:
+        page = item.page
         result = PageResult(
             index=page.index, width=page.image.width, height=page.image.height, dpi=page.dpi,
-            text_layer_chars=len(page.text or ""), text_layer=page.text,
+            text_layer_chars=len(page.text or ""), text_layer=page.text, guard_in=item.guard_in,
         )
+        if self.guard is not None:
+            result.timings_ms["guard_in"] = round(item.guard_ms, 2)
+            if self._held_back(result, item.guard_in, "the input"):
+                return result, None
+        prompt = self.task.prompt(page_count)
         try:
-            response = self._generate(self.task.prompt(page_count), page)
+            response = self._generate(prompt, page)
             reply = self.task.read(response.text)
             if isinstance(self.task, Extract) and reply.error:
                 # One re-ask that shows the model its mistake, then a recorded failure.
@@ -246,7 +274,34 @@ class Pipeline:
             result.errors.append(reply.error)
         if response.finish_reason == "length":
             result.errors.append(f"the answer reached --max-tokens ({self.options.max_tokens}) and may be cut short")
+        if self.guard is not None:
+            started = time.perf_counter()
+            said = json.dumps(reply.fields, ensure_ascii=False) if reply.fields is not None else reply.answer or ""
+            result.guard_out = self.guard.check_output(prompt, said)
+            result.timings_ms["guard_out"] = round((time.perf_counter() - started) * 1000, 2)
+            if self._held_back(result, [result.guard_out], "the answer"):
+                result.answer = result.fields = None  # never printed, never written
+                return result, None
         return result, reply
+
+    def _held_back(self, result: PageResult, verdicts: list[Verdict], what: str) -> bool:
+        """Apply the policy to a page's verdicts: True when the page stops here."""
+        assert self.guard is not None
+        failure = self.guard.failed(verdicts)
+        if failure:
+            result.errors.append(failure)
+            if self.block:  # unjudged is not safe: withhold, and say why
+                result.status = Status.FAILED
+                return True
+        if self.guard.unsafe(verdicts):
+            codes = sorted({c for v in verdicts if v.safe is False for c in v.categories})
+            reason = f"{what} was judged unsafe ({', '.join(codes) or 'above the threshold'})"
+            if self.block:
+                result.status = Status.BLOCKED
+                result.errors.append(f"{reason}; withheld")
+                return True
+            result.errors.append(f"{reason}; flagged")
+        return False
 
     @staticmethod
     def _record(result: PageResult, response: GenerationResponse) -> None:
@@ -283,6 +338,15 @@ class Pipeline:
                 doc.errors.append(f"combining the page answers failed: {err}")
                 doc.answer = "\n".join(f"(page {i}) {a}" for i, a in found)
             doc.timings_ms["combine"] = round((time.perf_counter() - started) * 1000, 2)
+            if self.guard is not None and doc.answer:
+                doc.guard_out = self.guard.check_output(self.task.prompt(1), doc.answer)
+                problem = doc.guard_out.error or (
+                    f"judged unsafe ({', '.join(doc.guard_out.categories) or 'above the threshold'})"
+                    if doc.guard_out.safe is False else None
+                )
+                if problem and self.block:
+                    doc.answer = None
+                    doc.errors.append(f"the combined answer was withheld: {problem}")
 
 
 def _schema_check(error: str | None) -> Check:

@@ -18,12 +18,15 @@ from typing import Any, BinaryIO
 
 from llamadoc import registry
 from llamadoc.config import Settings, load_settings
-from llamadoc.engines import load_vision_engine
+from llamadoc.engines import load_guard_engine, load_vision_engine
 from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
+from llamadoc.errors import GuardError, LlamadocError
+from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.pipeline import Pipeline, RunOptions
 from llamadoc.raster import DEFAULT_MAX_PIXELS, RasterOptions
 from llamadoc.results import DocumentResult, ModelInfo
 from llamadoc.sources import Source, collect
+from llamadoc.store import Store
 from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
 
 Documents = str | Path | bytes | Sequence[str | Path]
@@ -46,8 +49,13 @@ class Reader:
         settings: Settings | None = None,
         pull: bool = True,
         notify: Callable[[str], None] = lambda _m: None,
+        guard: GuardPolicy | None = None,
     ) -> None:
         self.settings = settings or load_settings(config)
+        self.guard_policy = guard or GuardPolicy()
+        self._pull = pull
+        self._notify = notify
+        self._guard: Guard | None = None
         self.resolved = registry.resolve(self.settings, model, mmproj, pull_missing=pull, notify=notify)
         self.load_options = LoadOptions(
             model_path=str(self.resolved.model_path),
@@ -68,6 +76,38 @@ class Reader:
         if self._engine is None:
             self._engine = load_vision_engine(self.resolved.engine, self.load_options, self.max_pixels)
         return self._engine
+
+    @property
+    def guard(self) -> Guard | None:
+        """The guard under the policy; None when the policy is off."""
+        if self.guard_policy.mode == "off":
+            return None
+        if self._guard is None:
+            self._guard = self._load_guard()
+        return self._guard
+
+    def _load_guard(self) -> Guard:
+        name = self.guard_policy.model or self.settings.default_guard
+        try:
+            resolved = registry.resolve_guard(self.settings, name, pull_missing=self._pull, notify=self._notify)
+            engine = load_guard_engine(
+                resolved.engine,
+                LoadOptions(model_path=str(resolved.model_path), gpu_layers=self.load_options.gpu_layers,
+                            verbose=self.load_options.verbose),
+                resolved.name,
+            )
+        except LlamadocError as err:
+            raise GuardError(
+                f"the guard cannot run: {err.message}",
+                hint=f"run `llamadoc models pull {name}`, pass --guard-model PATH, or --guard off to go unscreened",
+            ) from None
+        stat = resolved.model_path.stat()
+        return Guard(
+            engine=engine,
+            policy=self.guard_policy,
+            store=Store(self.settings.cache_dir / "guard"),
+            identity=f"{resolved.model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
+        )
 
     @property
     def model_info(self) -> ModelInfo:
@@ -113,7 +153,8 @@ class Reader:
             # tokens. Bytes bound the tokens of any byte-level tokenizer.
             prompt_bytes = len(task.prompt(2).encode("utf-8")) + 256
             self.load_options = replace(self.load_options, prompt_tokens=max(1024, prompt_bytes))
-        pipeline = Pipeline(self.engine, task, options, self.model_info)
+        guard = self.guard  # loaded first: a missing guard stops the run before any page
+        pipeline = Pipeline(self.engine, task, options, self.model_info, guard)
         yield from pipeline.run(sources)
 
     def ask(self, documents: Documents, question: str, **options: Any) -> list[DocumentResult]:
@@ -136,6 +177,9 @@ class Reader:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
 
     def __enter__(self) -> Reader:
         return self

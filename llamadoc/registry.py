@@ -109,6 +109,30 @@ def resolve(
     )
 
 
+def resolve_guard(settings: Settings, name: str | None, pull_missing: bool, notify: Notify) -> ResolvedModel:
+    """The guard model's file: a registry name of kind guard / vision-guard, or a path."""
+    name = name or settings.default_guard
+    if not name:
+        raise ModelError("models.toml names no default guard", hint="pass --guard-model, or --guard off")
+    if looks_like_path(name) and name not in settings.models:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelError(f"guard model file {path} does not exist")
+        engine = "mllama" if gguf_architecture(path) == "mllama" else "llama"
+        return ResolvedModel(name=path.name, engine=engine, model_path=path)
+    spec = settings.model(name)
+    if spec.kind not in ("guard", "vision-guard"):
+        raise ModelError(f"{name} is a {spec.kind} model, not a guard", hint="pick a llama-guard model")
+    if not is_present(settings, spec):
+        if not pull_missing:
+            raise ModelError(f"guard model {name} is not downloaded", hint=f"run: llamadoc models pull {name}")
+        notify(f"guard model {name} is not here yet; downloading it once to {settings.models_dir}")
+        pull(settings, spec, notify)
+    model_file = spec.file("model")
+    assert model_file is not None
+    return ResolvedModel(name=name, engine=spec.engine, model_path=local_path(settings, spec, model_file), spec=spec)
+
+
 def _mmproj_path(mmproj: str | None) -> Path | None:
     if mmproj is None:
         return None

@@ -46,6 +46,7 @@ class Verdict:
     model: str = ""
     screened: str = "text"  # what the guard saw: "text", "image+text", or "not screened ..."
     subject: str = ""  # "prompt", "page text 1/3", "answer", ...
+    raw: str = ""  # the guard's own words
     error: str | None = None
     elapsed_ms: float = 0.0
     cached: bool = False
@@ -105,6 +106,7 @@ class DocumentResult:
     fields: dict[str, Any] | None = None  # extract: the merged record
     field_pages: dict[str, int] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    guard_out: Verdict | None = None  # ask: the check of the combined answer
     model: ModelInfo | None = None
     guard_model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)

@@ -48,7 +48,12 @@ def mmproj_gemma3(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def model_args(text_model: Path, mmproj: Path) -> list[str]:
     """CLI arguments that select the tiny model; one thread keeps runs steady on 2 cores."""
-    return ["--model", str(text_model), "--mmproj", str(mmproj), "--threads", "1"]
+    return ["--model", str(text_model), "--mmproj", str(mmproj), "--threads", "1", "--guard", "off"]
+
+
+@pytest.fixture(scope="session")
+def guard_model(models_dir: Path) -> Path:
+    return tinymodels.write_guard_model(models_dir / "tiny-guard.gguf")
 
 
 @pytest.fixture

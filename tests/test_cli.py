@@ -104,7 +104,7 @@ def test_stdin_is_a_document(run_cli: Any, model_args: list[str], tmp_path: Path
 
 def test_gemma3_projector(run_cli: Any, text_model: Path, mmproj_gemma3: Path, chart: Path) -> None:
     result = run_cli("ask", str(chart), "-q", "?", "--model", str(text_model), "--mmproj", str(mmproj_gemma3),
-                     "--threads", "1", "--max-tokens", "4", "--format", "json")
+                     "--threads", "1", "--max-tokens", "4", "--format", "json", "--guard", "off")
     assert result.exit_code == 0, result.stderr
     assert parse_json(result.stdout)["pages"][0]["tokens"]["prompt"] > 0
 
@@ -164,14 +164,16 @@ def test_usage_errors_exit_2(run_cli: Any, model_args: list[str], chart: Path, a
 
 def test_model_without_projector_and_mismatched_projector(run_cli: Any, text_model: Path, chart: Path,
                                                           tmp_path: Path) -> None:
-    alone = run_cli("ask", str(chart), "-q", "?", "--model", str(text_model))
+    alone = run_cli("ask", str(chart), "-q", "?", "--model", str(text_model), "--guard", "off")
     assert alone.exit_code == 2 and "needs its vision projector" in alone.stderr
     narrow = tinymodels.write_mmproj(tmp_path / "narrow.gguf", text_width=32)
-    mismatch = run_cli("ask", str(chart), "-q", "?", "--model", str(text_model), "--mmproj", str(narrow))
+    mismatch = run_cli("ask", str(chart), "-q", "?", "--model", str(text_model), "--mmproj", str(narrow),
+                       "--guard", "off")
     assert mismatch.exit_code == 2 and "does not fit model" in mismatch.stderr
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_text("nope")
-    bad = run_cli("ask", str(chart), "-q", "?", "--model", str(not_gguf), "--mmproj", str(not_gguf))
+    bad = run_cli("ask", str(chart), "-q", "?", "--model", str(not_gguf), "--mmproj", str(not_gguf),
+                  "--guard", "off")
     assert bad.exit_code == 2 and "not a GGUF file" in bad.stderr
 
 

@@ -19,6 +19,9 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LLAMA3_TOKENS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>",
+]
 TEXT_WIDTH = 64
 
 
@@ -44,21 +47,25 @@ def write_text_model(
     width: int = TEXT_WIDTH,
     chat_template: str | None = CHATML_TEMPLATE,
     context: int = 4096,
+    control: list[str] = CONTROL_TOKENS,
+    bos: int = 0,
+    eos: int = 2,
+    merges: tuple[tuple[str, str], ...] = (("Ġ", "t"), ("h", "e"), ("Ġt", "he")),
 ) -> Path:
     """A llama-architecture chat model, F32, about half a megabyte."""
     rng = np.random.default_rng(seed)
     byte_tokens = _byte_alphabet()
-    merges = ["Ġ t", "h e", "Ġt he"]
-    tokens = CONTROL_TOKENS + byte_tokens + ["Ġt", "he", "Ġthe"]
+    merged = [a + b for a, b in merges]
+    tokens = control + byte_tokens + merged
     # Non-printing bytes are typed CONTROL: the tokenizer still maps input bytes to
     # them, but generated ones detokenize to nothing. Random weights would otherwise
     # emit bytes >= 0x80, and a text ending mid UTF-8 sequence makes
     # llama-cpp-python ignore max_tokens.
     printable = [b == 0x0A or 0x20 <= b < 0x7F for b in range(256)]
     types = (
-        [gguf.TokenType.CONTROL] * len(CONTROL_TOKENS)
+        [gguf.TokenType.CONTROL] * len(control)
         + [gguf.TokenType.NORMAL if ok else gguf.TokenType.CONTROL for ok in printable]
-        + [gguf.TokenType.NORMAL] * 3
+        + [gguf.TokenType.NORMAL] * len(merged)
     )
     n_vocab, n_head, n_ff = len(tokens), 4, 2 * width
 
@@ -77,9 +84,9 @@ def write_text_model(
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(2)  # <|im_end|> ends a turn
+    w.add_token_merges([f"{a} {b}" for a, b in merges])
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)  # the end-of-turn token
     w.add_add_bos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
@@ -101,6 +108,51 @@ def write_text_model(
         w.add_tensor(p + "ffn_down.weight", rand(width, n_ff))
     _finish(w)
     return path
+
+
+# Llama Guard 3 1B's chat template as published with the model (tokenizer_config.json),
+# so tests can hold llamadoc.guard.build_prompt against the model's own rendering.
+GUARD_TEMPLATE = (
+    "{%- if messages|length % 2 == 0 -%}{%- set role = 'Agent' -%}{%- else -%}{%- set role = 'User' -%}"
+    "{%- endif -%}"
+    "{%- if categories is not defined -%}{%- set categories = ({"
+    "'S1': 'Violent Crimes.', 'S2': 'Non-Violent Crimes.', 'S3': 'Sex Crimes.', "
+    "'S4': 'Child Exploitation.', 'S5': 'Defamation.', 'S6': 'Specialized Advice.', 'S7': 'Privacy.', "
+    "'S8': 'Intellectual Property.', 'S9': 'Indiscriminate Weapons.', 'S10': 'Hate.', 'S11': 'Self-Harm.', "
+    "'S12': 'Sexual Content.', 'S13': 'Elections.'}) -%}{%- endif -%}"
+    "{{- '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n' -}}"
+    "{%- set ns = namespace(contains_image=false) -%}"
+    "{%- for message in messages -%}{%- for content in message['content'] | selectattr('type', 'equalto', 'image') -%}"
+    "{%- set ns.contains_image = true -%}{%- endfor -%}{%- endfor -%}"
+    "{%- if ns.contains_image -%}{{- '<|image|> ' -}}{%- endif -%}"
+    "{{- \"Task: Check if there is unsafe content in '\" + role + \"' messages in conversations according our "
+    "safety policy with the below categories.\\n\\n\" -}}"
+    "{{- '<BEGIN UNSAFE CONTENT CATEGORIES>\n' -}}"
+    "{%- for key in categories -%}{%- if key not in excluded_category_keys -%}"
+    "{{- key + ': ' + categories[key] + '\n' -}}{%- endif -%}{%- endfor -%}"
+    "{{- '<END UNSAFE CONTENT CATEGORIES>\n\n' -}}{{- '<BEGIN CONVERSATION>\n\n' -}}"
+    "{%- for message in messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{%- set role = 'User' -%}"
+    "{%- elif message['role'] == 'assistant' -%}{%- set role = 'Agent' -%}{%- endif -%}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'text') -%}"
+    "{{- role + ': ' + content['text'] | trim + '\n\n' -}}{%- endfor -%}{%- endfor -%}"
+    "{{- '<END CONVERSATION>\n\n' -}}"
+    "{{- 'Provide your safety assessment for ONLY THE LAST ' + role + ' message in the above conversation:\n' -}}"
+    "{{- \" - First line must read 'safe' or 'unsafe'.\\n\" -}}"
+    "{{- ' - If unsafe, a second line must include a comma-separated list of violated categories. "
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>' -}}"
+)
+
+
+def write_guard_model(path: Path, *, seed: int = 3, context: int = 4096) -> Path:
+    """A Llama-3-tokenised text model shaped like Llama Guard 3 1B (random weights)."""
+    merges = (("s", "a"), ("sa", "f"), ("saf", "e"), ("u", "n"), ("un", "safe"), ("Ċ", "Ċ"))
+    return write_text_model(
+        path, seed=seed, chat_template=GUARD_TEMPLATE, context=context, control=LLAMA3_TOKENS,
+        bos=0, eos=4, merges=merges,
+    )
 
 
 def write_mmproj(path: Path, projector: str = "mlp", *, seed: int = 1, text_width: int = TEXT_WIDTH) -> Path:

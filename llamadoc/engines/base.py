@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from llamadoc.results import Verdict
 
 
 @dataclass(frozen=True)
@@ -73,19 +72,28 @@ class VisionEngine(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class GuardOutput:
+    """What a guard engine returns for one prompt."""
+
+    text: str  # the verdict it generated, after llamadoc.guard.ANSWER_PREFIX
+    p_unsafe: float | None  # P(first token of "unsafe") where the verdict starts
+
+
 @runtime_checkable
 class GuardEngine(Protocol):
-    """Classifies content with a Llama Guard model."""
+    """Runs a Llama Guard prompt (built by llamadoc.guard) and reports the verdict text."""
 
     model_name: str
-    sees_images: bool
+    sees_images: bool  # an image-aware guard (Llama Guard 3 11B Vision)
+    n_ctx: int
 
-    def classify(
-        self,
-        user: str,
-        agent: str | None = None,
-        image: Image | None = None,
-        categories: tuple[str, ...] = (),
-    ) -> Verdict: ...
+    def count_tokens(self, text: str) -> int: ...
+
+    def split(self, text: str, max_tokens: int) -> list[str]:
+        """``text`` in pieces of at most ``max_tokens`` tokens."""
+        ...
+
+    def judge(self, prompt: str, image: Image | None = None) -> GuardOutput: ...
 
     def close(self) -> None: ...

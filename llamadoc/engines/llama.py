@@ -1,0 +1,88 @@
+"""llama-cpp-python text models as Llama Guard engines (Llama Guard 3 1B)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llamadoc.engines import llamacpp
+from llamadoc.engines.base import GuardOutput, LoadOptions
+from llamadoc.errors import EngineError, ModelError
+from llamadoc.ggufinfo import gguf_metadata
+from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
+
+GUARD_CONTEXT = 4096  # a page of text per check; longer text is split into chunks
+
+
+class LlamaGuardEngine:
+    sees_images = False
+
+    def __init__(self, options: LoadOptions, model_name: str) -> None:
+        import llama_cpp  # imported here: loading llama.cpp takes time and memory
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        llamacpp.set_logging(options.verbose)
+        meta = gguf_metadata(options.model_path, ("{arch}.context_length",))
+        if meta["general.architecture"] == "clip":
+            raise ModelError(f"{options.model_path} is a vision projector, not a guard model")
+        trained = meta["{arch}.context_length"]
+        self.n_ctx = options.n_ctx or min(GUARD_CONTEXT, int(trained) if trained else GUARD_CONTEXT)
+        gpu = llamacpp.gpu_available()
+        threads = options.threads or max(1, llamacpp.default_threads() // 2)  # it shares the CPU
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=options.model_path,
+                n_ctx=self.n_ctx,
+                n_batch=min(self.n_ctx, 2048),
+                n_gpu_layers=(options.gpu_layers if options.gpu_layers >= 0 else 10_000) if gpu else 0,
+                n_threads=threads,
+                n_threads_batch=threads,
+                flash_attn=options.flash_attn and gpu,
+                verbose=options.verbose,
+            )
+        except ValueError as err:
+            raise ModelError(f"llama.cpp cannot load guard model {options.model_path}: {err}") from None
+        self.model_name = model_name
+        self._prefix = self._tokens(ANSWER_PREFIX, special=False)
+        self._unsafe_id = self._tokens("unsafe", special=False)[0]
+        self._grammar = LlamaGrammar.from_string(VERDICT_GRAMMAR, verbose=False)
+
+    def _tokens(self, text: str, special: bool) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokens(text, special=True))
+
+    def split(self, text: str, max_tokens: int) -> list[str]:
+        tokens = self._tokens(text, special=False)
+        pieces = [tokens[i : i + max_tokens] for i in range(0, len(tokens), max_tokens)]
+        return [self._llm.detokenize(p).decode("utf-8", errors="replace") for p in pieces]
+
+    def judge(self, prompt: str, image: Any = None) -> GuardOutput:
+        if image is not None:
+            raise EngineError(f"{self.model_name} is a text-only guard and cannot screen images")
+        tokens = self._tokens(prompt, special=True) + self._prefix
+        if len(tokens) + MAX_VERDICT_TOKENS > self.n_ctx:
+            raise EngineError(f"guard prompt of {len(tokens)} tokens does not fit its context of {self.n_ctx}")
+        self._llm.reset()
+        self._llm.eval(tokens)
+        # The last position's logits, straight from llama.cpp (Llama.scores only
+        # keeps them with logits_all, which would cost a row per prompt token).
+        raw = self._llm._ctx.get_logits_ith(-1)
+        logits = np.ctypeslib.as_array(raw, shape=(self._llm.n_vocab(),)).astype(np.float64)
+        weights = np.exp(logits - logits.max())  # softmax, without overflow
+        p_unsafe = float(weights[self._unsafe_id] / weights.sum())
+        out = self._llm.create_completion(
+            prompt=tokens,
+            max_tokens=MAX_VERDICT_TOKENS,
+            temperature=0.0,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            grammar=self._grammar,
+        )
+        return GuardOutput(text=out["choices"][0]["text"], p_unsafe=round(p_unsafe, 6))  # type: ignore[index]
+
+    def close(self) -> None:
+        self._llm.close()
