@@ -88,6 +88,14 @@ GuardThreshold = Annotated[float | None, typer.Option(
     "--guard-threshold", help="Unsafe when P(unsafe) reaches this (0-1), whatever the guard's text says.")]
 GuardCategories = Annotated[str | None, typer.Option(
     "--guard-categories", help="Categories that count, e.g. S1,S10 (default: all, S1-S13).")]
+Include = Annotated[list[str] | None, typer.Option("--include", help="Only files matching this glob (repeatable).")]
+Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="Skip files matching this glob (repeatable).")]
+Force = Annotated[bool, typer.Option("--force", help="Redo documents an earlier run already finished.")]
+Shard = Annotated[str | None, typer.Option("--shard", help="Process the i-th of n slices of the batch, e.g. 2/4.")]
+FailOn = Annotated[str | None, typer.Option(
+    "--fail-on", help="Outcomes that make the exit code non-zero: failed,blocked,ungrounded,check-failed "
+    "(default failed,blocked).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or per-document messages.")]
 Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 Traceback = Annotated[bool, typer.Option("--traceback", help="Show the Python traceback on errors.")]
@@ -112,6 +120,12 @@ class Common:
     max_tokens: int
     temperature: float
     seed: int
+    include: list[str] | None
+    exclude: list[str] | None
+    force: bool
+    shard: str | None
+    fail_on: str | None
+    quiet: bool
     guard: str
     guard_model: str | None
     guard_threshold: float | None
@@ -130,8 +144,9 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
     from llamadoc.guard import MODES, GuardPolicy, parse_categories
     from llamadoc.raster import parse_pages
     from llamadoc.reader import Reader
-    from llamadoc.report import Report
-    from llamadoc.sources import collect
+    from llamadoc.progress import Progress
+    from llamadoc.report import Report, parse_fail_on
+    from llamadoc.sources import collect, output_names, shard
 
     _state["traceback"] = opts.traceback
     if opts.fmt not in render.FORMATS:
@@ -154,8 +169,16 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
         mode=opts.guard, model=opts.guard_model, threshold=opts.guard_threshold,
         categories=parse_categories(opts.guard_categories),
     )
+    fail_on = parse_fail_on(opts.fail_on)
     task = task_factory()
-    sources = collect(opts.files)
+    sources = collect(opts.files, include=opts.include or (), exclude=opts.exclude or ())
+    names = output_names(sources, render.EXTENSIONS[opts.fmt])  # over the whole batch: shards agree
+    if opts.shard:
+        sources = shard(sources, opts.shard)
+        if not sources:
+            if not opts.quiet:
+                say(f"shard {opts.shard} has no documents")
+            raise typer.Exit(int(ExitCode.OK))
     if all(s.error for s in sources):
         # Nothing to read: report each argument and stop before loading a model.
         for s in sources:
@@ -169,45 +192,56 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
         pages=opts.pages, dpi=opts.dpi, max_pixels=opts.max_pixels, password=opts.password,
         max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed, all_pages=all_pages,
     )
-    report = Report()
-    writer = _Writer(opts.fmt, opts.output, several=len(sources) > 1, per_page=per_page)
+    report = Report(fail_on=fail_on)
+    writer = _Writer(opts.fmt, opts.output, names, several=len(sources) > 1, per_page=per_page)
     try:
-        for doc in reader.run(task, sources, options):
-            report.add(doc)
-            for line in report.problems(doc):
-                say(line)
-            writer.emit(doc)
+        with Progress(len(sources), enabled=False if opts.quiet else None) as progress:
+            for doc in reader.run(task, sources, options, force=opts.force, on_page=progress.page):
+                report.add(doc)
+                progress.document(doc)
+                if not opts.quiet:
+                    for line in report.problems(doc):
+                        progress.print(f"llamadoc: {line}")
+                written = writer.emit(doc)
+                if written and not opts.quiet:
+                    progress.print(f"llamadoc: wrote {written}")
     finally:
         reader.close()
+    if len(sources) > 1 and not opts.quiet:
+        for line in report.summary():
+            say(line)
     raise typer.Exit(int(report.exit_code()))
 
 
 class _Writer:
     """Results to stdout, or one file per document with -o (atomically)."""
 
-    def __init__(self, fmt: str, output: Path | None, several: bool, per_page: bool) -> None:
+    def __init__(self, fmt: str, output: Path | None, names: dict[str, str], several: bool, per_page: bool) -> None:
         self.fmt = fmt
         self.output = output
+        self.names = names
         self.several = several
         self.per_page = per_page
-        self.names: dict[str, str] = {}
 
-    def emit(self, doc: Any) -> None:
+    def emit(self, doc: Any) -> Path | None:
+        """Write or print one document; returns the file written, if any."""
         from llamadoc import render
         from llamadoc.results import Status
 
+        nothing = doc.status is Status.FAILED and not doc.pages
         if self.output is not None:
-            if doc.status is Status.FAILED and not doc.pages and self.fmt in ("text", "md"):
-                return  # nothing to write, and never an empty file that looks finished
-            path = self.output / self._filename(doc)
+            if nothing and self.fmt in ("text", "md"):
+                return None  # nothing to write, and never an empty file that looks finished
+            path = self.output / self.names[doc.source]
+            if doc.cached and path.is_file():
+                return None  # finished by an earlier run: written once, left alone
             render.write_atomic(path, render.render(doc, self.fmt))
-            say(f"wrote {path}")
-            return
+            return path
         if self.fmt in ("json", "jsonl"):
             text = render.render(doc, self.fmt)
         else:
-            if doc.status is Status.FAILED and not doc.pages:
-                return
+            if nothing:
+                return None
             text = render.render(doc, self.fmt)
             if self.per_page and doc.task == "ask":
                 text = "".join(f"[page {p.index}] {p.answer}\n" for p in doc.pages if p.answer) + text
@@ -215,16 +249,7 @@ class _Writer:
                 text = f"==> {doc.source} <==\n{text}\n"
         sys.stdout.write(text)
         sys.stdout.flush()
-
-    def _filename(self, doc: Any) -> str:
-        from llamadoc import render
-
-        stem = Path(doc.source).stem if doc.source != "<stdin>" else f"stdin-{(doc.sha256 or 'unknown')[:12]}"
-        name = stem + render.EXTENSIONS[self.fmt]
-        if self.names.get(name, doc.source) != doc.source:  # two documents, one stem
-            name = f"{stem}-{(doc.sha256 or 'x')[:8]}{render.EXTENSIONS[self.fmt]}"
-        self.names[name] = doc.source
-        return name
+        return None
 
 
 @app.command(epilog=EXIT_CODES)
@@ -237,7 +262,9 @@ def ask(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 512,
-    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    temperature: Temperature = 0.0, seed: Seed = 0, include: Include = None, exclude: Exclude = None,
+    force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
+    guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:
@@ -254,7 +281,9 @@ def describe(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 2048,
-    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    temperature: Temperature = 0.0, seed: Seed = 0, include: Include = None, exclude: Exclude = None,
+    force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
+    guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:
@@ -272,7 +301,9 @@ def extract(
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 1024,
-    temperature: Temperature = 0.0, seed: Seed = 0, guard: GuardMode = "block", guard_model: GuardModel = None,
+    temperature: Temperature = 0.0, seed: Seed = 0, include: Include = None, exclude: Exclude = None,
+    force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
+    guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, traceback: Traceback = False,
 ) -> None:

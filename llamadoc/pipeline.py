@@ -12,16 +12,18 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, Sampling, VisionEngine
 from llamadoc.errors import DocumentError, LlamadocError
 from llamadoc.raster import RasterOptions, open_document
+from llamadoc.render import from_dict, to_dict
 from llamadoc.guard import Guard
 from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status, Verdict
 from llamadoc.sources import Source
+from llamadoc.store import Store, key
 from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
 
 PREFETCH_PAGES = 2  # pages rasterised ahead of the model
@@ -79,6 +81,16 @@ class _PageFailed:
 
 
 @dataclass
+class _Known:
+    """A document whose result exists: in the store from an earlier run, or earlier
+    in this run (the same bytes under another name)."""
+
+    source: Source
+    sha256: str
+    stored: dict[str, Any] | None  # the stored result; None: a duplicate within this run
+
+
+@dataclass
 class _Crash:
     error: BaseException
 
@@ -89,7 +101,16 @@ _ALL_DONE = object()
 
 class Pipeline:
     def __init__(
-        self, engine: VisionEngine, task: Task, options: RunOptions, model: ModelInfo, guard: Guard | None = None
+        self,
+        engine: VisionEngine,
+        task: Task,
+        options: RunOptions,
+        model: ModelInfo,
+        guard: Guard | None = None,
+        store: Store | None = None,
+        store_key: str = "",
+        force: bool = False,
+        on_page: Callable[[PageResult], None] = lambda _p: None,
     ) -> None:
         self.engine = engine
         self.task = task
@@ -97,6 +118,12 @@ class Pipeline:
         self.model = model
         self.guard = guard
         self.block = guard is not None and guard.policy.mode == "block"
+        self.store = store  # finished results, for resuming; keyed by store_key + document hash
+        self.store_key = store_key
+        self.force = force  # redo documents the store already has
+        self.on_page = on_page
+        self._seen: set[str] = set()  # document hashes met by the rasterising thread
+        self._finished: dict[str, DocumentResult] = {}  # by hash, for duplicates
 
     # -- the rasterising side (worker thread) ---------------------------------
 
@@ -124,6 +151,14 @@ class Pipeline:
             if source.error:
                 raise DocumentError(source.error)
             sha256 = source.sha256()
+            if sha256 in self._seen:
+                put(_Known(source, sha256, None))
+                return
+            self._seen.add(sha256)
+            stored = self.store.get(key(self.store_key, sha256)) if self.store and not self.force else None
+            if stored is not None:
+                put(_Known(source, sha256, stored))
+                return
             with open_document(source, self.options.raster) as doc:
                 indices = doc.selected()
                 skipped = self._plan(doc, indices)
@@ -178,13 +213,26 @@ class Pipeline:
             while (item := items.get()) is not _ALL_DONE:
                 if isinstance(item, _Crash):
                     raise item.error
-                if isinstance(item, _DocFailed):
-                    yield self._failed(item)
-                    continue
-                yield self._document(item, items)
+                if isinstance(item, _Known):
+                    doc = self._known(item)
+                elif isinstance(item, _DocFailed):
+                    doc = self._failed(item)
+                else:
+                    doc = self._document(item, items)
+                    if self.store is not None and doc.status is not Status.FAILED:
+                        self.store.put(key(self.store_key, doc.sha256 or ""), to_dict(doc))
+                if doc.sha256:
+                    self._finished.setdefault(doc.sha256, doc)
+                yield doc
         finally:
             stop.set()
             worker.join(timeout=5)
+
+    def _known(self, item: _Known) -> DocumentResult:
+        if item.stored is not None:
+            return replace(from_dict(item.stored), source=item.source.label, cached=True)
+        first = self._finished[item.sha256]
+        return replace(first, source=item.source.label, duplicate_of=first.source)
 
     def _failed(self, item: _DocFailed) -> DocumentResult:
         return DocumentResult(
@@ -216,6 +264,7 @@ class Pipeline:
             result, reply = self._page(item, start.page_count)
             result.timings_ms["raster"] = round(item.raster_ms, 2)
             pages[item.page.index] = result
+            self.on_page(result)
             if reply is not None:
                 replies[item.page.index] = reply
             item.page.image.close()  # drop pixels as soon as the model is done with them

@@ -10,6 +10,7 @@ The CLI is a thin layer over this class.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,9 +25,9 @@ from llamadoc.errors import GuardError, LlamadocError
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.pipeline import Pipeline, RunOptions
 from llamadoc.raster import DEFAULT_MAX_PIXELS, RasterOptions
-from llamadoc.results import DocumentResult, ModelInfo
+from llamadoc.results import SCHEMA_VERSION, DocumentResult, ModelInfo, PageResult
 from llamadoc.sources import Source, collect
-from llamadoc.store import Store
+from llamadoc.store import Store, key
 from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
 
 Documents = str | Path | bytes | Sequence[str | Path]
@@ -146,15 +147,34 @@ class Reader:
             all_pages=all_pages,
         )
 
-    def run(self, task: Task, sources: Sequence[Source], options: RunOptions) -> Iterator[DocumentResult]:
-        """Results as each document finishes (the CLI streams them)."""
+    def run(
+        self,
+        task: Task,
+        sources: Sequence[Source],
+        options: RunOptions,
+        *,
+        force: bool = False,
+        on_page: Callable[[PageResult], None] = lambda _p: None,
+    ) -> Iterator[DocumentResult]:
+        """Results as each document finishes (the CLI streams them). Documents an
+        earlier run finished with the same model, task and options come from the
+        result store, unless ``force``."""
         if self._engine is None:
             # Size the context for this task's prompt: a schema can be thousands of
             # tokens. Bytes bound the tokens of any byte-level tokenizer.
             prompt_bytes = len(task.prompt(2).encode("utf-8")) + 256
             self.load_options = replace(self.load_options, prompt_tokens=max(1024, prompt_bytes))
         guard = self.guard  # loaded first: a missing guard stops the run before any page
-        pipeline = Pipeline(self.engine, task, options, self.model_info, guard)
+        model = self.model_info
+        guard_part = [guard.identity, json.dumps(guard.policy.recorded(), sort_keys=True)] if guard else ["off"]
+        store_key = key(
+            "result", str(SCHEMA_VERSION), model.sha256 or model.path, model.mmproj or "", task.name,
+            json.dumps(task.options() | options.recorded(), sort_keys=True), *guard_part,
+        )
+        pipeline = Pipeline(
+            self.engine, task, options, model, guard,
+            store=Store(self.settings.cache_dir / "results"), store_key=store_key, force=force, on_page=on_page,
+        )
         yield from pipeline.run(sources)
 
     def ask(self, documents: Documents, question: str, **options: Any) -> list[DocumentResult]:

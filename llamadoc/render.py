@@ -10,7 +10,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from llamadoc.results import DocumentResult, Status
+from llamadoc.results import Check, DocumentResult, ModelInfo, PageResult, Status, Verdict
 
 FORMATS = ("text", "json", "jsonl", "md")
 EXTENSIONS = {"text": ".txt", "json": ".json", "jsonl": ".jsonl", "md": ".md"}
@@ -32,6 +32,30 @@ def to_dict(doc: DocumentResult) -> dict[str, Any]:
     body["pages_read"] = doc.pages_read
     order = ["schema_version", "source", "sha256", "task", "status", "errors", "page_count", "pages_read"]
     return {k: body[k] for k in order} | {k: v for k, v in body.items() if k not in order}
+
+
+def from_dict(body: dict[str, Any]) -> DocumentResult:
+    """The inverse of to_dict, for results read back from the store."""
+
+    def verdict(v: dict[str, Any] | None) -> Verdict | None:
+        return Verdict(**v) if v is not None else None
+
+    def page(p: dict[str, Any]) -> PageResult:
+        return PageResult(**(p | {
+            "status": Status(p["status"]),
+            "guard_in": [Verdict(**v) for v in p["guard_in"]],
+            "guard_out": verdict(p["guard_out"]),
+            "checks": [Check(**c) for c in p["checks"]],
+        }))
+
+    fields = {f.name for f in dataclasses.fields(DocumentResult)}
+    return DocumentResult(**({k: v for k, v in body.items() if k in fields} | {
+        "status": Status(body["status"]),
+        "pages": [page(p) for p in body["pages"]],
+        "checks": [Check(**c) for c in body["checks"]],
+        "guard_out": verdict(body["guard_out"]),
+        "model": ModelInfo(**body["model"]) if body["model"] else None,
+    }))
 
 
 def to_json(doc: DocumentResult) -> str:

@@ -2,27 +2,52 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from llamadoc.errors import ExitCode
-from llamadoc.results import DocumentResult, Status
+from llamadoc.errors import ExitCode, UsageError
+from llamadoc.results import Check, DocumentResult, Status
+
+OUTCOMES = ("failed", "blocked", "ungrounded", "check-failed")
+DEFAULT_FAIL_ON = ("failed", "blocked")
+
+
+def parse_fail_on(spec: str | None) -> frozenset[str]:
+    chosen = frozenset(x.strip() for x in (spec or ",".join(DEFAULT_FAIL_ON)).split(",") if x.strip())
+    unknown = sorted(chosen - set(OUTCOMES))
+    if unknown:
+        raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}", hint=f"choose from {', '.join(OUTCOMES)}")
+    return chosen
 
 
 @dataclass
 class Report:
+    fail_on: frozenset[str] = frozenset(DEFAULT_FAIL_ON)
     counts: dict[Status, int] = field(default_factory=lambda: {s: 0 for s in Status})
     failed_pages: int = 0
     blocked_pages: int = 0
+    ungrounded: int = 0  # documents with a value not found on its page
+    check_failed: int = 0  # documents failing arithmetic or embedded-data checks
+    cached: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def add(self, doc: DocumentResult) -> None:
         self.counts[doc.status] += 1
         self.failed_pages += sum(p.status is Status.FAILED for p in doc.pages)
         self.blocked_pages += sum(p.status is Status.BLOCKED for p in doc.pages)
+        self.cached += doc.cached
+        checks = list(_checks(doc))
+        self.ungrounded += any(c.name.startswith("grounding") and c.status == "fail" for c in checks)
+        self.check_failed += any(
+            not c.name.startswith("grounding") and c.name != "schema" and c.status == "fail" for c in checks
+        )
+        if doc.status is not Status.OK:
+            self.failures.extend(self.problems(doc)[:3])
 
     @staticmethod
     def problems(doc: DocumentResult) -> list[str]:
         """One line per thing that went wrong in a document, for stderr."""
-        lines = [f"{doc.source}: {e}" for e in doc.errors]
+        lines = [e if doc.source in e else f"{doc.source}: {e}" for e in doc.errors]
         if doc.errors and doc.status is Status.FAILED:
             return lines
         for page in doc.pages:
@@ -33,8 +58,34 @@ class Report:
         return lines
 
     def exit_code(self) -> ExitCode:
-        if self.counts[Status.FAILED] or self.failed_pages:
+        """Failures (1) outrank guard blocks (3); --fail-on chooses what counts."""
+        failing = (
+            ("failed" in self.fail_on and (self.counts[Status.FAILED] or self.failed_pages))
+            or ("ungrounded" in self.fail_on and self.ungrounded)
+            or ("check-failed" in self.fail_on and self.check_failed)
+        )
+        if failing:
             return ExitCode.FAILED
-        if self.counts[Status.BLOCKED] or self.blocked_pages:
+        if "blocked" in self.fail_on and (self.counts[Status.BLOCKED] or self.blocked_pages):
             return ExitCode.BLOCKED
         return ExitCode.OK
+
+    def summary(self) -> list[str]:
+        """The end-of-batch table, as lines for stderr."""
+        total = sum(self.counts.values())
+        cells = [f"{s.value} {self.counts[s]}" for s in (Status.OK, Status.PARTIAL, Status.FAILED, Status.BLOCKED)]
+        lines = [f"{total} documents: " + ", ".join(cells) + (f" ({self.cached} from earlier runs)" if self.cached else "")]
+        if self.ungrounded or self.check_failed:
+            lines.append(f"checks: {self.ungrounded} with ungrounded values, {self.check_failed} failing other checks")
+        if self.failures:
+            lines.append("problems:")
+            lines.extend(f"  {line}" for line in self.failures[:20])
+            if len(self.failures) > 20:
+                lines.append(f"  ... and {len(self.failures) - 20} more")
+        return lines
+
+
+def _checks(doc: DocumentResult) -> Iterable[Check]:
+    yield from doc.checks
+    for page in doc.pages:
+        yield from page.checks

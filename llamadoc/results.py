@@ -113,7 +113,8 @@ class DocumentResult:
     status: Status = Status.OK
     errors: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
-    cached: bool = False
+    cached: bool = False  # taken from the result store: an earlier run did the work
+    duplicate_of: str | None = None  # the same bytes as this source, read earlier in the run
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from llamadoc.errors import UsageError
+
 # Suffixes looked at when walking folders; a file named on the command line is
 # sniffed whatever its name.
 DOCUMENT_SUFFIXES = frozenset(
@@ -31,6 +33,7 @@ class Source:
     path: Path | None = None
     data: bytes | None = None  # stdin content
     error: str | None = None
+    rel: str = ""  # where its output goes below -o: the path below the folder given, or the name
 
     def read_bytes(self) -> bytes:
         if self.data is not None:
@@ -78,7 +81,7 @@ def collect(
 def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: BinaryIO | None) -> Iterator[Source]:
     if arg == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
-        yield Source(label=STDIN_LABEL, data=stream.read())
+        yield Source(label=STDIN_LABEL, data=stream.read(), rel="stdin")
         return
     path = Path(arg).expanduser()
     if path.is_dir():
@@ -87,10 +90,10 @@ def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: Bin
             kinds = ", ".join(sorted(s.lstrip(".") for s in DOCUMENT_SUFFIXES))
             yield Source(label=arg, error=f"folder {arg} holds no documents ({kinds})")
         for p in found:
-            yield Source(label=str(p), path=p)
+            yield Source(label=str(p), path=p, rel=p.relative_to(path).as_posix())
         return
     if path.is_file():
-        yield Source(label=arg, path=path)
+        yield Source(label=arg, path=path, rel=path.name)
         return
     if glob.has_magic(arg):
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
@@ -98,9 +101,39 @@ def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: Bin
         if not files:
             yield Source(label=arg, error=f"no documents match {arg}")
         for m in files:
-            yield Source(label=str(m), path=m)
+            yield Source(label=str(m), path=m, rel=m.name)
         return
     yield Source(label=arg, error=f"{arg} does not exist")
+
+
+def shard(sources: Sequence[Source], spec: str) -> list[Source]:
+    """The i-th of n deterministic slices ('2/4'): by a hash of each source's label, so
+    every process given the same arguments agrees, whatever the order of the list."""
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec!r} is not i/n", hint="e.g. --shard 1/4 ... --shard 4/4") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {spec!r}: i must be between 1 and n")
+    digest = (hashlib.sha1(s.label.encode("utf-8")).digest() for s in sources)
+    return [s for s, d in zip(sources, digest, strict=True) if int.from_bytes(d[:8], "big") % count == index - 1]
+
+
+def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
+    """label -> file name below -o. Sources that would share a name (a.pdf in two
+    folders given) get a suffix from their label, so parallel shards never clash."""
+    names: dict[str, str] = {}
+    taken: dict[str, int] = {}
+    for s in sources:
+        base = str(Path(s.rel or Path(s.label).name).with_suffix(extension))
+        taken[base] = taken.get(base, 0) + 1
+    for s in sources:
+        base = str(Path(s.rel or Path(s.label).name).with_suffix(extension))
+        if taken[base] > 1:
+            tag = hashlib.sha1(s.label.encode("utf-8")).hexdigest()[:8]
+            base = str(Path(base).with_name(f"{Path(base).stem}-{tag}{extension}"))
+        names[s.label] = base
+    return names
 
 
 def _flatten(paths: Iterable[Path]) -> Iterator[Path]:

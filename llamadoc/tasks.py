@@ -7,6 +7,7 @@ itself: the pipeline does, so retries and guards stay in one place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -112,7 +113,8 @@ class Extract:
     name: str = field(default="extract", init=False)
 
     def options(self) -> dict[str, Any]:
-        return {"schema": self.schema_path}
+        canonical = json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
+        return {"schema": self.schema_path, "schema_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
 
     def prompt(self, page_count: int, previous_error: str | None = None) -> str:
         where = "this document page" if page_count > 1 else "this document"

@@ -86,10 +86,10 @@ def test_output_folder_gets_one_file_per_document(run_cli: Any, model_args: list
     out = tmp_path / "out"
     result = run_cli("describe", str(docs), *model_args, "--max-tokens", "4", "-o", str(out), "--format", "json")
     assert result.exit_code == 0, result.stderr
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 2 and all(f.endswith(".json") for f in files)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["sub/x.json", "x.json"]  # the folder's layout, mirrored
     assert result.stdout == ""
-    sources = {parse_json(p.read_text())["source"] for p in out.iterdir()}
+    sources = {parse_json((out / f).read_text())["source"] for f in files}
     assert sources == {str(docs / "x.png"), str(docs / "sub" / "x.png")}
 
 
@@ -119,9 +119,12 @@ def test_one_bad_document_does_not_stop_the_batch(run_cli: Any, model_args: list
     result = run_cli("ask", str(tmp_path / "missing.pdf"), str(empty), str(text), str(good), "-q", "?",
                      *model_args, "--max-tokens", "4", "-o", str(out))
     assert result.exit_code == 1
-    errors = [line for line in result.stderr.splitlines() if "wrote" not in line]
-    assert len(errors) == 3 and all(line.startswith("llamadoc: ") for line in errors)
+    lines = result.stderr.splitlines()
+    errors = lines[:3]
+    assert all(line.startswith("llamadoc: ") for line in errors)
     assert "does not exist" in errors[0] and "is empty" in errors[1] and "not a PDF or an image" in errors[2]
+    assert lines[3] == f"llamadoc: wrote {out / 'good.txt'}"
+    assert "4 documents: ok 1, partial 0, failed 3, blocked 0" in lines[4]  # the summary
     assert [p.name for p in out.iterdir()] == ["good.txt"]
     assert "Traceback" not in result.stderr
 
