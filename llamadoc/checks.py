@@ -84,7 +84,7 @@ def _numbers_in(line: str) -> set[Decimal]:
         for i, head in enumerate(pieces):
             if not (head.isdigit() and len(head) <= 3):
                 continue
-            for j in range(i + 1, len(pieces)):
+            for j in range(i + 1, min(len(pieces), i + 6)):  # 999 999 999 999 999,99 at most
                 if not _GROUP.fullmatch(pieces[j]):
                     break
                 values |= _readings(head + "".join(pieces[i + 1 : j + 1]))
@@ -303,7 +303,7 @@ def _kind(keys: tuple[Key, ...], value: Any, schema: dict[str, Any]) -> str | No
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float, Decimal)):
-        return "number"
+        return "number" if _as_numbers(value) else None  # NaN and infinity are never printed
     if not isinstance(value, str) or not value.strip():
         return None
     name = str(keys[-1]).lower() if keys else ""

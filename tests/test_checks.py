@@ -260,6 +260,19 @@ def test_what_is_checked_and_how() -> None:
     assert checks.ground({"invoice_number": "A-1"}, {})[0].status == "unknown"  # no pages were read
 
 
+def test_odd_input_never_crashes() -> None:
+    record: dict[str, Any] = {
+        "a": float("nan"), "b": float("inf"), "c": [[1, "x"], {"d": None}], 5: "five", "e": 10**30,
+        "line_items": ["junk", {"amount": "lots"}], "net_total": {"nested": True}, "issue_date": "2014-13-45",
+    }
+    page = "123 456 789 " * 2000 + "\n" + "1.2.3.4.5 ,,, '' -- 31/02/2020 99999999 " * 200
+    found = checks.ground(record, {1: page, 2: "", 3: None})
+    assert {c.status for c in found} <= {"pass", "fail", "unknown"} and len(found) == 7
+    assert [c.status for c in checks.arithmetic(record)] == ["unknown", "unknown"]
+    assert {c.status for c in checks.compare(record, {"issue_date": "2014-08-03", "line_items": [{"amount": 1}]})} == {
+        "fail"}
+
+
 # -- arithmetic ---------------------------------------------------------------------------------
 
 def _e_invoices() -> list[tuple[Path, einvoice.EInvoice]]:
