@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -165,7 +166,10 @@ def iso_date(value: str | None) -> str | None:
     if value is None:
         return None
     match = re.fullmatch(r"(\d{4})-?(\d{2})-?(\d{2})", value.strip())
-    return "-".join(match.groups()) if match else None
+    try:
+        return date(*map(int, match.groups())).isoformat() if match else None
+    except ValueError:  # 20131345: a date no calendar has
+        return None
 
 
 class _Refused(Exception):

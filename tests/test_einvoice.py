@@ -192,6 +192,15 @@ def test_cii_sparse_invoice() -> None:
     assert fields["line_items"] == [{"description": "Screws", "quantity": 400.0, "unit_price": 0.125, "amount": 50.0}]
 
 
+@pytest.mark.parametrize(
+    ("written", "iso"),
+    [("20130305", "2013-03-05"), ("2024-03-01", "2024-03-01"), (" 20240229 ", "2024-02-29"),
+     ("20230229", None), ("202403", None), ("2024-3-1", None), (None, None)],
+)
+def test_iso_date(written: str | None, iso: str | None) -> None:
+    assert einvoice.iso_date(written) == iso
+
+
 def test_find_by_name_then_by_root() -> None:
     other = b"<?xml version='1.0'?><logistics xmlns='urn:example'/>"
     assert einvoice.find({"ZUGFeRD-invoice.xml": CII, "extra.xml": other}) == ("ZUGFeRD-invoice.xml", CII)
