@@ -139,7 +139,10 @@ class Common:
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
-def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = False, all_pages: bool = False) -> None:
+def _run(
+    task_factory: Callable[[], Any], opts: Common, *, per_page: bool = False, all_pages: bool = False,
+    embedded: str = "prefer",
+) -> None:
     from llamadoc import render
     from llamadoc.guard import MODES, GuardPolicy, parse_categories
     from llamadoc.raster import parse_pages
@@ -147,6 +150,7 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
     from llamadoc.progress import Progress
     from llamadoc.report import Report, parse_fail_on
     from llamadoc.sources import collect, output_names, shard
+    from llamadoc.verify import EMBEDDED_MODES
 
     _state["traceback"] = opts.traceback
     if opts.fmt not in render.FORMATS:
@@ -161,6 +165,8 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
         raise UsageError("--threads must be at least 1")
     if opts.files.count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
+    if embedded not in EMBEDDED_MODES:
+        raise UsageError(f"--embedded {embedded!r} is not one of {', '.join(EMBEDDED_MODES)}")
     if opts.guard not in MODES:
         raise UsageError(f"--guard {opts.guard!r} is not one of {', '.join(MODES)}")
     if opts.guard_threshold is not None and not 0.0 <= opts.guard_threshold <= 1.0:
@@ -191,6 +197,7 @@ def _run(task_factory: Callable[[], Any], opts: Common, *, per_page: bool = Fals
     options = reader.run_options(
         pages=opts.pages, dpi=opts.dpi, max_pixels=opts.max_pixels, password=opts.password,
         max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed, all_pages=all_pages,
+        embedded=embedded,
     )
     report = Report(fail_on=fail_on)
     writer = _Writer(opts.fmt, opts.output, names, several=len(sources) > 1, per_page=per_page)
@@ -298,6 +305,9 @@ def describe(
 def extract(
     files: Files,
     schema: Annotated[str, typer.Option("--schema", "-s", help="JSON Schema (.json, or .yaml/.yml).", show_default=False)],
+    embedded: Annotated[str, typer.Option(
+        "--embedded", help="A PDF's Factur-X/ZUGFeRD/XRechnung data: prefer it (no model), compare, or ignore.")
+    ] = "prefer",
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 1024,
@@ -310,7 +320,7 @@ def extract(
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema
 
-    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), Common.of(locals()))
+    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), Common.of(locals()), embedded=embedded)
 
 
 @models_app.command("list")

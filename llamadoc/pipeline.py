@@ -20,11 +20,15 @@ from llamadoc.engines.base import GenerationRequest, GenerationResponse, Samplin
 from llamadoc.errors import DocumentError, LlamadocError
 from llamadoc.raster import RasterOptions, open_document
 from llamadoc.render import from_dict, to_dict
+from llamadoc import einvoice
+from llamadoc.einvoice import EInvoice
 from llamadoc.guard import Guard
+from llamadoc.quality import cut_runaway, is_blank
 from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status, Verdict
 from llamadoc.sources import Source
 from llamadoc.store import Store, key
 from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
+from llamadoc.verify import embedded_fields, extraction_checks
 
 PREFETCH_PAGES = 2  # pages rasterised ahead of the model
 
@@ -35,6 +39,7 @@ class RunOptions:
     max_tokens: int = 1024
     sampling: Sampling = field(default_factory=Sampling)
     all_pages: bool = False  # ask: read pages whose text layer shows they cannot matter
+    embedded: str = "prefer"  # extract: an embedded e-invoice is read (prefer), checked against (compare), or not
 
     def recorded(self) -> dict[str, Any]:
         """The options that shape an answer, as the result document records them."""
@@ -47,6 +52,7 @@ class RunOptions:
             "top_p": self.sampling.top_p,
             "seed": self.sampling.seed,
             "all_pages": self.all_pages,
+            "embedded": self.embedded,
         }
 
 
@@ -57,6 +63,10 @@ class _DocStart:
     sha256: str
     page_count: int
     skipped: dict[int, str]
+    invoice: EInvoice | None = None  # an embedded e-invoice, read exactly
+    invoice_name: str | None = None
+    use_invoice: bool = False  # --embedded prefer and it fits: no page goes to the model
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +88,7 @@ class _PageReady:
 class _PageFailed:
     index: int
     error: str
+    skipped: str | None = None  # not a failure: a page not worth the model (the reason)
 
 
 @dataclass
@@ -161,16 +172,19 @@ class Pipeline:
                 return
             with open_document(source, self.options.raster) as doc:
                 indices = doc.selected()
-                skipped = self._plan(doc, indices)
-                put(_DocStart(source, sha256, doc.page_count, skipped))
-                for index in indices:
-                    if index in skipped:
+                start = self._embedded(_DocStart(source, sha256, doc.page_count, self._plan(doc, indices)), doc)
+                put(start)
+                for index in [] if start.use_invoice else indices:
+                    if index in start.skipped:
                         continue
                     started = time.perf_counter()
                     try:
                         page = next(doc.pages([index]))
                     except DocumentError as err:
                         put(_PageFailed(index, str(err)))
+                        continue
+                    if page.text is None and is_blank(page.image):
+                        put(_PageFailed(index, "", skipped="blank page"))  # models invent text for blanks
                         continue
                     raster_ms = (time.perf_counter() - started) * 1000
                     put(self._screen(page, doc.page_count, raster_ms))
@@ -179,6 +193,26 @@ class Pipeline:
             put(_DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}"))
         except DocumentError as err:
             put(_DocFailed(source, sha256, str(err)))
+
+    def _embedded(self, start: _DocStart, doc: Any) -> _DocStart:
+        """Look for an e-invoice in the PDF's attachments (extract only)."""
+        if not isinstance(self.task, Extract) or self.options.embedded == "ignore":
+            return start
+        found = einvoice.find(doc.embedded_files())
+        if found is None:
+            return start
+        start.invoice_name = found[0]
+        try:
+            start.invoice = einvoice.parse(found[1], found[0])
+        except DocumentError as err:
+            start.notes.append(f"the embedded e-invoice cannot be used ({err}); the pages were read instead")
+            return start
+        if self.options.embedded == "prefer":
+            fields, why_not = embedded_fields(self.task, start.invoice)
+            start.use_invoice = fields is not None
+            if why_not:
+                start.notes.append(f"the embedded e-invoice {found[0]} was not used: {why_not}")
+        return start
 
     def _screen(self, page: Page, page_count: int, raster_ms: float) -> _PageReady:
         """The input check runs here, on the rasterising thread, so the guard judges the
@@ -259,7 +293,10 @@ class Pipeline:
             if isinstance(item, _Crash):
                 raise item.error
             if isinstance(item, _PageFailed):
-                pages[item.index] = PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
+                if item.skipped:
+                    pages[item.index] = PageResult(index=item.index, status=Status.SKIPPED, skipped_reason=item.skipped)
+                else:
+                    pages[item.index] = PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
                 continue
             result, reply = self._page(item, start.page_count)
             result.timings_ms["raster"] = round(item.raster_ms, 2)
@@ -269,7 +306,14 @@ class Pipeline:
                 replies[item.page.index] = reply
             item.page.image.close()  # drop pixels as soon as the model is done with them
         doc.pages = [pages[i] for i in sorted(pages)]
+        doc.errors.extend(start.notes)
         self._combine(doc, replies)
+        if isinstance(self.task, Extract):
+            if start.use_invoice and start.invoice is not None:
+                doc.fields, doc.embedded = start.invoice.to_fields(), start.invoice_name
+            doc.checks.extend(
+                extraction_checks(doc, self.task, start.invoice, compare=self.options.embedded != "ignore")
+            )
         doc.status = document_status(doc.pages)
         if doc.status is Status.OK and doc.guard_out is not None and doc.answer is None:
             doc.status = Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
@@ -302,6 +346,12 @@ class Pipeline:
         prompt = self.task.prompt(page_count)
         try:
             response = self._generate(prompt, page)
+            if not isinstance(self.task, Extract):  # JSON that loops fails its schema and is re-asked
+                text, runaway = cut_runaway(response.text)
+                if runaway:
+                    response = replace(response, text=text)
+                    result.status = Status.PARTIAL
+                    result.checks.append(Check(name="repetition", status="fail", detail=f"cut: {runaway}"))
             reply = self.task.read(response.text)
             if isinstance(self.task, Extract) and reply.error:
                 # One re-ask that shows the model its mistake, then a recorded failure.
@@ -407,6 +457,6 @@ def document_status(pages: list[PageResult]) -> Status:
     statuses = {p.status for p in pages if p.status is not Status.SKIPPED}
     if statuses <= {Status.OK}:
         return Status.OK
-    if Status.OK in statuses:
+    if statuses & {Status.OK, Status.PARTIAL}:  # some page gave a (possibly cut) answer
         return Status.PARTIAL
     return Status.FAILED if Status.FAILED in statuses else Status.BLOCKED

@@ -139,12 +139,14 @@ class Reader:
         top_p: float = 1.0,
         seed: int = 0,
         all_pages: bool = False,
+        embedded: str = "prefer",
     ) -> RunOptions:
         return RunOptions(
             raster=RasterOptions(dpi=dpi, max_pixels=max_pixels or self.max_pixels, pages=pages, password=password),
             max_tokens=max_tokens or self.max_tokens,
             sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed),
             all_pages=all_pages,
+            embedded=embedded,
         )
 
     def run(

@@ -105,6 +105,7 @@ class DocumentResult:
     cited_pages: list[int] = field(default_factory=list)
     fields: dict[str, Any] | None = None  # extract: the merged record
     field_pages: dict[str, int] = field(default_factory=dict)
+    embedded: str | None = None  # extract: the e-invoice attachment the fields were read from
     checks: list[Check] = field(default_factory=list)
     guard_out: Verdict | None = None  # ask: the check of the combined answer
     model: ModelInfo | None = None

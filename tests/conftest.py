@@ -96,9 +96,18 @@ def make_pdf(path: Path, pages: list[str], *, rotate: dict[int, int] | None = No
 
 def make_image(path: Path, size: tuple[int, int] = (120, 80), mode: str = "RGB", fmt: str = "PNG",
                color: object = (200, 40, 40), **save: object) -> Path:
-    from PIL import Image
+    """An image of one colour; RGB ones get a few dark bars in the middle, like a chart,
+    so that they are not blank pages (which never reach the model)."""
+    from PIL import Image, ImageDraw
 
-    Image.new(mode, size, color).save(path, fmt, **save)  # type: ignore[arg-type]
+    img = Image.new(mode, size, color)  # type: ignore[arg-type]
+    if mode == "RGB" and min(size) >= 20:
+        draw = ImageDraw.Draw(img)
+        w, h = size
+        for i in range(4):
+            x = w // 4 + i * w // 10
+            draw.rectangle((x, h // 3 + i * h // 12, x + w // 20, 2 * h // 3), fill=(10, 10, 10))
+    img.save(path, fmt, **save)  # type: ignore[arg-type]
     return path
 
 
