@@ -127,6 +127,18 @@ def test_an_interrupted_download_never_looks_complete_and_a_rerun_resumes(tmp_pa
     assert registry_server.requests("cdn", digest(served["model"]))[-1].headers["Range"] == "bytes=240000-"
 
 
+def test_a_partial_download_of_a_file_that_changed_upstream_is_not_resumed(tmp_path, served, registry_server):
+    registry_server.cuts[digest(served["model"])] = [60_000] * (download.RETRIES + 1)
+    s = settings(tmp_path)
+    with pytest.raises(DownloadError):
+        registry.pull(s, s.model("tiny-hf"))
+    newer = os.urandom(280_000)
+    registry_server.add_hf_file("test/tiny", "tiny-Q8_0.gguf", newer)
+    registry.pull(s, s.model("tiny-hf"))
+    assert registry.resolve(s, "tiny-hf").model_path.read_bytes() == newer
+    assert "Range" not in registry_server.requests("cdn", digest(newer))[0].headers
+
+
 def test_a_digest_mismatch_deletes_the_bad_file_and_says_so(tmp_path, served, registry_server):
     registry_server.corrupt.add(digest(served["model"]))
     s = settings(tmp_path)

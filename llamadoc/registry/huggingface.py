@@ -120,6 +120,9 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
     private = build_hf_headers(token=token, library_name="llamadoc", library_version=__version__)
     if _origin(meta.location) != _origin(url):
         private.pop("authorization", None)  # a signed CDN URL carries its own authority
+    if known_sha256(target) not in (None, expected):
+        # The file changed upstream since an interrupted download: its bytes are not a prefix of the new one.
+        download.partial_path(target).unlink(missing_ok=True)
     if expected:
         # Written first, so that a file never sits in place without the digest it was checked against.
         try:
@@ -127,6 +130,8 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
             sidecar_path(target).write_text(f"{expected}  {target.name}\n", encoding="ascii")
         except OSError as err:
             raise download.write_error(err, target.parent) from None
+    else:
+        sidecar_path(target).unlink(missing_ok=True)
     remote = download.Remote(
         url=meta.location,
         label=f"{ref.filename} from {host}/{ref.repo_id}",
