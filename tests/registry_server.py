@@ -245,6 +245,9 @@ def model_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_server: 
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    # Never the developer's saved login: a gated repository must see no token unless a test gives one.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     from llamadoc.registry import download
 
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
