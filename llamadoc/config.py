@@ -151,11 +151,11 @@ class Settings:
         try:
             return self.models[name]
         except KeyError:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise ConfigError(
-                f"unknown model {name!r}",
-                hint=f"known models: {known}; or pass a path to a .gguf file",
-            ) from None
+            if "://" in name:
+                hint = f"give it a name in your models.toml: [models.NAME] with files.model = {name!r}"
+            else:
+                hint = f"known models: {', '.join(sorted(self.models)) or 'none'}; or pass a path to a .gguf file"
+            raise ConfigError(f"unknown model {name!r}", hint=hint) from None
 
 
 def default_home(env: Mapping[str, str]) -> Path:

@@ -144,6 +144,7 @@ def test_rm_deletes_llamadocs_copies(config):
 
 def test_errors_are_one_line_with_what_to_do(config, registry_server, monkeypatch):
     assert "unknown model 'nope'" in one_error_line(run("pull", "nope", "--config", str(config)), 2)
+    assert "give it a name in your models.toml" in one_error_line(run("pull", "ollama://library/x:1b"), 2)
     registry_server.corrupt.update(registry_server.hf_files.values())
     assert "failed verification" in one_error_line(run("pull", "tiny", "--config", str(config)), 1)
     monkeypatch.setenv("LLAMADOC_OFFLINE", "1")

@@ -31,6 +31,8 @@ class ResolvedModel:
 
 
 def looks_like_path(value: str) -> bool:
+    if "://" in value:
+        return False  # a source address: models.toml gives it a name
     return value.endswith(".gguf") or os.sep in value or "/" in value or value.startswith((".", "~"))
 
 
