@@ -31,7 +31,6 @@ from llamadoc.errors import DownloadError
 from llamadoc.registry.progress import Bar, human_size, progress_bar
 
 Notify = Callable[[str], None]
-ProgressFactory = Callable[[str, int | None, int], Bar]
 
 CHUNK = 1 << 20
 RETRIES = 3  # reconnections after a dropped connection, each resuming where the last stopped
@@ -66,9 +65,7 @@ def lock_path(target: Path) -> Path:
     return target.with_name(target.name + ".lock")
 
 
-def fetch(
-    remote: Remote, target: Path, notify: Notify = lambda _m: None, progress: ProgressFactory = progress_bar
-) -> Path:
+def fetch(remote: Remote, target: Path, notify: Notify = lambda _m: None) -> Path:
     """Download ``remote`` to ``target`` unless it is already there; resumes a previous attempt."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +75,7 @@ def fetch(
         if target.is_file():
             return target  # another process finished it while we waited
         part = _Partial(partial_path(target))
-        _transfer(remote, part, notify, progress)
+        _transfer(remote, part, notify)
         _verify(remote, part)
         os.replace(part.path, target)
     return target
@@ -183,7 +180,7 @@ class _Partial:
         self.size += len(chunk)
 
 
-def _transfer(remote: Remote, part: _Partial, notify: Notify, progress: ProgressFactory) -> None:
+def _transfer(remote: Remote, part: _Partial, notify: Notify) -> None:
     if remote.size is not None and part.size > remote.size:
         part.reset()  # longer than the file can be: not a prefix of it
     if part.size:
@@ -192,7 +189,7 @@ def _transfer(remote: Remote, part: _Partial, notify: Notify, progress: Progress
         notify(f"downloading {remote.label} ({human_size(remote.size)})")
     if remote.size is not None:
         ensure_space(part.path.parent, remote.size - part.size, remote.label)
-    bar = progress(remote.label, remote.size, part.size)
+    bar = progress_bar(remote.label, remote.size, part.size)
     try:
         for attempt in range(RETRIES + 1):
             try:
