@@ -258,7 +258,7 @@ def extract(
 
 ModelName = Annotated[str, typer.Argument(help="A model name from `models list`, or a .gguf path.", show_default=False)]
 ModelNames = Annotated[list[str], typer.Argument(help="Model names from `models list`.", show_default=False)]
-FILE_ROLES = ("model", "mmproj", "template", "params")
+PATH_ROLES = ("model", "mmproj", "template", "params")
 
 
 def _model_or_path(settings: Any, name: str) -> Any:
@@ -382,8 +382,8 @@ def models_path(
     from llamadoc.config import load_settings
     from llamadoc.errors import ModelError
 
-    if role not in FILE_ROLES:
-        raise UsageError(f"--file {role!r} is not one of {', '.join(FILE_ROLES)}")
+    if role not in PATH_ROLES:
+        raise UsageError(f"--file {role!r} is not one of {', '.join(PATH_ROLES)}")
     settings = load_settings(config)
     target = _model_or_path(settings, name)
     if isinstance(target, Path):

@@ -145,7 +145,7 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
 
 def _hints(page: str) -> dict[int, str]:
     return {
-        401: f"your token was not accepted: {_LOGIN} again",
+        401: f"{_LOGIN}, with a token that may read this repository",
         403: f"your token may not read this repository: check its permissions and the licence at {page}",
         404: f"check the source in models.toml against {page}",
     }
