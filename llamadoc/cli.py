@@ -294,6 +294,7 @@ def models_list(config: Config = None) -> None:
 
     from llamadoc import registry
     from llamadoc.config import load_settings
+    from llamadoc.registry.locate import HF_CACHE, OLLAMA
     from llamadoc.registry.progress import human_size
 
     settings = load_settings(config)
@@ -304,7 +305,7 @@ def models_list(config: Config = None) -> None:
     defaults = {settings.default_vision: " (default)", settings.default_guard: " (default guard)"}
     for name, spec in sorted(settings.models.items()):
         files = registry.locate(settings, spec)
-        shared.update({f.path: f.size for f in files if f.present and f.shared and f.path})
+        shared.update({f.path: f.size for f in files if f.present and f.place in (OLLAMA, HF_CACHE) and f.path})
         table.add_row(
             name + defaults.get(name, ""),
             spec.engine,

@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -252,3 +252,26 @@ def model_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_server: 
 
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)
     return {**os.environ}
+
+
+@pytest.fixture
+def ollama_store(model_env: dict[str, str], registry_server: FakeRegistry) -> Callable[..., dict[str, Path]]:
+    """Writes an Ollama installation's folder at OLLAMA_MODELS, as `ollama pull` leaves it."""
+
+    def write(ref: str, layers: dict[str, bytes]) -> dict[str, Path]:
+        root = Path(model_env["OLLAMA_MODELS"])
+        path, _, tag = ref.partition(":")
+        host = registry_server.url.removeprefix("http://")
+        blobs, entries = {}, []
+        for kind, data in layers.items():
+            digest = hashlib.sha256(data).hexdigest()
+            blobs[kind] = root / "blobs" / f"sha256-{digest}"
+            blobs[kind].parent.mkdir(parents=True, exist_ok=True)
+            blobs[kind].write_bytes(data)
+            entries.append({"mediaType": MEDIA + kind, "digest": f"sha256:{digest}", "size": len(data)})
+        manifest = root / "manifests" / host / path / tag
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text(json.dumps({"schemaVersion": 2, "layers": entries}))
+        return blobs
+
+    return write

@@ -286,25 +286,8 @@ def test_an_ollama_blob_is_resumed_and_verified(tmp_path, served, registry_serve
     assert not registry.is_present(s, s.model("tiny-vision"))  # no manifest without all its blobs
 
 
-def write_ollama_store(root: Path, host: str, ref: tuple[str, str, str], layers: dict[str, bytes]) -> dict[str, Path]:
-    """An Ollama installation's folder, as `ollama pull` leaves it."""
-    paths, entries = {}, []
-    for kind, data in layers.items():
-        paths[kind] = root / "blobs" / f"sha256-{digest(data)}"
-        paths[kind].parent.mkdir(parents=True, exist_ok=True)
-        paths[kind].write_bytes(data)
-        entries.append({"mediaType": f"application/vnd.ollama.image.{kind}", "digest": f"sha256:{digest(data)}",
-                        "size": len(data)})
-    manifest = root / "manifests" / host / ref[0] / ref[1] / ref[2]
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": entries}))
-    return paths
-
-
-def test_an_existing_ollama_store_is_used_in_place_without_the_network(tmp_path, served, registry_server):
-    store = Path(os.environ["OLLAMA_MODELS"])
-    host = registry_server.url.removeprefix("http://")
-    blobs = write_ollama_store(store, host, ("library", "tiny-vision", "1b"), {"model": b"GGUF one file"})
+def test_an_existing_ollama_store_is_used_in_place_without_the_network(tmp_path, served, registry_server, ollama_store):
+    blobs = ollama_store("library/tiny-vision:1b", {"model": b"GGUF one file"})
     s = settings(tmp_path, LLAMADOC_OFFLINE="1")
     resolved = registry.resolve(s, "tiny-vision", pull_missing=True)
     assert resolved.model_path == blobs["model"]  # no copy
@@ -317,10 +300,8 @@ def test_an_existing_ollama_store_is_used_in_place_without_the_network(tmp_path,
     assert blobs["model"].is_file()
 
 
-def test_an_incomplete_ollama_store_is_not_used(tmp_path, served, registry_server):
-    store = Path(os.environ["OLLAMA_MODELS"])
-    host = registry_server.url.removeprefix("http://")
-    blobs = write_ollama_store(store, host, ("library", "tiny-vision", "1b"), {"model": b"GGUF one file"})
+def test_an_incomplete_ollama_store_is_not_used(tmp_path, served, ollama_store):
+    blobs = ollama_store("library/tiny-vision:1b", {"model": b"GGUF one file"})
     blobs["model"].unlink()
     s = settings(tmp_path)
     registry.pull(s, s.model("tiny-vision"))
@@ -382,8 +363,9 @@ def test_concurrent_pulls_download_each_file_once(tmp_path, served, registry_ser
 
     registry_server.delay_s = 0.02  # long enough for both processes to want the same file
     pull = (
-        "import sys; from pathlib import Path; from llamadoc import registry; from llamadoc.config import load_settings;"
-        "s = load_settings(Path(sys.argv[1])); [registry.pull(s, s.model(name)) for name in sys.argv[2:]]"
+        "import sys; from pathlib import Path; from llamadoc import registry;"
+        "from llamadoc.config import load_settings; s = load_settings(Path(sys.argv[1]));"
+        "[registry.pull(s, s.model(name)) for name in sys.argv[2:]]"
     )
     command = [sys.executable, "-c", pull, str(tmp_path / "models.toml"), "tiny-hf", "tiny-vision"]
     cwd = Path(__file__).resolve().parents[1]

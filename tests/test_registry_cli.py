@@ -74,6 +74,14 @@ def test_list_shows_every_model_with_its_facts_and_presence(config):
     assert "(0 B used)" not in result.stdout
 
 
+def test_list_tells_a_model_used_from_ollamas_store(config, ollama_store):
+    ollama_store("library/tiny-vision:1b", {"model": b"G" * 5000})
+    result = run("list", "--config", str(config))
+    line = next(line for line in result.stdout.splitlines() if line.startswith("tiny-vision"))
+    assert line.split()[-2:] == ["yes", "(ollama)"]
+    assert "used in place, not copied: 5.0 kB" in result.stdout and "(0 B used)" in result.stdout
+
+
 def test_pull_prints_the_paths_and_reports_on_stderr(config, registry_server):
     result = run("pull", "tiny", "tiny-vision", "--config", str(config))
     assert result.exit_code == 0, result.output
