@@ -469,7 +469,9 @@ def _count(n: int) -> str:
 @models_app.command("verify")
 @handles_errors
 def models_verify(
-    names: Annotated[list[str] | None, typer.Argument(help="Model names; all downloaded models if none.")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Model names or .gguf paths; all downloaded models if none.")
+    ] = None,
     config: Config = None,
 ) -> None:
     """Hash models' files anew and compare with their sha256; a bad copy of llamadoc's is deleted."""
@@ -478,14 +480,17 @@ def models_verify(
     from llamadoc.errors import DownloadError
 
     settings = load_settings(config)
-    specs = [settings.model(n) for n in names] if names else [
+    targets = [_model_or_path(settings, n) for n in names] if names else [
         spec for spec in settings.models.values() if any(f.present for f in registry.locate(settings, spec))
     ]
-    if not specs:
+    if not targets:
         say("no downloaded models to verify")
         return
     bad: list[str] = []
-    for spec in specs:
+    for spec in targets:
+        if isinstance(spec, Path):  # a file of the user's: its digest, for them to compare
+            print(f"{'unchecked':<9} {spec}: sha256 {registry.fresh_sha256(spec, settings.cache_dir)}")
+            continue
         for check in registry.verify(settings, spec, notify=say):
             status = {True: "ok", False: "MISMATCH", None: "unchecked"}[check.ok]
             note = " (deleted)" if check.deleted else (" (no digest to compare with)" if check.ok is None else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -380,6 +381,21 @@ def test_concurrent_pulls_download_each_file_once(tmp_path, served, registry_ser
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
     for data in (served["model"], served["mmproj"], served["vision"]):
         assert len(registry_server.requests("cdn", digest(data))) == 1
+
+
+def test_progress_bars_appear_only_on_a_terminal(monkeypatch):
+    from llamadoc.registry import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert type(progress.progress_bar("x.gguf", 10)).__name__ == "_NoBar"  # pytest captures stderr: no terminal
+    monkeypatch.setattr(progress.sys, "stderr", Terminal())
+    bar = progress.progress_bar("x.gguf", 10)
+    bar.advance(10)
+    bar.close()
+    assert type(bar).__name__ == "_RichBar"
 
 
 def write_mllama_gguf(path: Path) -> Path:

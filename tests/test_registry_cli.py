@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -137,6 +138,9 @@ def test_verify_checks_every_downloaded_file(config):
     result = run("verify", "tiny", "--config", str(config))
     assert "1 file(s) failed verification" in one_error_line(result, 1)
     assert "MISMATCH  tiny model" in result.stdout and "(deleted)" in result.stdout
+    mine = config.with_name("mmproj.gguf")
+    result = run("verify", str(mine))
+    assert result.exit_code == 0 and hashlib.sha256(mine.read_bytes()).hexdigest() in result.stdout
 
 
 def test_rm_deletes_llamadocs_copies(config):
