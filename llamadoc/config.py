@@ -39,6 +39,8 @@ _MODEL_KEYS = {
 _FILE_KEYS = {"source": str, "sha256": str, "size": int}
 _DEFAULT_KEYS = {"vision": str, "guard": str}
 _DEFAULT_KINDS = {"vision": ("vision",), "guard": ("guard", "vision-guard")}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true or false",
+               list: "a list"}
 # A registry name must never be mistaken for a path or a source address.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 _OLLAMA_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -101,7 +103,7 @@ class FileSource:
     role: str  # "model" or "mmproj"
     source: str  # hf://owner/repo/path, ollama://library/name:tag, or a local path
     sha256: str | None = None  # pins the file: a download that does not match is rejected
-    size: int | None = None  # bytes, for display and the free-space check
+    size: int | None = None  # bytes as published: informational, the server's own figure is checked
 
     @property
     def ref(self) -> SourceRef:
@@ -292,7 +294,8 @@ def _check_type(origin: str, key: str, value: Any, allowed: Mapping[str, type]) 
     want = allowed[leaf]
     ok = isinstance(value, want) or (want is float and isinstance(value, int))
     if not ok or (want in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{origin}: {key} must be a {want.__name__}, not {type(value).__name__}")
+        given = _TYPE_NAMES.get(type(value), type(value).__name__)
+        raise ConfigError(f"{origin}: {key} must be {_TYPE_NAMES[want]}, not {given}")
     if want in (int, float) and value <= 0:
         raise ConfigError(f"{origin}: {key} must be positive, not {value}")
 

@@ -78,7 +78,7 @@ def test_an_unknown_key_is_reported_with_file_key_and_a_suggestion(tmp_path):
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ('[models."qwen2.5-vl:7b"]\ncontext = "long"\n', "context must be a int, not str"),
+        ('[models."qwen2.5-vl:7b"]\ncontext = "long"\n', "context must be an integer, not a string"),
         ('[models."qwen2.5-vl:7b"]\nsize_bytes = -1\n', "size_bytes must be positive"),
         ('[models."qwen2.5-vl:7b"]\nengine = "vllm"\n', "engine must be one of"),
         ('[models.x]\nengine = "mtmd"\nfiles.model = "hf://a/b/c.gguf"\n', "needs files.mmproj"),
