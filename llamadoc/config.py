@@ -1,4 +1,4 @@
-"""Settings: models.toml (shipped) + the user's models.toml + LLAMADOC_* variables.
+"""Settings: models.toml (shipped) + the user's models.toml + environment variables.
 
 Parsed once into frozen dataclasses; unknown keys and bad values are reported with
 the file and the key, so a typo never silently changes behaviour.
@@ -6,13 +6,16 @@ the file and the key, so a typo never silently changes behaviour.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from llamadoc.errors import ConfigError
 
@@ -20,6 +23,7 @@ ENGINES = ("mtmd", "mllama", "llama")
 KINDS = ("vision", "guard", "vision-guard")
 FILE_ROLES = ("model", "mmproj")
 DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
 _MODEL_KEYS = {
     "engine": str,
@@ -34,14 +38,76 @@ _MODEL_KEYS = {
 }
 _FILE_KEYS = {"source": str, "sha256": str, "size": int}
 _DEFAULT_KEYS = {"vision": str, "guard": str}
+_DEFAULT_KINDS = {"vision": ("vision",), "guard": ("guard", "vision-guard")}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true or false",
+               list: "a list"}
+# A registry name must never be mistaken for a path or a source address.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+_OLLAMA_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class HfRef:
+    """A file in a Hugging Face repository: hf://owner/repo[@revision]/path/in/repo."""
+
+    repo_id: str
+    filename: str
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        at = "" if self.revision == "main" else f"@{self.revision}"
+        return f"hf://{self.repo_id}{at}/{self.filename}"
+
+
+@dataclass(frozen=True)
+class OllamaRef:
+    """A model in an Ollama registry: ollama://[namespace/]name[:tag]."""
+
+    namespace: str
+    name: str
+    tag: str = "latest"
+
+    def __str__(self) -> str:
+        return f"ollama://{self.namespace}/{self.name}:{self.tag}"
+
+
+SourceRef = HfRef | OllamaRef | Path
+
+
+def parse_source(source: str) -> SourceRef:
+    """The typed form of a file source; ValueError says what is wrong with it."""
+    scheme, sep, rest = source.partition("://")
+    if not sep:
+        return Path(source).expanduser()
+    if scheme == "hf":
+        owner, _, after_owner = rest.partition("/")
+        repo_at, _, filename = after_owner.partition("/")
+        repo, _, revision = repo_at.partition("@")
+        if not (owner and repo and filename):
+            raise ValueError("use hf://owner/repo/path/to/file.gguf (or owner/repo@revision/...)")
+        return HfRef(repo_id=f"{owner}/{repo}", filename=filename, revision=revision or "main")
+    if scheme == "ollama":
+        path, _, tag = rest.partition(":")
+        namespace, _, name = path.rpartition("/")
+        namespace = namespace or "library"
+        tag = tag or "latest"
+        if not all(_OLLAMA_PART.fullmatch(part) for part in (namespace, name, tag)):
+            raise ValueError("use ollama://library/name:tag (letters, digits, '.', '_' and '-')")
+        return OllamaRef(namespace=namespace, name=name, tag=tag)
+    raise ValueError(f"unknown scheme {scheme!r}: use hf://, ollama:// or a local path")
 
 
 @dataclass(frozen=True)
 class FileSource:
     role: str  # "model" or "mmproj"
     source: str  # hf://owner/repo/path, ollama://library/name:tag, or a local path
-    sha256: str | None = None
-    size: int | None = None
+    sha256: str | None = None  # pins the file: a download that does not match is rejected
+    size: int | None = None  # bytes as published: informational, the server's own figure is checked
+
+    @property
+    def ref(self) -> SourceRef:
+        return parse_source(self.source)
 
 
 @dataclass(frozen=True)
@@ -70,6 +136,10 @@ class Settings:
     models: Mapping[str, ModelSpec] = field(default_factory=dict)
     default_vision: str = ""
     default_guard: str = ""
+    hf_endpoint: str = DEFAULT_HF_ENDPOINT
+    hf_token: str | None = None  # None: huggingface_hub looks in its usual places
+    hf_cache: Path | None = None  # huggingface_hub's cache, whose files are used in place
+    ollama_stores: tuple[Path, ...] = ()  # Ollama's own model folders, whose blobs are used in place
 
     @property
     def models_dir(self) -> Path:
@@ -83,24 +153,20 @@ class Settings:
         try:
             return self.models[name]
         except KeyError:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise ConfigError(
-                f"unknown model {name!r}",
-                hint=f"known models: {known}; or pass a path to a .gguf file",
-            ) from None
+            if "://" in name:
+                hint = f"give it a name in your models.toml: [models.NAME] with files.model = {name!r}"
+            else:
+                hint = f"known models: {', '.join(sorted(self.models)) or 'none'}; or pass a path to a .gguf file"
+            raise ConfigError(f"unknown model {name!r}", hint=hint) from None
 
 
 def default_home(env: Mapping[str, str]) -> Path:
     if env.get("LLAMADOC_HOME"):
-        return Path(env["LLAMADOC_HOME"]).expanduser()
+        return Path(env["LLAMADOC_HOME"]).expanduser().absolute()
     # Imported here: platformdirs is only needed when no home is set.
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("llamadoc", appauthor=False))
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,24 +176,73 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     shipped = resources.files("llamadoc").joinpath("models.toml")
     models: dict[str, ModelSpec] = {}
     defaults: dict[str, tuple[str, str]] = {}  # role -> (model name, file that set it)
-    _merge(_read_toml_text(shipped.read_text(encoding="utf-8"), "models.toml (shipped)"),
-           "models.toml (shipped)", models, defaults)
+    origin = "models.toml (shipped)"
+    _merge(_read_toml_text(shipped.read_text(encoding="utf-8"), origin), origin, None, models, defaults)
     user = config if config is not None else home / "models.toml"
     if config is not None and not config.is_file():
         raise ConfigError(f"config file {config} does not exist")
     if user.is_file():
-        _merge(_read_toml_text(user.read_text(encoding="utf-8"), str(user)), str(user), models, defaults)
-    for role, (name, origin) in defaults.items():
+        text = user.read_text(encoding="utf-8")
+        _merge(_read_toml_text(text, str(user)), str(user), user.absolute().parent, models, defaults)
+    for role, (name, where) in defaults.items():
         if name not in models:
-            raise ConfigError(f"{origin}: defaults.{role} names unknown model {name!r}")
+            raise ConfigError(f"{where}: defaults.{role} names unknown model {name!r}")
+        if models[name].kind not in _DEFAULT_KINDS[role]:
+            raise ConfigError(
+                f"{where}: defaults.{role} names {name!r}, a {models[name].kind} model",
+                hint=f"pick a model of kind {' or '.join(_DEFAULT_KINDS[role])}",
+            )
     return Settings(
         home=home,
-        offline=_truthy(env.get("LLAMADOC_OFFLINE")) or _truthy(env.get("HF_HUB_OFFLINE")),
-        ollama_registry=env.get("LLAMADOC_OLLAMA_REGISTRY", DEFAULT_OLLAMA_REGISTRY).rstrip("/"),
+        offline=_flag(env, "LLAMADOC_OFFLINE") or _hf_true(env.get("HF_HUB_OFFLINE")),
+        ollama_registry=_url(env, "LLAMADOC_OLLAMA_REGISTRY", DEFAULT_OLLAMA_REGISTRY),
         models=models,
         default_vision=defaults.get("vision", ("", ""))[0],
         default_guard=defaults.get("guard", ("", ""))[0],
+        hf_endpoint=_url(env, "HF_ENDPOINT", DEFAULT_HF_ENDPOINT),
+        hf_token=env.get("HF_TOKEN") or None,
+        hf_cache=_hf_cache(env),
+        ollama_stores=_ollama_stores(env),
     )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, not {env[name]!r}")
+
+
+def _hf_true(value: str | None) -> bool:
+    # huggingface_hub's own reading of its variables, so both tools agree.
+    return (value or "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+    return value.rstrip("/")
+
+
+def _hf_cache(env: Mapping[str, str]) -> Path:
+    # The same lookup huggingface_hub does at import, from the environment we were given.
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "huggingface" / "hub"
+
+
+def _ollama_stores(env: Mapping[str, str]) -> tuple[Path, ...]:
+    # OLLAMA_MODELS replaces Ollama's default folder; Linux service installs keep theirs apart.
+    if env.get("OLLAMA_MODELS"):
+        return (Path(env["OLLAMA_MODELS"]).expanduser(),)
+    return (Path.home() / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models"))
 
 
 def _read_toml_text(text: str, origin: str) -> dict[str, Any]:
@@ -138,59 +253,108 @@ def _read_toml_text(text: str, origin: str) -> dict[str, Any]:
 
 
 def _merge(
-    data: dict[str, Any], origin: str, models: dict[str, ModelSpec], defaults: dict[str, tuple[str, str]]
+    data: dict[str, Any],
+    origin: str,
+    base_dir: Path | None,
+    models: dict[str, ModelSpec],
+    defaults: dict[str, tuple[str, str]],
 ) -> None:
     for key in data:
         if key not in ("models", "defaults"):
-            raise ConfigError(f"{origin}: unknown key {key!r}", hint="top-level keys are 'models' and 'defaults'")
-    for key, value in data.get("defaults", {}).items():
+            raise _unknown_key(origin, key, ("models", "defaults"))
+    for key, value in _table(origin, "defaults", data.get("defaults", {})).items():
         _check_type(origin, f"defaults.{key}", value, _DEFAULT_KEYS)
         defaults[key] = (value, origin)
-    for name, body in data.get("models", {}).items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"{origin}: models.{name!r} must be a table")
-        models[name] = _parse_model(origin, name, body, models.get(name))
+    for name, body in _table(origin, "models", data.get("models", {})).items():
+        if not _NAME.fullmatch(name) or name.endswith(".gguf"):
+            raise ConfigError(
+                f"{origin}: model name {name!r} is not allowed",
+                hint="use letters, digits and . _ : / -, not starting with a dot or slash",
+            )
+        models[name] = _parse_model(origin, base_dir, name, _table(origin, f"models.{name}", body), models.get(name))
 
 
-def _check_type(origin: str, key: str, value: Any, allowed: dict[str, type]) -> None:
+def _table(origin: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: {key} must be a table, not {type(value).__name__}")
+    return value
+
+
+def _unknown_key(origin: str, key: str, allowed: Any) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(allowed), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+    return ConfigError(f"{origin}: unknown key {key!r}", hint=hint)
+
+
+def _check_type(origin: str, key: str, value: Any, allowed: Mapping[str, type]) -> None:
     leaf = key.rsplit(".", 1)[-1]
     if leaf not in allowed:
-        raise ConfigError(f"{origin}: unknown key {key!r}", hint=f"allowed: {', '.join(sorted(allowed))}")
+        raise _unknown_key(origin, key, allowed)
     want = allowed[leaf]
-    ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
-    if not ok or (want is int and isinstance(value, bool)):
-        raise ConfigError(f"{origin}: {key} must be a {want.__name__}, not {type(value).__name__}")
+    ok = isinstance(value, want) or (want is float and isinstance(value, int))
+    if not ok or (want in (int, float) and isinstance(value, bool)):
+        given = _TYPE_NAMES.get(type(value), type(value).__name__)
+        raise ConfigError(f"{origin}: {key} must be {_TYPE_NAMES[want]}, not {given}")
+    if want in (int, float) and value <= 0:
+        raise ConfigError(f"{origin}: {key} must be positive, not {value}")
 
 
-def _parse_model(origin: str, name: str, body: dict[str, Any], base: ModelSpec | None) -> ModelSpec:
+def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: Any) -> FileSource:
+    if isinstance(body, str):
+        body = {"source": body}
+    if not isinstance(body, dict) or "source" not in body:
+        raise ConfigError(f"{origin}: {key} needs a 'source'")
+    for name, value in body.items():
+        _check_type(origin, f"{key}.{name}", value, _FILE_KEYS)
+    source = body["source"]
+    try:
+        ref = parse_source(source)
+    except ValueError as err:
+        raise ConfigError(f"{origin}: {key}.source {source!r} is not a source", hint=str(err)) from None
+    if isinstance(ref, Path) and not ref.is_absolute() and base_dir is not None:
+        source = str(base_dir / ref)  # relative paths mean: beside the file that names them
+    sha256 = body.get("sha256")
+    if sha256 is not None and isinstance(ref, OllamaRef):
+        raise ConfigError(
+            f"{origin}: {key}.sha256 does not apply to an Ollama source", hint="its layers are named by their digests"
+        )
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if not _SHA256.fullmatch(sha256):
+            raise ConfigError(f"{origin}: {key}.sha256 must be 64 hex digits")
+    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"))
+
+
+def _parse_model(
+    origin: str, base_dir: Path | None, name: str, body: dict[str, Any], base: ModelSpec | None
+) -> ModelSpec:
     prefix = f"models.{name}"
     for key, value in body.items():
         _check_type(origin, f"{prefix}.{key}", value, _MODEL_KEYS)
     files = list(base.files) if base else []
     for role, fbody in body.get("files", {}).items():
         if role not in FILE_ROLES:
-            raise ConfigError(f"{origin}: unknown key '{prefix}.files.{role}'", hint="file roles: model, mmproj")
-        if isinstance(fbody, str):
-            fbody = {"source": fbody}
-        if not isinstance(fbody, dict) or "source" not in fbody:
-            raise ConfigError(f"{origin}: {prefix}.files.{role} needs a 'source'")
-        for key, value in fbody.items():
-            _check_type(origin, f"{prefix}.files.{role}.{key}", value, _FILE_KEYS)
+            raise _unknown_key(origin, f"{prefix}.files.{role}", FILE_ROLES)
         files = [f for f in files if f.role != role]
-        files.append(FileSource(role=role, **fbody))
+        files.append(_parse_file(origin, base_dir, f"{prefix}.files.{role}", role, fbody))
     engine = body.get("engine", base.engine if base else None)
     if engine not in ENGINES:
         raise ConfigError(f"{origin}: {prefix}.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     kind = body.get("kind", base.kind if base else "vision")
     if kind not in KINDS:
         raise ConfigError(f"{origin}: {prefix}.kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    if not any(f.role == "model" for f in files):
+    model = next((f for f in files if f.role == "model"), None)
+    if model is None:
         raise ConfigError(f"{origin}: {prefix} has no files.model")
-    inherited = {
+    # An Ollama manifest carries its own projector layer; any other libmtmd model needs one named.
+    if engine == "mtmd" and not isinstance(model.ref, OllamaRef) and not any(f.role == "mmproj" for f in files):
+        raise ConfigError(f"{origin}: {prefix} (engine mtmd) needs files.mmproj, its vision projector")
+    inherited: dict[str, Any] = {
         k: getattr(base, k)
         for k in ("description", "quantisation", "size_bytes", "context", "min_memory_gb", "max_pixels")
     } if base else {}
     inherited.update({k: v for k, v in body.items() if k not in ("files", "engine", "kind")})
-    if "min_memory_gb" in inherited and inherited["min_memory_gb"] is not None:
+    if inherited.get("min_memory_gb") is not None:
         inherited["min_memory_gb"] = float(inherited["min_memory_gb"])
     return ModelSpec(name=name, engine=engine, kind=kind, files=tuple(files), origin=origin, **inherited)

@@ -7,12 +7,9 @@ from typing import Any
 from llamadoc.errors import ModelError
 
 
-def gguf_metadata(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A few metadata values from a GGUF header (None where absent); a ModelError for
-    a file that is not GGUF or is cut short. ``{arch}`` in a key stands for the
-    file's general.architecture.
-    """
-    import gguf
+def open_gguf(path: str) -> Any:
+    """A gguf.GGUFReader, or a ModelError that says what is wrong with the file."""
+    import gguf  # imported here: only needed to inspect files
 
     try:
         with open(path, "rb") as fh:
@@ -22,9 +19,16 @@ def gguf_metadata(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
     if magic != b"GGUF":
         raise ModelError(f"{path} is not a GGUF file", hint="model and projector files end in .gguf")
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(path)
     except Exception as err:  # gguf raises ValueError, IndexError, ... on damaged files
         raise ModelError(f"{path} is a damaged GGUF file ({err}); is the download complete?") from None
+
+
+def gguf_metadata(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A few metadata values from a GGUF header (None where absent). ``{arch}`` in a
+    key stands for the file's general.architecture.
+    """
+    reader = open_gguf(path)
     arch_field = reader.get_field("general.architecture")
     arch = str(arch_field.contents()) if arch_field is not None else ""
     out: dict[str, Any] = {"general.architecture": arch or None}

@@ -1,0 +1,61 @@
+"""sha256 of model files, remembered by path, size and mtime: hashing 5 GB takes a while."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+_CHUNK = 8 << 20
+
+
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """The file's sha256, from the cache when the file has not changed since it was hashed."""
+    key = _key(path)
+    known = _load(cache_dir)
+    if key not in known:
+        known[key] = _hash(path)
+        _save(cache_dir, known)
+    return str(known[key])
+
+
+def fresh_sha256(path: Path, cache_dir: Path) -> str:
+    """The file's sha256 read anew (bit rot keeps size and mtime), then remembered."""
+    digest = _hash(path)
+    known = _load(cache_dir)
+    known[_key(path)] = digest
+    _save(cache_dir, known)
+    return digest
+
+
+def _key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load(cache_dir: Path) -> dict[str, str]:
+    try:
+        known = json.loads((cache_dir / "file-hashes.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _save(cache_dir: Path, known: dict[str, str]) -> None:
+    cache = cache_dir / "file-hashes.json"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a cache we cannot write only costs time

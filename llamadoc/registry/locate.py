@@ -1,0 +1,101 @@
+"""Where each file of a model is, or where a pull would put it; reads the disk, never the network.
+
+A file can be in llamadoc's own folder, in an Ollama installation's store or in the
+Hugging Face cache (both used in place), or at a path the user named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamadoc.config import HfRef, ModelSpec, OllamaRef, Settings
+from llamadoc.registry import huggingface, ollama
+from llamadoc.registry.download import partial_path
+
+# Where a file lives, as `models list` and `models rm` tell it.
+LLAMADOC, OLLAMA, HF_CACHE, USER_PATH = "llamadoc", "ollama", "huggingface cache", "path"
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    role: str  # model, mmproj, template, params
+    source: str  # as models.toml names it
+    path: Path | None  # where it is, or where a pull puts it; None: an Ollama layer known only from its manifest
+    present: bool
+    place: str  # LLAMADOC, OLLAMA, HF_CACHE or USER_PATH
+    sha256: str | None = None  # the digest it must have, when known
+
+    @property
+    def shared(self) -> bool:
+        """Another tool's file or the user's own: llamadoc never deletes it."""
+        return self.place != LLAMADOC
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size if self.present and self.path else 0
+
+    @property
+    def partial(self) -> int:
+        """Bytes of an interrupted download, kept for the next pull to resume."""
+        try:
+            return partial_path(self.path).stat().st_size if self.path and not self.present else 0
+        except OSError:
+            return 0
+
+
+def locate(settings: Settings, spec: ModelSpec) -> list[LocalFile]:
+    """Every file of ``spec``, plus what an Ollama manifest adds (projector, template, params)."""
+    found: list[LocalFile] = []
+    manifests: dict[OllamaRef, tuple[ollama.Store, ollama.Manifest] | None] = {}
+    for file in spec.files:
+        ref = file.ref
+        if isinstance(ref, Path):
+            found.append(LocalFile(file.role, file.source, ref, ref.is_file(), USER_PATH, file.sha256))
+        elif isinstance(ref, HfRef):
+            found.append(_hf_file(settings, ref, file.role, file.source, file.sha256))
+        else:
+            if ref not in manifests:
+                manifests[ref] = ollama.find(settings, ref)
+            found.append(_ollama_file(manifests[ref], file.role, file.source, file.sha256))
+    model = spec.file("model")
+    pulled = manifests.get(model.ref) if model and isinstance(model.ref, OllamaRef) else None
+    if model and pulled:
+        store, manifest = pulled
+        for kind, role in ollama.LAYER_ROLES.items():
+            layer = manifest.layer(kind)
+            if layer and not any(f.role == role for f in found):
+                found.append(LocalFile(role, model.source, store.blob_path(layer), True, _place(store), layer.hex))
+    return found
+
+
+def is_present(settings: Settings, spec: ModelSpec) -> bool:
+    """Whether every file models.toml names for ``spec`` is on this machine."""
+    roles = {f.role for f in spec.files}
+    return all(f.present for f in locate(settings, spec) if f.role in roles)
+
+
+def _hf_file(settings: Settings, ref: HfRef, role: str, source: str, pinned: str | None) -> LocalFile:
+    own = huggingface.store_path(settings, ref)
+    if own.is_file():
+        return LocalFile(role, source, own, True, LLAMADOC, pinned or huggingface.known_sha256(own))
+    cached = huggingface.cached_path(settings, ref)
+    if cached is not None:
+        return LocalFile(role, source, cached, True, HF_CACHE, pinned or huggingface.known_sha256(cached))
+    return LocalFile(role, source, own, False, LLAMADOC, pinned)
+
+
+def _ollama_file(
+    found: tuple[ollama.Store, ollama.Manifest] | None, role: str, source: str, pinned: str | None
+) -> LocalFile:
+    if found is None:
+        return LocalFile(role, source, None, False, LLAMADOC, pinned)
+    store, manifest = found
+    layer = manifest.layer("model" if role == "model" else "projector")
+    if layer is None:
+        return LocalFile(role, source, None, False, _place(store), pinned)
+    return LocalFile(role, source, store.blob_path(layer), True, _place(store), pinned or layer.hex)
+
+
+def _place(store: ollama.Store) -> str:
+    return OLLAMA if store.shared else LLAMADOC

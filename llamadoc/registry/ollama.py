@@ -1,0 +1,196 @@
+"""Models from an Ollama registry, kept in Ollama's own folder layout.
+
+A model is a manifest (JSON listing layers by media type, sha256 digest and size) and
+one blob per layer, fetched from the registry's distribution API. llamadoc keeps its
+downloads in the layout Ollama uses (manifests/<host>/<namespace>/<name>/<tag>,
+blobs/sha256-<hex>), so a blob is found the same way wherever it lives, and the blobs
+of an existing Ollama installation are used in place, never copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from llamadoc.config import OllamaRef, Settings
+from llamadoc.errors import DownloadError
+from llamadoc.registry import download
+from llamadoc.registry.download import Notify
+
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+_MEDIA_PREFIX = "application/vnd.ollama.image."
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+# The layers an engine or a check reads, under the role llamadoc gives them. Ollama's
+# current Llama 3.2 Vision has its projector inside the model layer; older manifests
+# carry a separate projector layer.
+LAYER_ROLES = {"model": "model", "projector": "mmproj", "template": "template", "params": "params"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    media_type: str
+    digest: str
+    size: int
+
+    @property
+    def kind(self) -> str:
+        """'model', 'projector', 'template', 'params', 'license', ... ('config' for the config blob)."""
+        base = self.media_type.split(";", 1)[0].strip()
+        return base[len(_MEDIA_PREFIX):] if base.startswith(_MEDIA_PREFIX) else "config"
+
+    @property
+    def hex(self) -> str:
+        return self.digest.partition(":")[2]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    config: Layer | None
+    layers: tuple[Layer, ...]
+    raw: bytes  # stored as received, as Ollama does
+
+    @property
+    def blobs(self) -> tuple[Layer, ...]:
+        return ((self.config,) if self.config else ()) + self.layers
+
+    def layer(self, kind: str) -> Layer | None:
+        return next((layer for layer in self.layers if layer.kind == kind), None)
+
+
+def parse_manifest(raw: bytes) -> Manifest:
+    """The manifest in ``raw``; ValueError says what is wrong with it."""
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"not JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+        raise ValueError("no list of layers")
+    config = _layer(data["config"]) if isinstance(data.get("config"), dict) else None
+    return Manifest(config=config, layers=tuple(_layer(item) for item in data["layers"]), raw=raw)
+
+
+def _layer(item: object) -> Layer:
+    if not isinstance(item, dict):
+        raise ValueError("a layer is not an object")
+    media_type, digest, size = item.get("mediaType"), item.get("digest"), item.get("size")
+    if not isinstance(media_type, str) or not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ValueError(f"a layer has no media type or no sha256 digest: {item}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"layer {digest} has no size")
+    return Layer(media_type=media_type, digest=digest, size=size)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A folder in Ollama's layout: llamadoc's own, or an Ollama installation's (shared)."""
+
+    root: Path
+    shared: bool  # Ollama's own: llamadoc reads it and never writes or deletes in it
+
+    def manifest_path(self, host: str, ref: OllamaRef) -> Path:
+        return self.root / "manifests" / host / ref.namespace / ref.name / ref.tag
+
+    def blob_path(self, layer: Layer) -> Path:
+        return self.root / "blobs" / f"sha256-{layer.hex}"
+
+    def read(self, host: str, ref: OllamaRef) -> Manifest | None:
+        try:
+            return parse_manifest(self.manifest_path(host, ref).read_bytes())
+        except (OSError, ValueError):
+            return None  # absent, or unreadable: either way not a model llamadoc can use here
+
+    def has(self, layer: Layer) -> bool:
+        try:
+            return self.blob_path(layer).stat().st_size == layer.size
+        except OSError:
+            return False
+
+    def manifests(self) -> list[Manifest]:
+        """Every readable manifest in the store."""
+        found = []
+        for path in (self.root / "manifests").rglob("*"):
+            if path.is_file():
+                try:
+                    found.append(parse_manifest(path.read_bytes()))
+                except (OSError, ValueError):
+                    continue
+        return found
+
+
+def registry_host(settings: Settings) -> str:
+    """The folder Ollama names a registry's manifests by: registry.ollama.ai by default."""
+    return urlsplit(settings.ollama_registry).netloc
+
+
+def own_store(settings: Settings) -> Store:
+    return Store(settings.models_dir / "ollama", shared=False)
+
+
+def stores(settings: Settings) -> list[Store]:
+    return [own_store(settings)] + [Store(root, shared=True) for root in settings.ollama_stores if root.is_dir()]
+
+
+def find(settings: Settings, ref: OllamaRef) -> tuple[Store, Manifest] | None:
+    """The first store holding ``ref`` with every layer llamadoc reads; never touches the network."""
+    host = registry_host(settings)
+    for store in stores(settings):
+        manifest = store.read(host, ref)
+        if manifest and all(store.has(layer) for layer in manifest.layers if layer.kind in LAYER_ROLES):
+            return store, manifest
+    return None
+
+
+def pull(settings: Settings, ref: OllamaRef, notify: Notify) -> tuple[Store, Manifest]:
+    """Download ``ref``'s manifest and every blob it names into llamadoc's store."""
+    manifest = fetch_manifest(settings, ref)
+    store = own_store(settings)
+    missing = [blob for blob in manifest.blobs if not store.has(blob)]
+    download.ensure_space(store.root, sum(blob.size for blob in missing), f"{ref.name}:{ref.tag}")
+    for blob in missing:
+        remote = download.Remote(
+            url=_url(settings, ref, f"blobs/{blob.digest}"),
+            label=f"{ref.name}:{ref.tag} {blob.kind} layer",
+            sha256=blob.hex,
+            size=blob.size,
+            hints=_hints(ref),
+        )
+        download.fetch(remote, store.blob_path(blob), notify)
+    # The manifest goes last: a model whose manifest is in place has all its blobs.
+    path = store.manifest_path(registry_host(settings), ref)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(manifest.raw)
+        tmp.replace(path)
+    except OSError as err:
+        raise download.write_error(err, path.parent) from None
+    return store, manifest
+
+
+def fetch_manifest(settings: Settings, ref: OllamaRef) -> Manifest:
+    url = _url(settings, ref, f"manifests/{quote(ref.tag)}")
+    raw = download.get(url, f"the manifest of {ref}", {"Accept": MANIFEST_TYPE}, _hints(ref))
+    try:
+        return parse_manifest(raw)
+    except ValueError as err:
+        raise DownloadError(
+            f"the registry sent a manifest for {ref} that llamadoc cannot read: {err}",
+            hint="check that LLAMADOC_OLLAMA_REGISTRY points at an Ollama registry",
+        ) from None
+
+
+def _url(settings: Settings, ref: OllamaRef, tail: str) -> str:
+    return f"{settings.ollama_registry}/v2/{quote(ref.namespace)}/{quote(ref.name)}/{tail}"
+
+
+def _hints(ref: OllamaRef) -> dict[int, str]:
+    refused = "llamadoc pulls public models anonymously; pull it with `ollama pull` and llamadoc uses Ollama's copy"
+    return {
+        401: refused,
+        403: refused,
+        404: "check the name and tag against ollama.com/library, and LLAMADOC_OLLAMA_REGISTRY",
+    }
