@@ -50,14 +50,7 @@ def resolve(
     if name not in settings.models and looks_like_path(name):
         return _from_path(Path(name).expanduser(), mmproj)
     spec = settings.model(name)
-    if is_present(settings, spec):
-        files = locate(settings, spec)
-    elif pull_missing:
-        notify(f"model {name} is not here yet; downloading it once into {settings.models_dir}")
-        files = pull_files(settings, spec, notify)
-    else:
-        raise ModelError(f"model {name} is not downloaded", hint=f"run: llamadoc models pull {name}")
-    paths = {f.role: f.path for f in files if f.present and f.path is not None}
+    paths = _local_files(settings, spec, "model", pull_missing, notify)
     projector = _mmproj_path(mmproj) or paths.get("mmproj")
     if spec.engine == "mtmd" and projector is None:
         raise ModelError(
@@ -88,15 +81,20 @@ def resolve_guard(settings: Settings, name: str | None, pull_missing: bool, noti
     spec = settings.model(name)
     if spec.kind not in ("guard", "vision-guard"):
         raise ModelError(f"{name} is a {spec.kind} model, not a guard", hint="pick a llama-guard model")
+    paths = _local_files(settings, spec, "guard model", pull_missing, notify)
+    return ResolvedModel(name=name, engine=spec.engine, model_path=paths["model"], spec=spec)
+
+
+def _local_files(settings: Settings, spec: ModelSpec, what: str, pull_missing: bool, notify: Notify) -> dict[str, Path]:
+    """role -> path of a registry model's files, pulled first when missing and asked to."""
     if is_present(settings, spec):
         files = locate(settings, spec)
     elif pull_missing:
-        notify(f"guard model {name} is not here yet; downloading it once into {settings.models_dir}")
+        notify(f"{what} {spec.name} is not here yet; downloading it once into {settings.models_dir}")
         files = pull_files(settings, spec, notify)
     else:
-        raise ModelError(f"guard model {name} is not downloaded", hint=f"run: llamadoc models pull {name}")
-    paths = {f.role: f.path for f in files if f.present and f.path is not None}
-    return ResolvedModel(name=name, engine=spec.engine, model_path=paths["model"], spec=spec)
+        raise ModelError(f"{what} {spec.name} is not downloaded", hint=f"run: llamadoc models pull {spec.name}")
+    return {f.role: f.path for f in files if f.present and f.path is not None}
 
 
 def _from_path(path: Path, mmproj: str | None) -> ResolvedModel:
