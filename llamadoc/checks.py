@@ -389,7 +389,7 @@ def _lines_sum(items: Any, net: Decimal | None, limit: Decimal) -> Check:
         return Check(name, "unknown", f"line_items[{missing[0]}] has no amount", {"lines_without_amount": missing})
     if net is None:
         return Check(name, "unknown", "no net_total to compare the lines with")
-    total = sum(amounts, Decimal(0))
+    total = sum((a for a in amounts if a is not None), Decimal(0))
     check = _sum_check(name, "the line amounts", total, "net_total", net, limit)
     if check.status == "fail":  # the schema has no field for them, so say what else it may be
         check.detail += "; a discount or charge on the whole invoice would explain that"

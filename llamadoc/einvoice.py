@@ -208,11 +208,11 @@ def _kind(tag: str) -> str | None:
 
 def _root_kind(data: bytes) -> str | None:
     """The kind of invoice an XML holds, from its first element only."""
-    parser = ET.XMLPullParser(events=("start",))
+    parser: ET.XMLPullParser = ET.XMLPullParser(events=("start",))
     try:
         parser.feed(data[:65536])  # the root element comes long before this
-        for _, element in parser.read_events():
-            return _kind(element.tag)
+        for event in parser.read_events():
+            return _kind(event[1].tag)  # type: ignore[union-attr]  # "start" events carry elements
     except ET.ParseError:
         pass
     return None

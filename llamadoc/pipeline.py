@@ -405,8 +405,8 @@ class Pipeline:
     @staticmethod
     def _record(result: PageResult, response: GenerationResponse) -> None:
         """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
-        for key, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
-            result.tokens[key] = result.tokens.get(key, 0) + value
+        for kind, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
+            result.tokens[kind] = result.tokens.get(kind, 0) + value
         model_ms = response.timings_ms.get("model", 0.0)
         result.timings_ms["model"] = round(result.timings_ms.get("model", 0.0) + model_ms, 2)
 

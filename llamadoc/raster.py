@@ -67,8 +67,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency becomes white, 16-bit is scaled down."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         img = img.convert("I") if img.mode.startswith("I;16") else img
-        lo, hi = img.getextrema()  # scale the used range to 0..255, like a viewer would
-        scale = 255.0 / (hi - lo) if hi > lo else 1.0
+        lo, hi = (float(v) for v in img.getextrema())  # type: ignore[arg-type]  # one band: numbers
+        scale = 255.0 / (hi - lo) if hi > lo else 1.0  # stretch the used range, as a viewer would
         img = img.point(lambda v: (v - lo) * scale).convert("L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")

@@ -14,7 +14,7 @@ from llamadoc.pipeline import Pipeline, RunOptions
 from llamadoc.raster import RasterOptions
 from llamadoc.results import ModelInfo, Status
 from llamadoc.sources import collect
-from llamadoc.tasks import Ask, Describe, Extract, load_schema
+from llamadoc.tasks import Describe, Extract, load_schema
 from tests.conftest import CORPUS, make_pdf
 from tests.fakes import ScriptedEngine
 
