@@ -212,7 +212,7 @@ def _root_kind(data: bytes) -> str | None:
     try:
         parser.feed(data[:65536])  # the root element comes long before this
         for event in parser.read_events():
-            return _kind(event[1].tag)  # type: ignore[union-attr]  # "start" events carry elements
+            return _kind(event[1].tag)  # type: ignore[misc, union-attr]  # "start" events carry elements
     except ET.ParseError:
         pass
     return None
