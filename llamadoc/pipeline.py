@@ -1,9 +1,10 @@
-"""Sequences the stages over documents and pages.
+"""Sequences the stages over documents and pages, on the calling thread.
 
-sources -> pages -> analyze -> validate -> results. Opening, hashing and
-rasterising run ahead of the model on a worker thread (a small bounded queue), so
-the model never waits for PyMuPDF and memory stays bounded whatever the batch.
-Failures of a page or a document become data in its result; only bugs raise.
+sources -> pages (prefetch.py, a worker thread) -> guard(in) -> analyze -> validate
+-> guard(out) -> results. Pages of several documents go to the engine together when
+it decodes a batch of sequences at once (``engine.max_batch``); results still come
+out whole, one document at a time, in the order the documents were given. Failures
+of a page or a document become data in its result; only bugs raise.
 """
 
 from __future__ import annotations
@@ -12,25 +13,25 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, Sampling, VisionEngine
-from llamadoc.errors import DocumentError, LlamadocError
-from llamadoc.raster import RasterOptions, open_document
-from llamadoc.render import from_dict, to_dict
-from llamadoc import einvoice
-from llamadoc.einvoice import EInvoice
+from llamadoc.errors import LlamadocError
 from llamadoc.guard import Guard
-from llamadoc.quality import cut_runaway, is_blank
+from llamadoc.prefetch import (
+    ALL_DONE, DOC_END, Crash, DocFailed, DocStart, Known, PageReady, PageSkipped, Prefetcher,
+)
+from llamadoc.quality import cut_runaway
+from llamadoc.raster import RasterOptions
+from llamadoc.render import from_dict, to_dict
 from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status, Verdict
 from llamadoc.sources import Source
 from llamadoc.store import Store, key
 from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
-from llamadoc.verify import embedded_fields, extraction_checks
-
-PREFETCH_PAGES = 2  # pages rasterised ahead of the model
+from llamadoc.verify import extraction_checks
 
 
 @dataclass(frozen=True)
@@ -56,58 +57,28 @@ class RunOptions:
         }
 
 
-# What the rasterising thread hands to the model thread.
 @dataclass
-class _DocStart:
-    source: Source
-    sha256: str
-    page_count: int
-    skipped: dict[int, str]
-    invoice: EInvoice | None = None  # an embedded e-invoice, read exactly
-    invoice_name: str | None = None
-    use_invoice: bool = False  # --embedded prefer and it fits: no page goes to the model
-    notes: list[str] = field(default_factory=list)
+class _Doc:
+    """A document on its way through: its pages so far, and whether more may come."""
 
-
-@dataclass
-class _DocFailed:
-    source: Source
-    sha256: str | None
-    error: str
+    item: DocStart | DocFailed | Known
+    pages: dict[int, PageResult] = field(default_factory=dict)
+    replies: dict[int, PageReply] = field(default_factory=dict)
+    ended: bool = False
+    in_flight: int = 0  # pages waiting in the batch
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
-class _PageReady:
-    page: Page
-    raster_ms: float
-    guard_in: list[Verdict] = field(default_factory=list)  # checked ahead of the model
-    guard_ms: float = 0.0
+class _Work:
+    """One page in a batch."""
 
-
-@dataclass
-class _PageFailed:
-    index: int
-    error: str
-    skipped: str | None = None  # not a failure: a page not worth the model (the reason)
-
-
-@dataclass
-class _Known:
-    """A document whose result exists: in the store from an earlier run, or earlier
-    in this run (the same bytes under another name)."""
-
-    source: Source
-    sha256: str
-    stored: dict[str, Any] | None  # the stored result; None: a duplicate within this run
-
-
-@dataclass
-class _Crash:
-    error: BaseException
-
-
-_DOC_END = object()
-_ALL_DONE = object()
+    doc: _Doc
+    ready: PageReady
+    result: PageResult
+    prompt: str
+    response: GenerationResponse | None = None
+    reply: PageReply | None = None
 
 
 class Pipeline:
@@ -133,239 +104,143 @@ class Pipeline:
         self.store_key = store_key
         self.force = force  # redo documents the store already has
         self.on_page = on_page
-        self._seen: set[str] = set()  # document hashes met by the rasterising thread
+        self.batch = max(1, engine.max_batch)
         self._finished: dict[str, DocumentResult] = {}  # by hash, for duplicates
 
-    # -- the rasterising side (worker thread) ---------------------------------
-
-    def _produce(self, sources: Iterable[Source], out: queue.Queue[Any], stop: threading.Event) -> None:
-        def put(item: Any) -> None:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        try:
-            for source in sources:
-                if stop.is_set():
-                    return
-                self._produce_one(source, put)
-            put(_ALL_DONE)
-        except BaseException as err:  # a bug: hand it to the main thread to raise
-            put(_Crash(err))
-
-    def _produce_one(self, source: Source, put: Any) -> None:
-        sha256 = None
-        try:
-            if source.error:
-                raise DocumentError(source.error)
-            sha256 = source.sha256()
-            if sha256 in self._seen:
-                put(_Known(source, sha256, None))
-                return
-            self._seen.add(sha256)
-            stored = self.store.get(key(self.store_key, sha256)) if self.store and not self.force else None
-            if stored is not None:
-                put(_Known(source, sha256, stored))
-                return
-            with open_document(source, self.options.raster) as doc:
-                indices = doc.selected()
-                start = self._embedded(_DocStart(source, sha256, doc.page_count, self._plan(doc, indices)), doc)
-                put(start)
-                for index in [] if start.use_invoice else indices:
-                    if index in start.skipped:
-                        continue
-                    started = time.perf_counter()
-                    try:
-                        page = next(doc.pages([index]))
-                    except DocumentError as err:
-                        put(_PageFailed(index, str(err)))
-                        continue
-                    if page.text is None and is_blank(page.image):
-                        put(_PageFailed(index, "", skipped="blank page"))  # models invent text for blanks
-                        continue
-                    raster_ms = (time.perf_counter() - started) * 1000
-                    put(self._screen(page, doc.page_count, raster_ms))
-                put(_DOC_END)
-        except OSError as err:
-            put(_DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}"))
-        except DocumentError as err:
-            put(_DocFailed(source, sha256, str(err)))
-
-    def _embedded(self, start: _DocStart, doc: Any) -> _DocStart:
-        """Look for an e-invoice in the PDF's attachments (extract only)."""
-        if not isinstance(self.task, Extract) or self.options.embedded == "ignore":
-            return start
-        found = einvoice.find(doc.embedded_files())
-        if found is None:
-            return start
-        start.invoice_name = found[0]
-        try:
-            start.invoice = einvoice.parse(found[1], found[0])
-        except DocumentError as err:
-            start.notes.append(f"the embedded e-invoice cannot be used ({err}); the pages were read instead")
-            return start
-        if self.options.embedded == "prefer":
-            fields, why_not = embedded_fields(self.task, start.invoice)
-            start.use_invoice = fields is not None
-            if why_not:
-                start.notes.append(f"the embedded e-invoice {found[0]} was not used: {why_not}")
-        return start
-
-    def _screen(self, page: Page, page_count: int, raster_ms: float) -> _PageReady:
-        """The input check runs here, on the rasterising thread, so the guard judges the
-        next page while the vision model answers this one."""
-        if self.guard is None:
-            return _PageReady(page, raster_ms)
-        started = time.perf_counter()
-        verdicts = self.guard.check_input(self.task.prompt(page_count), page)
-        return _PageReady(page, raster_ms, verdicts, (time.perf_counter() - started) * 1000)
-
-    def _plan(self, doc: Any, indices: list[int]) -> dict[int, str]:
-        """Pages the text layer shows cannot matter to the question (ask only)."""
-        if not isinstance(self.task, Ask) or self.options.all_pages or len(indices) < 2 or doc.kind != "pdf":
-            return {}
-        task = self.task
-        skip = {
-            i: "its text layer shares no word with the question and it has no pictures"
-            for i in indices
-            if not task.relevant(*doc.page_info(i))
-        }
-        return {} if len(skip) == len(indices) else skip  # nothing to prefer: read them all
-
-    # -- the model side (calling thread) ---------------------------------------
+    def _lookup(self, sha256: str) -> dict[str, Any] | None:
+        if self.store is None or self.force:
+            return None
+        stored = self.store.get(key(self.store_key, sha256))
+        return stored if isinstance(stored, dict) else None
 
     def run(self, sources: Iterable[Source]) -> Iterator[DocumentResult]:
-        """Results document by document, as each finishes."""
-        items: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_PAGES)
+        """Results document by document, as each finishes, in the order given."""
+        items: queue.Queue[Any] = queue.Queue(maxsize=2 * self.batch + 2)
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(sources, items, stop), daemon=True)
+        prefetcher = Prefetcher(
+            task=self.task, raster=self.options.raster, embedded=self.options.embedded,
+            all_pages=self.options.all_pages, guard=self.guard, lookup=self._lookup,
+        )
+        worker = threading.Thread(target=prefetcher.run, args=(sources, items, stop), daemon=True)
         worker.start()
+        docs: deque[_Doc] = deque()
+        batch: list[tuple[_Doc, PageReady]] = []
         try:
-            while (item := items.get()) is not _ALL_DONE:
-                if isinstance(item, _Crash):
+            while True:
+                try:
+                    # Take what is ready; when nothing is, run the batch gathered so far
+                    # rather than keep the engine waiting for a full one.
+                    item = items.get_nowait() if batch else items.get()
+                except queue.Empty:
+                    self._run_batch(batch)
+                    batch = []
+                    yield from self._finished_docs(docs)
+                    continue
+                if item is ALL_DONE:
+                    break
+                if isinstance(item, Crash):
                     raise item.error
-                if isinstance(item, _Known):
-                    doc = self._known(item)
-                elif isinstance(item, _DocFailed):
-                    doc = self._failed(item)
+                if isinstance(item, DocStart | DocFailed | Known):
+                    docs.append(_Doc(item, ended=not isinstance(item, DocStart)))
+                elif item is DOC_END:
+                    docs[-1].ended = True
+                elif isinstance(item, PageSkipped):
+                    docs[-1].pages[item.index] = _skipped(item)
                 else:
-                    doc = self._document(item, items)
-                    if self.store is not None and doc.status is not Status.FAILED:
-                        self.store.put(key(self.store_key, doc.sha256 or ""), to_dict(doc))
-                if doc.sha256:
-                    self._finished.setdefault(doc.sha256, doc)
-                yield doc
+                    docs[-1].in_flight += 1
+                    batch.append((docs[-1], item))
+                    if len(batch) >= self.batch:
+                        self._run_batch(batch)
+                        batch = []
+                yield from self._finished_docs(docs)
+            self._run_batch(batch)
+            yield from self._finished_docs(docs)
         finally:
             stop.set()
             worker.join(timeout=5)
 
-    def _known(self, item: _Known) -> DocumentResult:
-        if item.stored is not None:
-            return replace(from_dict(item.stored), source=item.source.label, cached=True)
-        first = self._finished[item.sha256]
-        return replace(first, source=item.source.label, duplicate_of=first.source)
+    def _finished_docs(self, docs: deque[_Doc]) -> Iterator[DocumentResult]:
+        while docs and docs[0].ended and not docs[0].in_flight:
+            doc = self._finish(docs.popleft())
+            if doc.sha256:
+                self._finished.setdefault(doc.sha256, doc)
+            yield doc
 
-    def _failed(self, item: _DocFailed) -> DocumentResult:
-        return DocumentResult(
-            source=item.source.label, task=self.task.name, sha256=item.sha256, model=self.model,
-            options=self._options(), status=Status.FAILED, errors=[item.error],
-        )
+    # -- pages ---------------------------------------------------------------------
 
-    def _options(self) -> dict[str, Any]:
-        guard = self.guard.policy.recorded() if self.guard else {"guard": "off"}
-        return self.task.options() | self.options.recorded() | guard
-
-    def _document(self, start: _DocStart, items: queue.Queue[Any]) -> DocumentResult:
-        doc = DocumentResult(
-            source=start.source.label, task=self.task.name, sha256=start.sha256,
-            page_count=start.page_count, model=self.model, options=self._options(),
-            guard_model=self.guard.name if self.guard else None,
-        )
-        started = time.perf_counter()
-        pages: dict[int, PageResult] = {
-            i: PageResult(index=i, status=Status.SKIPPED, skipped_reason=why) for i, why in start.skipped.items()
-        }
-        replies: dict[int, PageReply] = {}
-        while (item := items.get()) is not _DOC_END:
-            if isinstance(item, _Crash):
-                raise item.error
-            if isinstance(item, _PageFailed):
-                if item.skipped:
-                    pages[item.index] = PageResult(index=item.index, status=Status.SKIPPED, skipped_reason=item.skipped)
-                else:
-                    pages[item.index] = PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
+    def _run_batch(self, batch: Sequence[tuple[_Doc, PageReady]]) -> None:
+        """Screen, answer, check and screen again a batch of pages (any documents)."""
+        work = []
+        for doc, ready in batch:
+            result = _new_page(ready)
+            if self.guard is not None and self._held_back(result, ready.guard_in, "the input"):
+                self._done(doc, result, None, ready)
                 continue
-            result, reply = self._page(item, start.page_count)
-            result.timings_ms["raster"] = round(item.raster_ms, 2)
-            pages[item.page.index] = result
-            self.on_page(result)
-            if reply is not None:
-                replies[item.page.index] = reply
-            item.page.image.close()  # drop pixels as soon as the model is done with them
-        doc.pages = [pages[i] for i in sorted(pages)]
-        doc.errors.extend(start.notes)
-        self._combine(doc, replies)
+            assert isinstance(doc.item, DocStart)
+            work.append(_Work(doc, ready, result, self.task.prompt(doc.item.page_count)))
+        self._answer(work, [w.prompt for w in work])
         if isinstance(self.task, Extract):
-            if start.use_invoice and start.invoice is not None:
-                doc.fields, doc.embedded = start.invoice.to_fields(), start.invoice_name
-            doc.checks.extend(
-                extraction_checks(doc, self.task, start.invoice, compare=self.options.embedded != "ignore")
-            )
-        doc.status = document_status(doc.pages)
-        if doc.status is Status.OK and doc.guard_out is not None and doc.answer is None:
-            doc.status = Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
-        if doc.status is Status.FAILED and not doc.errors:
-            doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
-        doc.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 2)
-        return doc
+            # One re-ask that shows the model its mistake, then a recorded failure.
+            again = [w for w in work if w.reply is not None and w.reply.error]
+            for w in again:
+                w.result.errors.append(f"first answer did not match the schema: {w.reply.error}")  # type: ignore[union-attr]
+            self._answer(again, [
+                self.task.prompt(w.doc.item.page_count, previous_error=w.reply.error)  # type: ignore[union-attr]
+                for w in again
+            ])
+        for w in work:
+            self._done(w.doc, w.result, self._finish_page(w), w.ready)
 
-    def _generate(self, prompt: str, page: Page | None) -> GenerationResponse:
-        return self.engine.generate(
-            GenerationRequest(
-                prompt=prompt,
-                images=(page.image,) if page is not None else (),
-                schema=self.task.schema,
-                max_tokens=self.options.max_tokens,
-                sampling=self.options.sampling,
-            )
-        )
-
-    def _page(self, item: _PageReady, page_count: int) -> tuple[PageResult, PageReply | None]:
-        page = item.page
-        result = PageResult(
-            index=page.index, width=page.image.width, height=page.image.height, dpi=page.dpi,
-            text_layer_chars=len(page.text or ""), text_layer=page.text, guard_in=item.guard_in,
-        )
-        if self.guard is not None:
-            result.timings_ms["guard_in"] = round(item.guard_ms, 2)
-            if self._held_back(result, item.guard_in, "the input"):
-                return result, None
-        prompt = self.task.prompt(page_count)
+    def _answer(self, work: Sequence[_Work], prompts: Sequence[str]) -> None:
+        """Model calls for a batch: together when the engine can, one at a time if one fails."""
+        if not work:
+            return
+        requests = [self._request(p, w.ready.page) for w, p in zip(work, prompts, strict=True)]
         try:
-            response = self._generate(prompt, page)
+            responses: list[GenerationResponse | LlamadocError] = (
+                list(self.engine.generate_batch(requests)) if len(requests) > 1 else [self.engine.generate(requests[0])]
+            )
+        except LlamadocError as err:
+            if len(requests) == 1:
+                responses = [err]
+            else:  # find the page at fault: the others still get their answers
+                responses = [self._one(r) for r in requests]
+        for w, response in zip(work, responses, strict=True):
+            if isinstance(response, LlamadocError):
+                w.result.status = Status.FAILED
+                w.result.errors.append(str(response))
+                w.response = w.reply = None
+                continue
+            _record(w.result, response)
             if not isinstance(self.task, Extract):  # JSON that loops fails its schema and is re-asked
                 text, runaway = cut_runaway(response.text)
                 if runaway:
                     response = replace(response, text=text)
-                    result.status = Status.PARTIAL
-                    result.checks.append(Check(name="repetition", status="fail", detail=f"cut: {runaway}"))
-            reply = self.task.read(response.text)
-            if isinstance(self.task, Extract) and reply.error:
-                # One re-ask that shows the model its mistake, then a recorded failure.
-                self._record(result, response)
-                result.errors.append(f"first answer did not match the schema: {reply.error}")
-                response = self._generate(self.task.prompt(page_count, previous_error=reply.error), page)
-                reply = self.task.read(response.text)
+                    w.result.status = Status.PARTIAL
+                    w.result.checks.append(Check(name="repetition", status="fail", detail=f"cut: {runaway}"))
+            w.response, w.reply = response, self.task.read(response.text)
+
+    def _one(self, request: GenerationRequest) -> GenerationResponse | LlamadocError:
+        try:
+            return self.engine.generate(request)
         except LlamadocError as err:
-            result.status = Status.FAILED
-            result.errors.append(str(err))
-            return result, None
-        self._record(result, response)
-        result.answer = reply.answer
-        result.fields = reply.fields
+            return err
+
+    def _request(self, prompt: str, page: Page | None) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=prompt,
+            images=(page.image,) if page is not None else (),
+            schema=self.task.schema,
+            max_tokens=self.options.max_tokens,
+            sampling=self.options.sampling,
+        )
+
+    def _finish_page(self, w: _Work) -> PageReply | None:
+        """Record a page's reply, its checks, and the guard's verdict on it."""
+        result, reply, response = w.result, w.reply, w.response
+        if reply is None or response is None:
+            return None
+        result.answer, result.fields = reply.answer, reply.fields
         if isinstance(self.task, Extract):
             result.checks.append(_schema_check(reply.error))
         if reply.error:
@@ -376,12 +251,20 @@ class Pipeline:
         if self.guard is not None:
             started = time.perf_counter()
             said = json.dumps(reply.fields, ensure_ascii=False) if reply.fields is not None else reply.answer or ""
-            result.guard_out = self.guard.check_output(prompt, said)
+            result.guard_out = self.guard.check_output(w.prompt, said)
             result.timings_ms["guard_out"] = round((time.perf_counter() - started) * 1000, 2)
             if self._held_back(result, [result.guard_out], "the answer"):
                 result.answer = result.fields = None  # never printed, never written
-                return result, None
-        return result, reply
+                return None
+        return reply
+
+    def _done(self, doc: _Doc, result: PageResult, reply: PageReply | None, ready: PageReady) -> None:
+        doc.pages[result.index] = result
+        if reply is not None:
+            doc.replies[result.index] = reply
+        doc.in_flight -= 1
+        ready.page.image.close()  # drop the pixels as soon as the model is done with them
+        self.on_page(result)
 
     def _held_back(self, result: PageResult, verdicts: list[Verdict], what: str) -> bool:
         """Apply the policy to a page's verdicts: True when the page stops here."""
@@ -402,50 +285,113 @@ class Pipeline:
             result.errors.append(f"{reason}; flagged")
         return False
 
-    @staticmethod
-    def _record(result: PageResult, response: GenerationResponse) -> None:
-        """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
-        for kind, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
-            result.tokens[kind] = result.tokens.get(kind, 0) + value
-        model_ms = response.timings_ms.get("model", 0.0)
-        result.timings_ms["model"] = round(result.timings_ms.get("model", 0.0) + model_ms, 2)
+    # -- documents -------------------------------------------------------------------
+
+    def _finish(self, state: _Doc) -> DocumentResult:
+        item = state.item
+        if isinstance(item, Known):
+            if item.stored is not None:
+                return replace(from_dict(item.stored), source=item.source.label, cached=True)
+            first = self._finished[item.sha256]
+            return replace(first, source=item.source.label, duplicate_of=first.source)
+        doc = DocumentResult(
+            source=item.source.label, task=self.task.name, sha256=item.sha256, model=self.model,
+            options=self._options(), guard_model=self.guard.name if self.guard else None,
+        )
+        if isinstance(item, DocFailed):
+            doc.status, doc.errors = Status.FAILED, [item.error]
+            return doc
+        doc.page_count = item.page_count
+        skipped = {i: PageResult(index=i, status=Status.SKIPPED, skipped_reason=why) for i, why in item.skipped.items()}
+        pages = skipped | state.pages
+        doc.pages = [pages[i] for i in sorted(pages)]
+        doc.errors.extend(item.notes)
+        self._combine(doc, state.replies)
+        if isinstance(self.task, Extract):
+            if item.use_invoice and item.invoice is not None:
+                doc.fields, doc.embedded = item.invoice.to_fields(), item.invoice_name
+            doc.checks.extend(
+                extraction_checks(doc, self.task, item.invoice, compare=self.options.embedded != "ignore")
+            )
+        doc.status = document_status(doc.pages)
+        if doc.status is Status.OK and doc.guard_out is not None and doc.answer is None:
+            doc.status = Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
+        if doc.status is Status.FAILED and not doc.errors:
+            doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
+        doc.timings_ms["total"] = round((time.perf_counter() - state.started) * 1000, 2)
+        if self.store is not None and doc.status is not Status.FAILED:
+            self.store.put(key(self.store_key, item.sha256), to_dict(doc))
+        return doc
+
+    def _options(self) -> dict[str, Any]:
+        guard = self.guard.policy.recorded() if self.guard else {"guard": "off"}
+        return self.task.options() | self.options.recorded() | guard
 
     def _combine(self, doc: DocumentResult, replies: dict[int, PageReply]) -> None:
         """Fold page replies into the document's answer or record."""
         status = {p.index: p.status for p in doc.pages}
-        ok = {i: r for i, r in replies.items() if status[i] is Status.OK}
+        usable = {i: r for i, r in replies.items() if status[i] in (Status.OK, Status.PARTIAL)}
         if isinstance(self.task, Extract):
-            records = [(i, r.fields) for i, r in sorted(ok.items()) if r.fields is not None]
+            records = [(i, r.fields) for i, r in sorted(usable.items()) if r.fields is not None]
             if records:
                 doc.fields, doc.field_pages = merge_fields(records)
                 doc.checks.append(_schema_check(schema_error(doc.fields, self.task.schema)))
             return
         if not isinstance(self.task, Ask):
             return
-        found = [(i, r.answer or "") for i, r in sorted(ok.items()) if r.found]
+        found = [(i, r.answer or "") for i, r in sorted(usable.items()) if r.found]
         doc.cited_pages = [i for i, _ in found]
         if not found:
-            doc.answer = "The pages read do not answer this question." if ok else None
+            doc.answer = "The pages read do not answer this question." if usable else None
         elif len(found) == 1:
             doc.answer = found[0][1]
         else:
-            started = time.perf_counter()
-            try:
-                response = self._generate(self.task.combine_prompt(found), None)
-                doc.answer = response.text.strip()
-            except LlamadocError as err:
-                doc.errors.append(f"combining the page answers failed: {err}")
-                doc.answer = "\n".join(f"(page {i}) {a}" for i, a in found)
-            doc.timings_ms["combine"] = round((time.perf_counter() - started) * 1000, 2)
-            if self.guard is not None and doc.answer:
-                doc.guard_out = self.guard.check_output(self.task.prompt(1), doc.answer)
-                problem = doc.guard_out.error or (
-                    f"judged unsafe ({', '.join(doc.guard_out.categories) or 'above the threshold'})"
-                    if doc.guard_out.safe is False else None
-                )
-                if problem and self.block:
-                    doc.answer = None
-                    doc.errors.append(f"the combined answer was withheld: {problem}")
+            self._combine_answers(doc, self.task, found)
+
+    def _combine_answers(self, doc: DocumentResult, task: Ask, found: list[tuple[int, str]]) -> None:
+        started = time.perf_counter()
+        try:
+            doc.answer = self.engine.generate(self._request(task.combine_prompt(found), None)).text.strip()
+        except LlamadocError as err:
+            doc.errors.append(f"combining the page answers failed: {err}")
+            doc.answer = "\n".join(f"(page {i}) {a}" for i, a in found)
+        doc.timings_ms["combine"] = round((time.perf_counter() - started) * 1000, 2)
+        if self.guard is None or not doc.answer:
+            return
+        doc.guard_out = self.guard.check_output(task.prompt(1), doc.answer)
+        problem = doc.guard_out.error or (
+            f"judged unsafe ({', '.join(doc.guard_out.categories) or 'above the threshold'})"
+            if doc.guard_out.safe is False else None
+        )
+        if problem and self.block:
+            doc.answer = None
+            doc.errors.append(f"the combined answer was withheld: {problem}")
+
+
+def _new_page(ready: PageReady) -> PageResult:
+    page = ready.page
+    result = PageResult(
+        index=page.index, width=page.image.width, height=page.image.height, dpi=page.dpi,
+        text_layer_chars=len(page.text or ""), text_layer=page.text, guard_in=ready.guard_in,
+    )
+    result.timings_ms["raster"] = round(ready.raster_ms, 2)
+    if ready.guard_in:
+        result.timings_ms["guard_in"] = round(ready.guard_ms, 2)
+    return result
+
+
+def _skipped(item: PageSkipped) -> PageResult:
+    if item.error:
+        return PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
+    return PageResult(index=item.index, status=Status.SKIPPED, skipped_reason=item.reason)
+
+
+def _record(result: PageResult, response: GenerationResponse) -> None:
+    """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
+    for kind, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
+        result.tokens[kind] = result.tokens.get(kind, 0) + value
+    model_ms = response.timings_ms.get("model", 0.0)
+    result.timings_ms["model"] = round(result.timings_ms.get("model", 0.0) + model_ms, 2)
 
 
 def _schema_check(error: str | None) -> Check:

@@ -4,7 +4,7 @@ CLI tests; this stand-in only answers what it is told to."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput
 
@@ -12,6 +12,7 @@ from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOu
 class ScriptedEngine:
     name = "scripted"
     max_images = 1
+    max_batch = 1
     supports_schema = True
     gpu_layers = 0
     device = "CPU"
@@ -19,11 +20,16 @@ class ScriptedEngine:
     def __init__(self, answer: Callable[[GenerationRequest, int], str]) -> None:
         self.answer = answer
         self.requests: list[GenerationRequest] = []
+        self.batches: list[int] = []
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
         self.requests.append(request)
         text = self.answer(request, len(self.requests))
         return GenerationResponse(text=text, prompt_tokens=10, completion_tokens=len(text.split()))
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:
+        self.batches.append(len(requests))
+        return [self.generate(r) for r in requests]
 
     def close(self) -> None:
         pass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from llamadoc.engines.base import GenerationRequest
 from llamadoc.pipeline import Pipeline, RunOptions, document_status
@@ -101,3 +103,42 @@ def test_document_status() -> None:
     assert document_status([ok, failed]) is Status.PARTIAL
     assert document_status([failed, blocked]) is Status.FAILED
     assert document_status([blocked, skipped]) is Status.BLOCKED
+
+
+def test_pages_of_several_documents_decode_together(tmp_path: Path) -> None:
+    paths = [make_pdf(tmp_path / f"d{i}.pdf", [f"Invoice {i}-{p}" for p in range(1, 4)]) for i in range(3)]
+
+    def answer(req: GenerationRequest, n: int) -> str:
+        time.sleep(0.02)  # a model slower than rasterising, as real ones are: batches fill up
+        return json.dumps({"n": len(req.prompt)})  # depends on the request only, not on the order
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    one = run(ScriptedEngine(answer), Extract(schema=schema), *paths)
+    batched_engine = ScriptedEngine(answer)
+    batched_engine.max_batch = 4
+    many = run(batched_engine, Extract(schema=schema), *paths)
+    assert [d.source for d in many] == [str(p) for p in paths]  # documents come out in order
+    assert [(d.fields, d.status, [p.index for p in d.pages]) for d in many] == [
+        (d.fields, d.status, [p.index for p in d.pages]) for d in one]
+    assert len(batched_engine.requests) == 9 and max(batched_engine.batches) == 4
+
+
+def test_a_failing_page_in_a_batch_does_not_fail_the_others(tmp_path: Path) -> None:
+    from llamadoc.errors import PageError
+
+    pdf = make_pdf(tmp_path / "d.pdf", ["one", "two", "three"], rotate={2: 90})
+
+    class Picky(ScriptedEngine):
+        """Fails on landscape pages, and fails a whole batch that holds one."""
+
+        def generate(self, request: GenerationRequest) -> Any:
+            time.sleep(0.02)
+            if request.images and request.images[0].width > request.images[0].height:
+                raise PageError("the page does not fit")
+            return super().generate(request)
+
+    engine = Picky(lambda req, n: "fine")
+    engine.max_batch = 3
+    [doc] = run(engine, Ask("q?"), pdf)
+    assert [p.status for p in doc.pages] == [Status.OK, Status.FAILED, Status.OK]
+    assert doc.pages[1].errors == ["the page does not fit"] and doc.status is Status.PARTIAL

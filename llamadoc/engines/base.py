@@ -6,6 +6,7 @@ engine never has to reject a request shape it declared it cannot take.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -63,11 +64,17 @@ class VisionEngine(Protocol):
 
     name: str  # engine id as in models.toml: "mtmd", "mllama"
     max_images: int  # images one request may carry
+    max_batch: int  # requests generate_batch decodes together (1: one at a time)
     supports_schema: bool  # constrained JSON decoding
     gpu_layers: int  # layers actually offloaded
     device: str  # "CPU", "CUDA0 (NVIDIA H100)", ...
 
     def generate(self, request: GenerationRequest) -> GenerationResponse: ...
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:
+        """Several requests at once: up to max_batch decode together, reading the
+        weights once per step for all of them."""
+        ...
 
     def close(self) -> None: ...
 

@@ -10,6 +10,7 @@ import base64
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,7 @@ def _data_uri_handler() -> type:
 class MtmdEngine:
     name = "mtmd"
     max_images = 1  # one page per request: answers must rest on one page
+    max_batch = 1  # llama-cpp-python's chat handler decodes one sequence
     supports_schema = True
 
     def __init__(self, options: LoadOptions, max_pixels: int) -> None:
@@ -187,6 +189,9 @@ class MtmdEngine:
             finish_reason=choice.get("finish_reason") or "stop",
             timings_ms={"model": round(elapsed, 2)},
         )
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:
+        return [self.generate(r) for r in requests]
 
     def close(self) -> None:
         self._llm.close()
