@@ -67,6 +67,40 @@ def pick_gpu(gpu_layers: int) -> Device | None:
     return None
 
 
+def cpu_repack_buffer_type(cpu: Device) -> int | None:
+    """The CPU backend's "repack" buffer type, whose weights are re-laid for its fastest kernels."""
+    reg = lib.backend_dev_backend_reg(cpu.ptr)
+    fn = lib.backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if not fn:
+        return None
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(cpu.ptr)
+    i = 0
+    while bufts and bufts[i]:
+        if lib.backend_buft_name(bufts[i]) == b"CPU_REPACK":
+            return int(bufts[i])
+        i += 1
+    return None
+
+
+def repack_supports(cpu: Device, buft: int, ggml_type: int, ne: tuple[int, ...]) -> bool:
+    """Whether a weight of this type and shape can live in the repack buffer type (asked the way
+    llama.cpp asks: a matrix product whose weight sits in an empty buffer of that type)."""
+    if len(ne) != 2:
+        return False
+    ctx = ggml.Context(3)
+    dummy = lib.backend_buft_alloc_buffer(buft, 0)
+    try:
+        w = ctx.new(ggml_type, *ne)
+        op = ctx.ops.mul_mat(w, ctx.new(ggml.F32, ne[0], 1))
+        ggml.tensor(w).buffer = dummy
+        ok = bool(lib.backend_dev_supports_op(cpu.ptr, op))
+        ggml.tensor(w).buffer = None
+        return ok
+    finally:
+        lib.backend_buffer_free(dummy)
+        ctx.free()
+
+
 def cpu_device() -> Device:
     for d in devices():
         if d.kind == "CPU":

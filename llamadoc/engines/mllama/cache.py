@@ -93,6 +93,8 @@ class CrossCache:
     Computed once per image by the vision graph; decoding only reads them. Keys are padded to
     KEY_BLOCK and the padding (and unused tiles) is masked. The first ``n_cached`` slots keep
     recent images (least recently used goes first); the rest are a batch's working slots.
+    Layers whose attention runs as matrix products (``v_transposed``) keep V as [keys, head_dim,
+    kv_heads, n_slots] instead: the layout the second product reads.
     """
 
     runtime: Runtime
@@ -101,6 +103,7 @@ class CrossCache:
     n_cached: int
     n_work: int
     kv_type: int
+    v_transposed: Callable[[int], bool]
     k: dict[int, int] = field(default_factory=dict)
     v: dict[int, int] = field(default_factory=dict)
     slots: list[Slot] = field(default_factory=list)
@@ -112,9 +115,11 @@ class CrossCache:
         self.n_slots = self.n_cached + self.n_work
         self._bufs = _Buffers(self.runtime)
         for i in t.cross_layers:
-            for store, name in ((self.k, "k"), (self.v, "v")):
-                store[i] = self._bufs.new(self.layer_on_gpu(i), self.kv_type, t.head_dim, self.n_keys,
-                                          t.n_head_kv, self.n_slots, name=f"cross_{name}{i}")
+            gpu = self.layer_on_gpu(i)
+            self.k[i] = self._bufs.new(gpu, self.kv_type, t.head_dim, self.n_keys, t.n_head_kv, self.n_slots,
+                                       name=f"cross_k{i}")
+            dims = (self.n_keys, t.head_dim) if self.v_transposed(i) else (t.head_dim, self.n_keys)
+            self.v[i] = self._bufs.new(gpu, self.kv_type, *dims, t.n_head_kv, self.n_slots, name=f"cross_v{i}")
         self._bufs.allocate(f"image K/V cache ({self.n_slots} images)")
         self.slots = [Slot() for _ in range(self.n_slots)]
 

@@ -263,18 +263,18 @@ def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 @dataclass
-class _Tensor:
+class PlannedTensor:
     name: str
     make: Callable[[], np.ndarray]  # float32 values in numpy order
     shape: tuple[int, ...]  # numpy order
     kind: str  # "matmul", "rows", "conv", "dense": decides the stored type
 
 
-def _plan_tensors(src: dict[str, _Source], cfg: dict[str, Any]) -> list[_Tensor]:
+def _plan_tensors(src: dict[str, _Source], cfg: dict[str, Any]) -> list[PlannedTensor]:
     t = cfg["text_config"]
     n_head, n_kv = t["num_attention_heads"], t.get("num_key_value_heads", t["num_attention_heads"])
     by_name = {_normalise(k): v for k, v in src.items()}
-    out: list[_Tensor] = []
+    out: list[PlannedTensor] = []
     used: set[str] = set()
 
     def take(hf: str, gg: str, kind: str, fn: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> None:
@@ -282,7 +282,7 @@ def _plan_tensors(src: dict[str, _Source], cfg: dict[str, Any]) -> list[_Tensor]
             raise ModelError(f"the checkpoint lacks tensor {hf}")
         used.add(hf)
         s = by_name[hf]
-        out.append(_Tensor(gg, lambda: fn(_load(s)), s.shape if s.shape else (1,), kind))
+        out.append(PlannedTensor(gg, lambda: fn(_load(s)), s.shape if s.shape else (1,), kind))
 
     take("model.embed_tokens.weight", "token_embd.weight", "rows")
     for i in range(t["num_hidden_layers"]):
@@ -307,7 +307,7 @@ def _plan_tensors(src: dict[str, _Source], cfg: dict[str, Any]) -> list[_Tensor]
     if scaling is not None:
         head_dim = t.get("head_dim") or t["hidden_size"] // n_head
         theta = _rope_settings(t)[0]
-        out.append(_Tensor("rope_freqs.weight", lambda: rope_freq_factors(head_dim, theta, scaling),
+        out.append(PlannedTensor("rope_freqs.weight", lambda: rope_freq_factors(head_dim, theta, scaling),
                            (head_dim // 2,), "dense"))
 
     v = cfg["vision_config"]
@@ -353,7 +353,7 @@ def _fallback(ggml_type: int, n_cols: int) -> int:
     return ggml_type if n_cols % ggml.lib.blck_size(ggml_type) == 0 else ggml.F16
 
 
-def choose_types(tensors: list[_Tensor], quant: str) -> dict[str, int]:
+def choose_types(tensors: list[PlannedTensor], quant: str) -> dict[str, int]:
     types: dict[str, int] = {}
     n_attn_v = sum(1 for t in tensors if t.name.endswith("attn_v.weight") and t.name.startswith("blk."))
     n_ffn_down = sum(1 for t in tensors if t.name.endswith("ffn_down.weight") and t.name.startswith("blk."))
@@ -436,7 +436,7 @@ def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], qu
                 and ggml_type not in (ggml.Q4_K, ggml.Q6_K):
             report.fallbacks.append(f"{t.name} -> {name}")
 
-        def chunks(t: _Tensor = t, ggml_type: int = ggml_type, index: int = index) -> Iterable[bytes]:
+        def chunks(t: PlannedTensor = t, ggml_type: int = ggml_type, index: int = index) -> Iterable[bytes]:
             if on_tensor:
                 on_tensor(t.name, index, len(tensors))
             values = t.make()

@@ -77,6 +77,32 @@ def attention(ops: ggml.Ops, q: int, k: int, v: int, mask: int, scale: float, fl
     return ops.cont(ops.permute(kqv, 0, 2, 1, 3))
 
 
+def grouped_attention(ops: ggml.Ops, q: int, k: int, vt: int, mask: int, scale: float, n_kv: int, n: int,
+                      b: int) -> int:
+    """Attention as two matrix products with the query heads of each KV head side by side.
+
+    For few queries over many keys (decoding against an image's 6,400 keys) the CPU's flash
+    attention walks every key once per query head; here each KV head's keys are read once for
+    its whole group. q: [hd, heads, n*b] (n queries of b sequences; n == 1 or b == 1);
+    k: [hd, keys, kv_heads, b]; vt: V transposed, [keys, hd, kv_heads, b]; mask: F16
+    [keys, >= heads/kv_heads*n, 1, b]. Returns [hd*heads, n*b].
+    """
+    hd, n_head = ggml.shape(q)[:2]
+    r = n_head // n_kv
+    if n == 1:
+        qg = ops.reshape_4d(q, hd, r, n_kv, b)
+    else:
+        assert b == 1
+        qg = ops.cont(ops.permute(ops.reshape_4d(q, hd, r, n_kv, n), 0, 1, 3, 2))  # [hd, r, n, kv]
+        qg = ops.reshape_4d(qg, hd, r * n, n_kv, 1)
+    kq = ops.mul_mat(k, qg)  # [keys, r*n, kv_heads, b]
+    lib.prec_set_acc(kq, ggml.PREC_F32)
+    out = ops.mul_mat(vt, ops.soft_max_ext(kq, mask, scale, 0.0))  # [hd, r*n, kv_heads, b]
+    if n > 1:
+        out = ops.cont(ops.permute(ops.reshape_4d(out, hd, r, n, n_kv), 0, 1, 3, 2))
+    return ops.reshape_2d(out, hd * n_head, n * b)
+
+
 def mask_rows(blocked: np.ndarray) -> np.ndarray:
     """A boolean "blocked" array as an F16 attention mask (0 allowed, -inf blocked)."""
     return np.where(blocked, np.float16(-np.inf), np.float16(0))

@@ -322,13 +322,15 @@ def cross_norm_fixes(c: MllamaConfig) -> dict[str, Callable[[np.ndarray], np.nda
 
 
 def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str, tuple[str, int]],
-                 cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]]) -> Weights:
+                 cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]],
+                 repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None) -> Weights:
     """Create every tensor on its device: CPU tensors map the file, others are copied.
 
     ``placement`` maps a group ("vision", "text.3", ...) to (device name, buffer type).
     Tensors whose file type the engine uses as is are bound zero-copy to a read-only map of
     the file on the CPU; dense tensors stored as F16, and those ``fixes`` transforms, are
-    read into F32 and copied.
+    read into F32 and copied. ``repack`` (buffer type, supports(type, ne)) moves the CPU's
+    matrix weights it supports into the CPU's repack buffers, as llama.cpp does.
     """
     w = Weights()
     mapped = np.memmap(f.path, dtype=np.uint8, mode="r")
@@ -343,6 +345,8 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str
             continue
         device, buft = placement[exp.group]
         widen = exp.use == DENSE and (info.type != ggml.F32 or name in fixes)
+        if repack is not None and buft == cpu_buft and exp.use == MATMUL and repack[1](info.type, info.ne):
+            buft = repack[0]
         direct = buft == cpu_buft and not widen and info.offset % 32 == 0
         plan.setdefault((buft, direct), []).append(name)
         w.bytes_by_device[device] = w.bytes_by_device.get(device, 0) + (

@@ -37,6 +37,7 @@ class Sampler:
 
     def __init__(self, tok: Tokenizer, n_vocab: int, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int = 0, grammar: str | None = None) -> None:
+        self._greedy = temperature <= 0 and grammar is None
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(self._chain, llama_cpp.llama_sampler_init_greedy())
@@ -69,6 +70,8 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         """Pick the next token from one row of logits and advance the grammar past it."""
+        if self._greedy:  # what llama.cpp's greedy sampler picks (the first maximum), minus the copying
+            return int(np.argmax(logits))
         self._fill(logits)
         arr = self._apply(self._chain, self._data)
         token = int(arr.data[arr.selected].id)

@@ -14,7 +14,7 @@ import numpy as np
 from . import ggml
 from .backend import Runtime
 from .cache import CrossCache, SelfCache
-from .graph import Graph, attention, rms_norm
+from .graph import Graph, attention, grouped_attention, rms_norm
 from .loader import MllamaConfig, Weights
 
 
@@ -42,7 +42,8 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
     out_rows = g.input(ggml.I32, s.n_out, name="out_rows")
     with_image = s.first_slot is not None and cross is not None
     if with_image:
-        cmask = g.input(ggml.F16, cross.n_keys, n, 1, b, name="cross_mask")
+        # One mask row per query head of a KV group: what the grouped products need (rows are alike).
+        cmask = g.input(ggml.F16, cross.n_keys, n * txt.n_head // txt.n_head_kv, 1, b, name="cross_mask")
         after_image = g.input(ggml.F32, 1, n_rows, name="after_image")
     freqs = t.get("rope_freqs.weight")
     scale = hd ** -0.5
@@ -63,10 +64,14 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
                 continue  # text-only: the reference skips cross-attention layers entirely
             h = rms_norm(ops, x, t[p + "attn_norm.weight"], txt.eps)
             q = ops.reshape_3d(ops.mul_mat(t[p + "cross_attn_q_proj.weight"], h), hd, txt.n_head, n_rows)
-            q = heads(rms_norm(ops, q, t[p + "cross_attn_q_norm.weight"], txt.eps), txt.n_head)
+            q = rms_norm(ops, q, t[p + "cross_attn_q_norm.weight"], txt.eps)
             k = cross.view(ops, cross.k, i, s.first_slot, b)
             v = cross.view(ops, cross.v, i, s.first_slot, b)
-            a = ops.reshape_2d(attention(ops, q, k, v, cmask, scale, flash), txt.n_head * hd, n_rows)
+            if cross.v_transposed(i):
+                a = grouped_attention(ops, q, k, v, cmask, scale, txt.n_head_kv, n, b)
+            else:
+                a = ops.reshape_2d(attention(ops, heads(q, txt.n_head), k, v, cmask, scale, True),
+                                   txt.n_head * hd, n_rows)
             a = ops.mul_mat(t[p + "cross_attn_o_proj.weight"], a)
             # Rows before the image see no image: Meta zeroes both outputs for them.
             gate_a = np.tanh(np.float32(w.gates[p + "cross_attn_attn_gate"]))

@@ -117,11 +117,14 @@ class VisionEncoder:
             key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], states), hd, n_kv, n_keys)
             key = rms_norm(ops, key, t[b + "k_norm.weight"], txt.eps)
             val = ops.reshape_3d(ops.mul_mat(t[b + "v_proj.weight"], states), hd, n_kv, n_keys)
-            for src, store in ((key, cross.k), (val, cross.v)):
+            for src, store, dims, order in (
+                    (key, cross.k, (hd, n_keys), (0, 2, 1, 3)),
+                    (val, cross.v, (n_keys, hd) if cross.v_transposed(i) else (hd, n_keys),
+                     (1, 2, 0, 3) if cross.v_transposed(i) else (0, 2, 1, 3))):
                 dst = cross.view(ops, store, i, slot, 1)
                 s = ggml.tensor(dst)
-                dst = ops.view_3d(dst, hd, n_keys, n_kv, s.nb[1], s.nb[2], 0)  # the image's keys, not padding
-                g.expand(ops.cpy(ops.permute(src, 0, 2, 1, 3), dst))
+                dst = ops.view_3d(dst, *dims, n_kv, s.nb[1], s.nb[2], 0)  # the image's keys, not padding
+                g.expand(ops.cpy(ops.permute(src, *order), dst))
         return g, out
 
     def encode(self, pre: Preprocessed, cross: CrossCache, slot: int, features: bool = False) -> np.ndarray | None:
