@@ -47,17 +47,22 @@ class Completion:
     text: str
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
-    first_logits: np.ndarray | None = None  # the logits the first token was sampled from
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    logits: list[np.ndarray] = field(default_factory=list)  # of the first steps, when asked to keep them
+    timings_ms: dict[str, float] = field(default_factory=dict)  # the batch's: vision, prefill, decode
 
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One sequence of a batch: its image (or none), prompt token ids and an optional GBNF grammar."""
+    """One sequence of a batch: its image (or none), prompt token ids, an optional GBNF grammar,
+    its token budget and sampling."""
 
     image: Image.Image | None
     prompt: Sequence[int]
     grammar: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -309,75 +314,80 @@ class MllamaModel:
 
     def generate(self, image: Image.Image | None, prompt: Sequence[int], max_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, grammar: str | None = None,
-                 keep_first_logits: bool = False, stop: Collection[int] | None = None) -> Completion:
+                 keep_logits: int = 0, stop: Collection[int] | None = None) -> Completion:
         """Continue one prompt until an end token, max_tokens or the context's end."""
-        return self.generate_batch([BatchItem(image, prompt, grammar)], max_tokens, temperature, top_p, seed,
-                                   keep_first_logits, stop)[0]
+        item = BatchItem(image, prompt, grammar, max_tokens, temperature, top_p, seed)
+        return self.generate_batch([item], keep_logits, stop)[0]
 
-    def generate_batch(self, items: Sequence[BatchItem], max_tokens: int = 256, temperature: float = 0.0,
-                       top_p: float = 1.0, seed: int = 0, keep_first_logits: bool = False,
+    def generate_batch(self, items: Sequence[BatchItem], keep_logits: int = 0,
                        stop: Collection[int] | None = None) -> list[Completion]:
         """Generate for several sequences at once: each is prefilled alone, then all decode together,
         one graph per step, so every step reads the weights once for the whole batch.
 
-        ``stop``: the end tokens (default: the model's end-of-turn tokens; empty: run to max_tokens).
+        keep_logits: keep the logits of the first N steps in each Completion.
+        stop: the end tokens (default: the model's end-of-turn tokens; empty: run to max_tokens).
         """
         if not items:
             return []
-        if max_tokens < 1:
-            raise UsageError(f"max_tokens must be at least 1, not {max_tokens}")
         for it in items:
             self._check_prompt(it.prompt)
+            if it.max_tokens < 1:
+                raise UsageError(f"max_tokens must be at least 1, not {it.max_tokens}")
         b = len(items)
         t0 = time.perf_counter()
         self._self_cache(b)
         seqs = self._place_images(items)
-        samplers = [Sampler(self.tokenizer, self.n_vocab, temperature, top_p, seed + i, it.grammar)
-                    for i, it in enumerate(items)]
+        samplers = [Sampler(self.tokenizer, self.n_vocab, it.temperature, it.top_p, it.seed, it.grammar)
+                    for it in items]
         t1 = time.perf_counter()
         outs: list[list[int]] = [[] for _ in items]
+        kept: list[list[np.ndarray]] = [[] for _ in items]
         finish = ["length"] * b
-        first: list[np.ndarray | None] = [None] * b
         nxt: list[int] = []
         for i, (s, it) in enumerate(zip(seqs, items)):
             row = self._prefill(s, it.prompt)[-1]
-            first[i] = row.copy() if keep_first_logits else None
+            if keep_logits:
+                kept[i].append(row.copy())
             nxt.append(samplers[i].sample(row))
         t2 = time.perf_counter()
         stop = self.tokenizer.stop if stop is None else set(stop)
         n_steps = 0
-        while True:
-            for i, s in enumerate(seqs):
-                if s.done:
-                    continue
-                if nxt[i] in stop:
-                    s.done, finish[i] = True, "stop"
-                    continue
-                outs[i].append(nxt[i])
-                if len(outs[i]) >= max_tokens or s.n_past + 1 > self.n_ctx:
-                    s.done = True
-            if all(s.done for s in seqs):
-                break
-            # Finished sequences stay in the batch (the graph keeps its shape); they re-write
-            # their last cache row with an end token and their outputs are ignored.
-            feed = []
-            for i, s in enumerate(seqs):
-                if s.done:
-                    s.n_past -= 1
-                    feed.append([self.tokenizer.eot])
-                else:
-                    feed.append([nxt[i]])
-            logits = self._forward(seqs, feed)
-            n_steps += 1
-            for i, s in enumerate(seqs):
-                if not s.done:
-                    nxt[i] = samplers[i].sample(logits[i])
+        try:
+            while True:
+                for i, (s, it) in enumerate(zip(seqs, items)):
+                    if s.done:
+                        continue
+                    if nxt[i] in stop:
+                        s.done, finish[i] = True, "stop"
+                        continue
+                    outs[i].append(nxt[i])
+                    if len(outs[i]) >= it.max_tokens or s.n_past + 1 > self.n_ctx:
+                        s.done = True
+                if all(s.done for s in seqs):
+                    break
+                # Finished sequences stay in the batch (the graph keeps its shape); they re-write
+                # their last cache row with an end token and their outputs are ignored.
+                feed = []
+                for i, s in enumerate(seqs):
+                    if s.done:
+                        s.n_past -= 1
+                        feed.append([self.tokenizer.eot])
+                    else:
+                        feed.append([nxt[i]])
+                logits = self._forward(seqs, feed)
+                n_steps += 1
+                for i, s in enumerate(seqs):
+                    if not s.done:
+                        if len(kept[i]) < keep_logits:
+                            kept[i].append(logits[i].copy())
+                        nxt[i] = samplers[i].sample(logits[i])
+        finally:
+            for smp in samplers:
+                smp.close()
         t3 = time.perf_counter()
-        for smp in samplers:
-            smp.close()
-        timings = {"setup": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3,
+        timings = {"vision": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3,
                    "decode_steps": float(n_steps)}
-        return [Completion(outs[i], self.tokenizer.decode(outs[i]), finish[i], len(it.prompt), first[i], timings)
+        return [Completion(outs[i], self.tokenizer.decode(outs[i]), finish[i], len(it.prompt), kept[i], timings)
                 for i, it in enumerate(items)]
 
     def _place_images(self, items: Sequence[BatchItem]) -> list[_Seq]:
