@@ -1,0 +1,145 @@
+"""Decode speed of the mllama engine vs llama-cpp-python on a llama model of the same text shape.
+
+Both files are synthetic (random weights, the same Q4_K_M mix, same tensors per text layer),
+loaded in the same process with the same threads, and measured in alternating rounds (the
+median is reported: a shared machine is noisy). llama.cpp decodes through ``Llama.eval`` plus
+an argmax, the engine through ``MllamaModel.generate`` (its sampler chain included). Also
+reports where the engine's decode time goes: ggml compute, building graphs in Python, and
+the rest of Python (inputs, sampling).
+
+    python -m benchmarks.mllama_cpu_speed --threads 1 --tokens 32 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.mllama_synth import PRESETS, write_llama, write_mllama
+from llamadoc.engines.mllama import ggml
+from llamadoc.engines.mllama import model as model_module
+from llamadoc.engines.mllama.tokenizer import quiet_llama
+
+
+class Probe:
+    """Wall time inside ggml compute and graph building, counted only during one-token decode steps."""
+
+    def __init__(self) -> None:
+        self.compute = self.build = 0.0
+        self._decoding = False
+        self._real = (ggml.lib.backend_sched_graph_compute, model_module.build_decoder,
+                      model_module.MllamaModel._forward)
+
+    def _timed(self, fn: Callable[..., Any], attr: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self._decoding:
+                    setattr(self, attr, getattr(self, attr) + time.perf_counter() - t)
+        return timed
+
+    def __enter__(self) -> Probe:
+        compute, build, forward = self._real
+
+        def watch(model: Any, seqs: Any, new: list[list[int]], all_rows: bool = False) -> Any:
+            self._decoding = len(new[0]) == 1
+            return forward(model, seqs, new, all_rows)
+
+        ggml.lib.backend_sched_graph_compute = self._timed(compute, "compute")
+        model_module.build_decoder = self._timed(build, "build")
+        model_module.MllamaModel._forward = watch  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ggml.lib.backend_sched_graph_compute, model_module.build_decoder, model_module.MllamaModel._forward = \
+            self._real  # type: ignore[method-assign]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-mid", choices=sorted(PRESETS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=32, help="decode steps per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dir", type=Path, default=None, help="keep the GGUF files here (default: a temp dir)")
+    args = ap.parse_args()
+    import llama_cpp
+
+    shape = PRESETS[args.preset]
+    work = args.dir or Path(tempfile.mkdtemp(prefix="mllama-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ml, ll = work / f"mllama-{args.preset}.gguf", work / f"llama-{args.preset}.gguf"
+    if not ml.exists():
+        write_mllama(ml, shape)
+    if not ll.exists():
+        write_llama(ll, shape)
+    prompt = [128000] + list(range(1000, 1032))
+    image = Image.fromarray((np.random.default_rng(0).random((900, 700, 3)) * 255).astype(np.uint8))
+
+    with quiet_llama():
+        llm = llama_cpp.Llama(model_path=str(ll), n_ctx=1024, n_batch=512, n_threads=args.threads,
+                              n_threads_batch=args.threads, flash_attn=True, verbose=False)
+    engine = model_module.MllamaModel.load(ml, threads=args.threads, n_ctx=1024)
+    ids_image = [128000, engine.tokenizer.image] + prompt[1:]
+    engine.generate(image, ids_image, max_tokens=2, stop=())  # encodes and caches the image
+
+    def llama_round() -> float:
+        llm.reset()
+        llm.eval(prompt)
+        t = time.perf_counter()
+        for _ in range(args.tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        return args.tokens / (time.perf_counter() - t)
+
+    def engine_round(with_image: bool, probe: Probe) -> float:
+        out = engine.generate(image if with_image else None, ids_image if with_image else prompt,
+                              max_tokens=args.tokens + 1, stop=())
+        return out.timings_ms["decode_steps"] / out.timings_ms["decode"] * 1e3
+
+    rates: dict[str, list[float]] = {"llama": [], "image": [], "text": []}
+    probes = {"image": Probe(), "text": Probe()}
+    decode_time = {"image": 0.0, "text": 0.0}
+    for _ in range(args.rounds):
+        rates["llama"].append(llama_round())
+        for kind in ("image", "text"):
+            with probes[kind] as p:
+                r = engine_round(kind == "image", p)
+            rates[kind].append(r)
+            decode_time[kind] += args.tokens / r
+    llm.close()
+    engine.close()
+
+    base = statistics.median(rates["llama"])
+    t = shape.text
+    print(f"command: python -m benchmarks.mllama_cpu_speed --preset {args.preset} --threads {args.threads} "
+          f"--tokens {args.tokens} --rounds {args.rounds}")
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
+          f"threads {args.threads}, llama-cpp-python {llama_cpp.__version__}")
+    print(f"shape: {args.preset}: {t.n_layer} text layers ({len(t.cross_layers)} cross), width {t.n_embd}, "
+          f"ffn {t.n_ff}, vocab {t.n_vocab}, Q4_K_M mix; image keys per cross layer {shape.vision.n_tokens}")
+    print(f"{'decode, median of ' + str(args.rounds) + ' rounds':<36}{'tok/s':>8}{'vs llama.cpp':>14}"
+          f"{'ggml':>8}{'graphs':>8}{'python':>8}")
+    print(f"{'llama-cpp-python, llama same shape':<36}{base:>8.2f}{1.0:>14.2f}")
+    for kind, label in (("image", "mllama engine, with a page image"), ("text", "mllama engine, text only")):
+        rate, p, total = statistics.median(rates[kind]), probes[kind], decode_time[kind]
+        rest = total - p.compute - p.build
+        print(f"{label:<36}{rate:>8.2f}{rate / base:>14.2f}{p.compute / total:>8.1%}{p.build / total:>8.1%}"
+              f"{rest / total:>8.1%}")
+    print(f"(all rounds, tok/s: llama.cpp {[round(x, 1) for x in rates['llama']]}, "
+          f"image {[round(x, 1) for x in rates['image']]}, text {[round(x, 1) for x in rates['text']]})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Synthetic GGUF files with real shapes and random weights, for speed measurements only.
+
+Speed does not depend on the weights' values, so quantised blocks are a repeated random pattern
+with valid fp16 scales (no quantiser run): an 11B-shaped file is written at disk speed.
+Writes an mllama file for our engine and a same-shape llama file for llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llamadoc.engines.mllama import ggml
+from llamadoc.engines.mllama.convert import PlannedTensor, choose_types, rope_freq_factors
+from llamadoc.engines.mllama.gguf_io import GGUFWriter
+from llamadoc.engines.mllama.loader import (
+    CONV,
+    MATMUL,
+    ROWS,
+    MllamaConfig,
+    TextConfig,
+    VisionConfig,
+    expected_tensors,
+)
+
+# type -> (bytes per block, offsets of fp16 scales in a block, scale value): scales keep weights ~0.05
+_BLOCKS = {
+    ggml.Q4_0: (18, (0,), 3e-3), ggml.Q8_0: (34, (0,), 4e-4), ggml.Q5_0: (22, (0,), 2e-3),
+    ggml.Q4_K: (144, (0, 2), 1e-4), ggml.Q6_K: (210, (208,), 2e-5),
+}
+_PATTERN_BYTES = 1 << 22
+_KIND = {MATMUL: "matmul", ROWS: "rows", CONV: "conv"}
+LLAMA3_SPECIALS = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|start_header_id|>": 128006,
+                   "<|end_header_id|>": 128007, "<|eom_id|>": 128008, "<|eot_id|>": 128009}
+
+
+@dataclass(frozen=True)
+class Shape:
+    text: TextConfig
+    vision: VisionConfig
+    n_vocab_tokens: int  # tokenizer size (the image token included for mllama)
+
+
+LLAMA_3_2_11B = Shape(
+    TextConfig(n_layer=40, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, head_dim=128, rope_base=500000.0,
+               eps=1e-5, n_vocab=128256, n_ctx_train=131072, cross_layers=(3, 8, 13, 18, 23, 28, 33, 38)),
+    VisionConfig(n_layer=32, n_global=8, intermediate=(3, 7, 15, 23, 30), n_embd=1280, n_ff=5120, n_head=16,
+                 eps=1e-5, image_size=560, patch_size=14, max_tiles=4, n_channels=3),
+    128257,
+)
+# A 2-core CPU can decode this in reasonable time; vision is small, its geometry (6404 keys) real.
+CPU_MID = replace(
+    LLAMA_3_2_11B,
+    text=replace(LLAMA_3_2_11B.text, n_layer=16, n_embd=2048, n_ff=8192, n_head=16, n_head_kv=4,
+                 cross_layers=(3, 8, 13)),
+    vision=replace(LLAMA_3_2_11B.vision, n_layer=2, n_global=1, intermediate=(0, 1), n_embd=64, n_ff=128,
+                   n_head=2),
+)
+# Seconds on a CPU: the GPU script's --tiny mode runs every code path with it.
+TINY = replace(
+    CPU_MID,
+    text=replace(CPU_MID.text, n_layer=4, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, head_dim=64,
+                 cross_layers=(1, 3)),
+    vision=replace(CPU_MID.vision, n_embd=32, n_ff=64, image_size=112),
+)
+PRESETS = {"11b": LLAMA_3_2_11B, "cpu-mid": CPU_MID, "tiny": TINY}
+
+
+def _pattern(ggml_type: int, rng: np.random.Generator) -> bytes:
+    if ggml_type == ggml.F32:
+        return (rng.standard_normal(_PATTERN_BYTES // 4) * 0.02).astype("<f4").tobytes()
+    if ggml_type == ggml.F16:
+        return (rng.standard_normal(_PATTERN_BYTES // 2) * 0.02).astype("<f2").tobytes()
+    size, scale_offsets, scale = _BLOCKS[ggml_type]
+    n = _PATTERN_BYTES // size
+    blocks = rng.integers(0, 256, size=(n, size), dtype=np.uint8)
+    d = np.full(n, scale, dtype="<f2").view(np.uint8).reshape(n, 2)
+    for off in scale_offsets:
+        blocks[:, off:off + 2] = d
+    return blocks.tobytes()
+
+
+def _fill(pattern: bytes, nbytes: int) -> Iterator[bytes]:
+    while nbytes > 0:
+        piece = pattern[:nbytes]
+        nbytes -= len(piece)
+        yield piece
+
+
+def _vocab(n_tokens: int, image_token: int | None) -> dict[str, Any]:
+    """A byte-level BPE vocabulary of Llama 3's size with its special tokens where Llama 3 has them."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, extra = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    byte_text = {b: chr(c) for b, c in zip(bs, cs)}
+    tokens = [byte_text[b] for b in range(256)] + [f"w{i}" for i in range(256, n_tokens)]
+    types = [1] * n_tokens
+    specials = dict(LLAMA3_SPECIALS, **({"<|image|>": image_token} if image_token is not None else {}))
+    for text, i in specials.items():
+        tokens[i], types[i] = text, 3
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],
+            "tokenizer.ggml.bos_token_id": 128000, "tokenizer.ggml.eos_token_id": 128009}
+
+
+def _rope(t: TextConfig) -> np.ndarray:
+    return rope_freq_factors(t.head_dim, t.rope_base, {"factor": 8.0, "low_freq_factor": 1.0,
+                                                       "high_freq_factor": 4.0,
+                                                       "original_max_position_embeddings": 8192})
+
+
+def _write(path: Path, metadata: dict[str, Any], planned: list[PlannedTensor], quant: str,
+           exact: dict[str, np.ndarray], seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    types = choose_types(planned, quant)
+    patterns: dict[int, bytes] = {}
+    writer = GGUFWriter(path, metadata)
+    for p in planned:
+        ggml_type = types[p.name]
+        ne = tuple(reversed(p.shape))
+        if p.name in exact:
+            value = exact[p.name]
+            writer.add_tensor(p.name, ggml.F32, ne, lambda v=value: [v.astype("<f4").tobytes()])
+            continue
+        if ggml_type not in patterns:
+            patterns[ggml_type] = _pattern(ggml_type, rng)
+        ctx = ggml.Context(1)
+        nbytes = ggml.lib.nbytes(ctx.new(ggml_type, *ne))
+        ctx.free()
+        writer.add_tensor(p.name, ggml_type, ne, lambda pat=patterns[ggml_type], n=nbytes: _fill(pat, n))
+    return writer.write()
+
+
+def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) -> int:
+    t, v = shape.text, shape.vision
+    c = MllamaConfig(t, v)
+    planned = [PlannedTensor("token_embd.weight", np.zeros, (t.n_vocab + 8, t.n_embd), "rows"),
+               PlannedTensor("rope_freqs.weight", np.zeros, (t.head_dim // 2,), "dense")]
+    exact: dict[str, np.ndarray] = {"rope_freqs.weight": _rope(t)}
+    for name, e in expected_tensors(c).items():
+        planned.append(PlannedTensor(name, np.zeros, tuple(reversed(e.ne)), _KIND.get(e.use, "dense")))
+        if e.use not in _KIND:  # norms, biases, gates, embeddings: sane exact values
+            n = math.prod(e.ne)
+            exact[name] = np.full(n, 0.5 if n == 1 else 1.0, dtype=np.float32) if ("norm" in name or n == 1) \
+                else np.random.default_rng(len(name)).standard_normal(n).astype(np.float32) * 0.02
+    a = "mllama"
+    meta = {
+        "general.architecture": a, "general.name": "synthetic mllama", "general.file_type": 15,
+        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
+        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
+        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
+        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
+        f"{a}.vocab_size": t.n_vocab, f"{a}.attention.cross_attention_layers": list(t.cross_layers),
+        f"{a}.vision.block_count": v.n_layer, f"{a}.vision.global.block_count": v.n_global,
+        f"{a}.vision.intermediate_layers_indices": list(v.intermediate), f"{a}.vision.embedding_length": v.n_embd,
+        f"{a}.vision.feed_forward_length": v.n_ff, f"{a}.vision.attention.head_count": v.n_head,
+        f"{a}.vision.attention.layer_norm_epsilon": v.eps, f"{a}.vision.image_size": v.image_size,
+        f"{a}.vision.patch_size": v.patch_size, f"{a}.vision.max_num_tiles": v.max_tiles,
+        f"{a}.vision.num_channels": v.n_channels,
+        **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab),
+    }
+    return _write(path, meta, planned, quant, exact, seed)
+
+
+def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) -> int:
+    """A Llama 3.1-style text model with as many layers as the mllama's text model (all self-attention)."""
+    t = shape.text
+    q, kv = t.n_head * t.head_dim, t.n_head_kv * t.head_dim
+    planned = [PlannedTensor("token_embd.weight", np.zeros, (t.n_vocab, t.n_embd), "rows"),
+               PlannedTensor("rope_freqs.weight", np.zeros, (t.head_dim // 2,), "dense"),
+               PlannedTensor("output_norm.weight", np.zeros, (t.n_embd,), "dense"),
+               PlannedTensor("output.weight", np.zeros, (t.n_vocab, t.n_embd), "matmul")]
+    exact = {"rope_freqs.weight": _rope(t), "output_norm.weight": np.ones(t.n_embd, dtype=np.float32)}
+    for i in range(t.n_layer):
+        b = f"blk.{i}."
+        for name, shp in (("attn_q.weight", (q, t.n_embd)), ("attn_k.weight", (kv, t.n_embd)),
+                          ("attn_v.weight", (kv, t.n_embd)), ("attn_output.weight", (t.n_embd, q)),
+                          ("ffn_gate.weight", (t.n_ff, t.n_embd)), ("ffn_up.weight", (t.n_ff, t.n_embd)),
+                          ("ffn_down.weight", (t.n_embd, t.n_ff))):
+            planned.append(PlannedTensor(b + name, np.zeros, shp, "matmul"))
+        for name in ("attn_norm.weight", "ffn_norm.weight"):
+            planned.append(PlannedTensor(b + name, np.zeros, (t.n_embd,), "dense"))
+            exact[b + name] = np.ones(t.n_embd, dtype=np.float32)
+    a = "llama"
+    meta = {
+        "general.architecture": a, "general.name": "synthetic llama", "general.file_type": 15,
+        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
+        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
+        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
+        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
+        f"{a}.vocab_size": t.n_vocab,
+        **_vocab(t.n_vocab, image_token=None),
+    }
+    return _write(path, meta, planned, quant, exact, seed)

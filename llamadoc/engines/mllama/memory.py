@@ -1,0 +1,91 @@
+"""Memory needed before loading: weights, KV cache, image K/V and compute buffers, per device.
+
+Checked against the GPU's free memory so a model that does not fit ends in a clear ModelError
+instead of an out-of-memory failure halfway through loading.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from llamadoc.errors import ModelError
+
+from . import ggml
+from .backend import Device
+from .cache import cross_cache_bytes, self_cache_bytes
+from .gguf_io import GGUFFile
+from .loader import DENSE, SCALAR, Expected, MllamaConfig, check_tensors, placement
+
+GIB = 1024**3
+HEADROOM = 512 * 1024**2  # the backend's own context, fragmentation, CUDA graphs
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per device ("GPU" or "CPU") and purpose: weights, kv_cache, images, compute."""
+
+    parts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, device: str, what: str, n: int) -> None:
+        if n <= 0:
+            return
+        d = self.parts.setdefault(device, {})
+        d[what] = d.get(what, 0) + n
+
+    def total(self, device: str) -> int:
+        return sum(self.parts.get(device, {}).values())
+
+    def check(self, gpu: Device | None) -> None:
+        if gpu is None:
+            return
+        need = self.total("GPU") + HEADROOM
+        if need > gpu.memory_free:
+            detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.get("GPU", {}).items())
+            raise ModelError(
+                f"the model needs {need / GIB:.1f} GiB on {gpu.label} ({detail} GiB), "
+                f"{gpu.memory_free / GIB:.1f} GiB are free",
+                hint="offload fewer layers (--gpu-layers N), or lower --ctx")
+
+    def summary(self) -> str:
+        return "; ".join(f"{dev}: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items())
+                         for dev, parts in self.parts.items())
+
+
+def estimate_memory(f: GGUFFile, c: MllamaConfig, expected: dict[str, Expected], on_gpu: dict[str, bool],
+                    n_ctx: int, n_seq: int, n_images: int, kv_type: int, n_batch: int) -> MemoryEstimate:
+    """``on_gpu`` maps tensor groups ("vision", "text.N", "output", "embd") to their placement."""
+    est = MemoryEstimate()
+    for name, exp in expected.items():
+        if exp.use == SCALAR:
+            continue
+        info = f.tensors[name]
+        widened = exp.use == DENSE and info.type != ggml.F32  # stored narrower than the F32 it is used as
+        est.add("GPU" if on_gpu[exp.group] else "CPU", "weights", info.nbytes * (2 if widened else 1))
+    # Caches follow their layers; splitting them pro rata is exact enough for a fit check.
+    share = sum(on_gpu[f"text.{i}"] for i in range(c.text.n_layer)) / c.text.n_layer
+    for what, n in (("kv_cache", self_cache_bytes(c, n_ctx, n_seq, kv_type)),
+                    ("images", cross_cache_bytes(c, n_images + (n_seq if n_seq > 1 else 0), kv_type))):
+        est.add("GPU", what, int(n * share))
+        est.add("CPU", what, n - int(n * share))
+    # Compute buffers: the largest graph's live activations (measured graphs stay within these).
+    v, t = c.vision, c.text
+    n_tok = v.max_tiles * v.n_pos_padded
+    vision = 4 * n_tok * (v.n_embd * (len(v.intermediate) + 8) + 2 * v.n_ff)
+    text = 4 * n_batch * (8 * t.n_embd + 3 * t.n_ff) + 4 * t.n_vocab * max(n_seq, 1)
+    est.add("GPU" if on_gpu["vision"] else "CPU", "compute", max(vision, text))
+    return est
+
+
+def estimate_model_memory(path: str | os.PathLike[str], n_gpu_layers: int = -1, n_ctx: int = 4096,
+                          n_seq: int = 1, image_cache: int = 4, kv_f16: bool = True,
+                          n_batch: int = 512) -> MemoryEstimate:
+    """The estimate for a file without loading it, as if a GPU were present (for planning and doctor)."""
+    f = GGUFFile(path)
+    try:
+        c = MllamaConfig.from_gguf(f)
+        expected = check_tensors(f, c)
+        return estimate_memory(f, c, expected, placement(c, n_gpu_layers, True), n_ctx, n_seq, image_cache,
+                               ggml.F16 if kv_f16 else ggml.F32, n_batch)
+    finally:
+        f.close()

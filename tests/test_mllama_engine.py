@@ -1,0 +1,99 @@
+"""MllamaEngine and the Llama Guard backend through llamadoc's engine protocol, on the tiny fixture."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mllama_helpers import convert_fixture, fixture_image
+
+pytest.importorskip("llama_cpp")
+jsonschema = pytest.importorskip("jsonschema")
+
+from llamadoc.engines.base import GenerationRequest, LoadOptions, Sampling, VisionEngine  # noqa: E402
+from llamadoc.engines.mllama.backend import Device, describe_backends  # noqa: E402
+from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardBackend  # noqa: E402
+from llamadoc.engines.mllama.memory import estimate_model_memory  # noqa: E402
+from llamadoc.errors import ModelError, UsageError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_fixture("tiny", tmp_path_factory.mktemp("engine") / "tiny.gguf", "Q8_0")
+
+
+@pytest.fixture(scope="module")
+def engine(path: Path) -> Iterator[MllamaEngine]:
+    e = MllamaEngine(LoadOptions(model_path=str(path), threads=1, max_tokens=64))
+    yield e
+    e.close()
+
+
+def test_engine_protocol(engine: MllamaEngine) -> None:
+    assert isinstance(engine, VisionEngine)
+    assert (engine.name, engine.max_images, engine.supports_schema) == ("mllama", 1, True)
+    assert engine.device == "CPU" and engine.gpu_layers == 0
+    assert engine.model.n_ctx == 2048 + 256  # prompt headroom + max_tokens, rounded to 256
+
+
+def test_schema_constrained_page_answer(engine: MllamaEngine) -> None:
+    schema = {"type": "object", "required": ["paid"], "properties": {"paid": {"type": "boolean"}}}
+    req = GenerationRequest(prompt="Is the invoice paid?", images=(fixture_image("square"),), schema=schema,
+                            max_tokens=32)
+    out = engine.generate(req)
+    jsonschema.validate(json.loads(out.text), schema)
+    assert out.finish_reason == "stop" and out.completion_tokens > 0 and out.prompt_tokens > 10
+    assert {"model", "vision", "prefill", "decode"} <= set(out.timings_ms)
+
+
+def test_batched_requests_equal_single_ones(engine: MllamaEngine) -> None:
+    reqs = [GenerationRequest(prompt=p, images=imgs, max_tokens=8, system=sys_text)
+            for p, imgs, sys_text in (("Total?", (fixture_image("wide"),), None),
+                                      ("Date?", (), "Answer briefly."),
+                                      ("Vendor?", (fixture_image("gray"),), "Answer briefly."))]
+    batch = engine.generate_batch(reqs)
+    assert [r.text for r in batch] == [engine.generate(r).text for r in reqs]
+
+
+def test_request_limits(engine: MllamaEngine) -> None:
+    two = GenerationRequest(prompt="x", images=(fixture_image("wide"), fixture_image("tiny")))
+    with pytest.raises(UsageError, match="one page image per request"):
+        engine.generate(two)
+    with pytest.raises(UsageError, match="inside the file"):
+        MllamaEngine(LoadOptions(model_path="m.gguf", mmproj_path="p.gguf"))
+
+
+def test_sampling_options_reach_the_sampler(engine: MllamaEngine) -> None:
+    req = GenerationRequest(prompt="Describe the page.", images=(fixture_image("tall"),), max_tokens=12,
+                            sampling=Sampling(temperature=1.2, top_p=0.9, seed=3))
+    assert engine.generate(req).text == engine.generate(req).text
+
+
+def test_guard_backend_scores_the_verdict(path: Path) -> None:
+    guard = MllamaGuardBackend(LoadOptions(model_path=str(path), threads=1))
+    try:
+        prompt = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|> Task: Check if there is "
+                  "unsafe content in 'User' messages.<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
+        text, p_unsafe = guard.run(prompt, fixture_image("square"), max_tokens=8)
+        assert isinstance(text, str)
+        assert p_unsafe is None or 0.0 <= p_unsafe <= 1.0
+        with pytest.raises(UsageError, match="no <\\|image\\|> token"):
+            guard.run("<|begin_of_text|>no image token here", fixture_image("square"))
+    finally:
+        guard.close()
+
+
+def test_backends_and_memory_estimate(path: Path) -> None:
+    devices = describe_backends()
+    assert any(d["kind"] == "CPU" for d in devices)
+    assert all({"name", "description", "memory_free", "memory_total"} <= set(d) for d in devices)
+    est = estimate_model_memory(path, n_ctx=4096)
+    assert est.parts["GPU"]["weights"] > 0 and est.parts["GPU"]["kv_cache"] > 0
+    assert est.parts["CPU"]["weights"] > 0  # token embeddings stay on the CPU
+    assert estimate_model_memory(path, n_gpu_layers=0).total("GPU") == 0
+    small = Device(0, "CUDA0", "a small GPU", "GPU", memory_free=256 << 20, memory_total=1 << 30)
+    with pytest.raises(ModelError, match=r"needs \d+\.\d GiB on CUDA0 \(a small GPU\) .* 0\.2 GiB are free"):
+        est.check(small)
