@@ -36,6 +36,7 @@ class MllamaEngine:
 
     name = "mllama"
     max_images = 1  # one page per request: answers must rest on one page
+    max_batch = 8  # pages decoded together: each step reads the weights once for all of them
     supports_schema = True
 
     def __init__(self, options: LoadOptions) -> None:
