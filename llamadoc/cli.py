@@ -572,6 +572,24 @@ def models_verify(
         )
 
 
+@models_app.command("convert")
+@handles_errors
+def models_convert(
+    hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Llama 3.2 Vision folder (config.json + safetensors).")],
+    out: Annotated[Path, typer.Argument(help="The GGUF file to write.")],
+    quant: Annotated[str, typer.Option("--quant", help="F32, F16, Q8_0 or Q4_K_M.")] = "Q4_K_M",
+) -> None:
+    """Convert Meta's Llama 3.2 Vision (or Llama Guard 3 Vision) checkpoint to one GGUF file."""
+    from llamadoc.engines.mllama.convert import convert
+
+    report = convert(hf_dir, out, quant)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(report.types.items()))
+    say(f"wrote {report.n_tensors} tensors ({kinds}), {report.bytes / 1e9:.2f} GB")
+    for line in report.fallbacks[:5]:
+        say(f"kept wider: {line}")
+    print(report.path)
+
+
 @app.command()
 @handles_errors
 def doctor(config: Config = None) -> None:
@@ -590,8 +608,12 @@ def doctor(config: Config = None) -> None:
         ("llama-cpp-python", version("llama-cpp-python")),
     ]
     llamacpp.set_logging(False)
-    for backend in llamacpp.backends():
-        rows.append(("backend", backend))
+    from llamadoc.engines.mllama.backend import describe_backends  # ggml's device registry
+
+    for dev in describe_backends():
+        memory = (f" ({dev['memory_free'] / 2**30:.1f} of {dev['memory_total'] / 2**30:.1f} GiB free)"
+                  if dev["memory_total"] else "")
+        rows.append(("ggml device", f"{dev['name']} [{dev['kind']}]: {dev['description']}{memory}"))
     rows.append(("gpu offload", "yes" if llamacpp.gpu_available() else "no (CPU only)"))
     rows.append(("LLAMADOC_HOME", str(settings.home)))
     rows.append(("offline", "yes" if settings.offline else "no"))

@@ -197,7 +197,7 @@ def test_models_list_and_doctor(run_cli: Any) -> None:
     assert listed.exit_code == 0 and "qwen2.5-vl:7b" in listed.stdout and "(default)" in listed.stdout
     doctor = run_cli("doctor")
     assert doctor.exit_code == 0
-    assert "llama-cpp-python" in doctor.stdout and "backend" in doctor.stdout and "CPU" in doctor.stdout
+    assert "llama-cpp-python" in doctor.stdout and "ggml device" in doctor.stdout and "CPU" in doctor.stdout
 
 
 def test_entry_point_and_help(tmp_path: Path, model_args: list[str], chart: Path) -> None:

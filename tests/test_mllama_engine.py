@@ -36,7 +36,7 @@ def test_engine_protocol(engine: MllamaEngine) -> None:
     assert isinstance(engine, VisionEngine)
     assert (engine.name, engine.max_images, engine.supports_schema) == ("mllama", 1, True)
     assert engine.device == "CPU" and engine.gpu_layers == 0
-    assert engine.model.n_ctx == 2048 + 256  # prompt headroom + max_tokens, rounded to 256
+    assert engine.model.n_ctx == 2048 + 256  # LoadOptions.prompt_tokens + max_tokens, rounded to 256
 
 
 def test_schema_constrained_page_answer(engine: MllamaEngine) -> None:

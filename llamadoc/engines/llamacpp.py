@@ -54,29 +54,3 @@ def describe_system() -> str:
     info = llama_cpp.llama_print_system_info()
     return info.decode() if isinstance(info, bytes) else str(info)
 
-
-def backends() -> list[str]:
-    """ggml's devices as 'NAME: description (free/total GiB)', through its device registry."""
-    import llama_cpp  # loads the libraries first, so we share their ggml
-
-    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    ggml = ctypes.CDLL(os.path.join(lib_dir, "libggml.so.0"))
-    ggml.ggml_backend_load_all()
-    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
-    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
-    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
-        fn.restype = ctypes.c_char_p
-        fn.argtypes = [ctypes.c_void_p]
-    size_p = ctypes.POINTER(ctypes.c_size_t)
-    ggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-    out = []
-    for i in range(ggml.ggml_backend_dev_count()):
-        dev = ggml.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(), ctypes.c_size_t()
-        ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        name = ggml.ggml_backend_dev_name(dev).decode()
-        desc = ggml.ggml_backend_dev_description(dev).decode()
-        memory = f" ({free.value / 2**30:.1f}/{total.value / 2**30:.1f} GiB free)" if total.value else ""
-        out.append(f"{name}: {desc}{memory}")
-    return out

@@ -19,14 +19,14 @@ from .sampling import schema_grammar
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-PROMPT_HEADROOM = 2048  # tokens for instructions and a schema; the image itself takes one token
 GUARD_VERDICT_STEPS = 4  # the verdict word follows at most a few whitespace tokens ("\n\n")
 
 def _load(options: LoadOptions) -> MllamaModel:
     if options.mmproj_path:
         raise UsageError(f"{options.model_path} is an mllama model: its vision tower is inside the file",
                          hint="drop --mmproj")
-    n_ctx = options.n_ctx or -(-(PROMPT_HEADROOM + options.max_tokens) // 256) * 256
+    # The image costs one token (<|image|>); its features reach the text through cross-attention.
+    n_ctx = options.n_ctx or -(-(options.prompt_tokens + options.max_tokens) // 256) * 256
     return MllamaModel.load(options.model_path, n_gpu_layers=options.gpu_layers, n_ctx=n_ctx,
                             threads=options.threads, flash_attn=options.flash_attn)
 
