@@ -91,7 +91,7 @@ class MllamaModel:
         self._cross_flash = cross_flash
         self._kv: SelfCache | None = None
         self._cross: CrossCache | None = None
-        self._vision = VisionEncoder(runtime, config, weights, flash)
+        self._vision = VisionEncoder(runtime, config, weights, flash, runtime.gpu is not None)
         self._graph: tuple[Shape, Graph, int] | None = None  # the last decoder graph, reused while its shape holds
 
     # ---- loading ----------------------------------------------------------------------------
@@ -157,6 +157,10 @@ class MllamaModel:
         """Pixel values (max_tiles, 3, tile, tile), aspect-ratio id and mask, as the reference computes them."""
         v = self.config.vision
         return preprocess(open_image(image), v.image_size, v.max_tiles)
+
+    def encode_image(self, image: Image.Image) -> None:
+        """Encode a page into the image cache now (later prompts about it skip the vision encoder)."""
+        self._cached_slot(image)
 
     def vision_features(self, image: Image.Image) -> np.ndarray:
         """The vision tower's output before the projector: (max_tiles, tokens per tile, n_out)."""
@@ -425,6 +429,7 @@ class MllamaModel:
             if c is not None:
                 c.free()
         self._kv = self._cross = None
+        self._vision.close()
         self.weights.free()
         self.tokenizer.close()
         self.runtime.free()
