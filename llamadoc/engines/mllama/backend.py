@@ -101,6 +101,21 @@ def repack_supports(cpu: Device, buft: int, ggml_type: int, ne: tuple[int, ...])
         ctx.free()
 
 
+def flash_attention_supported(dev: Device, head_dim: int, n_head: int, n_head_kv: int, kv_type: int) -> bool:
+    """Whether a device runs flash attention for these head sizes and K/V type (else the
+    scheduler would move every attention to the CPU: better to use the plain form there)."""
+    ctx = ggml.Context(5)
+    try:
+        q = ctx.new(ggml.F32, head_dim, 1, n_head, 1)
+        k = ctx.new(kv_type, head_dim, 256, n_head_kv, 1)
+        v = ctx.new(kv_type, head_dim, 256, n_head_kv, 1)
+        mask = ctx.new(ggml.F16, 256, 1, 1, 1)
+        op = ctx.ops.flash_attn_ext(q, k, v, mask, head_dim ** -0.5, 0.0, 0.0)
+        return bool(lib.backend_dev_supports_op(dev.ptr, op))
+    finally:
+        ctx.free()
+
+
 def cpu_device() -> Device:
     for d in devices():
         if d.kind == "CPU":

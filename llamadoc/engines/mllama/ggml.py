@@ -450,7 +450,7 @@ class LogCapture:
     turns those into one-line errors instead, quoting the last line captured here.
     """
 
-    _lock = threading.Lock()
+    _lock = threading.RLock()  # re-entrant: a captured call may itself capture
 
     def __init__(self) -> None:
         self.lines: list[str] = []

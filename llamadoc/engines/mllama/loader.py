@@ -375,13 +375,14 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str
                     raise ModelError(f"{f.path}: not enough memory for the weights on "
                                      f"{lib.backend_buft_name(buft).decode()} ({log.last or 'allocation failed'})")
                 w._buffers.append(buf)
-                for name in names:
-                    info = f.tensors[name]
-                    if expected[name].use == DENSE and (info.type != ggml.F32 or name in fixes):
-                        values = read_floats(f, mapped, info)
-                        ggml.set_data(w.t[name], fixes[name](values) if name in fixes else values)
-                    else:
-                        lib.backend_tensor_set(w.t[name], base + info.offset, 0, info.nbytes)
+                with ggml.LogCapture():  # the repack buffer logs every tensor it re-lays
+                    for name in names:
+                        info = f.tensors[name]
+                        if expected[name].use == DENSE and (info.type != ggml.F32 or name in fixes):
+                            values = read_floats(f, mapped, info)
+                            ggml.set_data(w.t[name], fixes[name](values) if name in fixes else values)
+                        else:
+                            lib.backend_tensor_set(w.t[name], base + info.offset, 0, info.nbytes)
             lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
     except BaseException:
         w.free()

@@ -19,7 +19,7 @@ from PIL import Image
 from llamadoc.errors import PageError, UsageError
 
 from . import ggml
-from .backend import Runtime, cpu_repack_buffer_type, pick_gpu, repack_supports
+from .backend import Runtime, cpu_repack_buffer_type, flash_attention_supported, pick_gpu, repack_supports
 from .cache import CrossCache, SelfCache, pad_keys
 from .graph import Graph, mask_rows
 from .gguf_io import GGUFFile
@@ -105,6 +105,7 @@ class MllamaModel:
 
         n_gpu_layers: -1 puts everything on the GPU; N puts the last N text layers there (with
         the vision tower; N above the layer count adds the output layer); 0 keeps all on the CPU.
+        flash_attn: flash attention where the GPU backend has it for these head sizes.
         kv_f16: the KV caches' type (default F16, as llama.cpp; F32 for reference-exact runs).
         cross_flash: decoder cross-attention as flash attention (default: where a GPU runs it).
         fix_cross_norms=False reads the cross-attention norms as stored (the behaviour of
@@ -140,6 +141,10 @@ class MllamaModel:
         finally:
             gguf.close()
         gpu_layers = sum(layer_on_gpu.values()) + (1 if groups["output"] else 0)
+        if gpu is not None and flash_attn:
+            t, v = config.text, config.vision
+            flash_attn = (flash_attention_supported(gpu, t.head_dim, t.n_head, t.n_head_kv, kv_type)
+                          and flash_attention_supported(gpu, v.n_embd // v.n_head, v.n_head, v.n_head, ggml.F32))
         return cls(path, config, runtime, weights, tokenizer, gpu_layers, layer_on_gpu, n_ctx, kv_type,
                    flash_attn, image_cache, n_batch, memory, cross_flash)
 
@@ -341,9 +346,9 @@ class MllamaModel:
         t0 = time.perf_counter()
         self._self_cache(b)
         seqs = self._place_images(items)
+        t1 = time.perf_counter()
         samplers = [Sampler(self.tokenizer, self.n_vocab, it.temperature, it.top_p, it.seed, it.grammar)
                     for it in items]
-        t1 = time.perf_counter()
         outs: list[list[int]] = [[] for _ in items]
         kept: list[list[np.ndarray]] = [[] for _ in items]
         finish = ["length"] * b

@@ -51,6 +51,10 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
     def heads(y: int, n_head: int) -> int:  # [n_head*hd, rows] -> [hd, n, heads, b]
         return ops.permute(ops.reshape_4d(y, hd, n_head, n, b), 0, 2, 1, 3)
 
+    def rope(y: int, n_head: int) -> int:  # Llama 3's RoPE: rope_freqs.weight carries its scaling
+        y = ops.reshape_3d(y, hd, n_head, n_rows)
+        return ops.rope_ext(y, pos, freqs, hd, ggml.ROPE_NORM, 0, txt.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
+
     def mlp(prefix: str, x: int) -> int:
         h = rms_norm(ops, x, t[prefix + "ffn_norm.weight"], txt.eps)
         h = ops.swiglu_split(ops.mul_mat(t[prefix + "ffn_gate.weight"], h), ops.mul_mat(t[prefix + "ffn_up.weight"], h))
@@ -80,11 +84,6 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
             x = ops.add(x, ops.scale(ops.mul(mlp(p, x), after_image), float(gate_m)))
             continue
         h = rms_norm(ops, x, t[p + "attn_norm.weight"], txt.eps)
-
-        def rope(y: int, n_head: int) -> int:
-            y = ops.reshape_3d(y, hd, n_head, n_rows)
-            return ops.rope_ext(y, pos, freqs, hd, ggml.ROPE_NORM, 0, txt.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
-
         q = heads(rope(ops.mul_mat(t[p + "attn_q.weight"], h), txt.n_head), txt.n_head)
         k_new = rope(ops.mul_mat(t[p + "attn_k.weight"], h), txt.n_head_kv)
         v_new = ops.mul_mat(t[p + "attn_v.weight"], h)

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import ggml
 from .backend import Runtime
-from .cache import CrossCache, Buffers
+from .cache import Buffers, CrossCache
 from .graph import Graph, attention, layer_norm, mask_rows, rms_norm
 from .loader import MllamaConfig, Weights
 from .preprocess import Preprocessed
