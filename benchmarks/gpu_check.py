@@ -28,7 +28,13 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.mllama_llamacpp import prefill_and_decode
-from benchmarks.mllama_synth import LLAMA_3_2_11B, TINY, Shape, write_llama, write_mllama
+from benchmarks.mllama_synth import (
+    LLAMA_3_2_11B,
+    TINY,
+    Shape,
+    write_llama,
+    write_mllama,
+)
 from llamadoc.engines.mllama.backend import describe_backends
 from llamadoc.engines.mllama.model import BatchItem, MllamaModel
 
@@ -129,7 +135,8 @@ def main() -> None:
     n_prompt, n_decode = 512, 128
     threads = args.threads or (1 if args.tiny else os.cpu_count() or 1)
     base = prefill_and_decode(ll, [128000] + [1000 + i % 5000 for i in range(n_prompt - 1)], n_decode, gpu, threads)
-    log(f"llama-cpp-python ({'Llama 3.1 8B' if name == '11b' else 'tiny'} shape): prefill {base['prefill_tok_s']:.0f} tok/s, "
+    label = "Llama 3.1 8B" if name == "11b" else "tiny"
+    log(f"llama-cpp-python ({label} shape): prefill {base['prefill_tok_s']:.0f} tok/s, "
         f"decode {base['decode_tok_s']:.1f} tok/s")
     eng = engine_run(ml, shape, [int(b) for b in args.batches.split(",")], args.extract_tokens, n_prompt, n_decode,
                      gpu, threads)

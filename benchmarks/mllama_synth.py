@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 
 from llamadoc.engines.mllama import ggml
-from llamadoc.engines.mllama.convert import PlannedTensor, choose_types, rope_freq_factors
+from llamadoc.engines.mllama.convert import (
+    PlannedTensor,
+    choose_types,
+    rope_freq_factors,
+)
 from llamadoc.engines.mllama.gguf_io import GGUFWriter
 from llamadoc.engines.mllama.loader import (
     CONV,
@@ -101,7 +105,7 @@ def _vocab(n_tokens: int, image_token: int | None) -> dict[str, Any]:
             bs.append(b)
             cs.append(256 + extra)
             extra += 1
-    byte_text = {b: chr(c) for b, c in zip(bs, cs)}
+    byte_text = {b: chr(c) for b, c in zip(bs, cs, strict=True)}
     tokens = [byte_text[b] for b in range(256)] + [f"w{i}" for i in range(256, n_tokens)]
     types = [1] * n_tokens
     specials = dict(LLAMA3_SPECIALS, **({"<|image|>": image_token} if image_token is not None else {}))

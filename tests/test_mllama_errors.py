@@ -90,7 +90,8 @@ def test_converter_rejects_other_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     code = "from llamadoc.engines.mllama.convert import convert\nconvert(sys.argv[1], sys.argv[2])"
     msg = engine_error(code, str(tmp_path), str(tmp_path / "out.gguf"))
-    assert msg == f"ModelError: {tmp_path / 'config.json'}: not a Llama 3.2 Vision (mllama) checkpoint (model_type 'llama')"
+    config = tmp_path / "config.json"
+    assert msg == f"ModelError: {config}: not a Llama 3.2 Vision (mllama) checkpoint (model_type 'llama')"
     assert not (tmp_path / "out.gguf").exists()
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.mllama_helpers import GRIDS, IMAGES, convert_fixture, fixture_image, load_case_file, load_reference
+from tests.mllama_helpers import (
+    GRIDS,
+    IMAGES,
+    convert_fixture,
+    fixture_image,
+    load_case_file,
+    load_reference,
+)
 
 pytest.importorskip("llama_cpp")
 

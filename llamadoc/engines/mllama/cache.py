@@ -19,11 +19,11 @@ def pad_keys(n: int) -> int:
 
 def self_cache_bytes(c: MllamaConfig, n_ctx: int, n_seq: int, kv_type: int) -> int:
     layers = c.text.n_layer - len(c.text.cross_layers)
-    return 2 * layers * lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv) * n_ctx * n_seq
+    return 2 * layers * int(lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv)) * n_ctx * n_seq
 
 
 def cross_cache_bytes(c: MllamaConfig, n_slots: int, kv_type: int) -> int:
-    per_key = lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv)
+    per_key = int(lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv))
     return 2 * len(c.text.cross_layers) * per_key * pad_keys(c.vision.n_tokens) * n_slots
 
 

@@ -197,9 +197,9 @@ def _tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         "tokenizer.ggml.merges": merges,
     }
     for key, conf_key in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token")):
-        text = _token_text(conf.get(conf_key))
-        if text is not None and text in ids:
-            out[f"tokenizer.ggml.{key}_token_id"] = ids[text]
+        special_text = _token_text(conf.get(conf_key))
+        if special_text is not None and special_text in ids:
+            out[f"tokenizer.ggml.{key}_token_id"] = ids[special_text]
     template = conf.get("chat_template")
     for extra in ("chat_template.json", "chat_template.jinja"):
         p = hf_dir / extra

@@ -19,11 +19,24 @@ from PIL import Image
 from llamadoc.errors import PageError, UsageError
 
 from . import ggml
-from .backend import Runtime, cpu_repack_buffer_type, flash_attention_supported, pick_gpu, repack_supports
+from .backend import (
+    Runtime,
+    cpu_repack_buffer_type,
+    flash_attention_supported,
+    pick_gpu,
+    repack_supports,
+)
 from .cache import CrossCache, SelfCache, pad_keys
-from .graph import Graph, mask_rows
 from .gguf_io import GGUFFile
-from .loader import MllamaConfig, Weights, check_tensors, cross_norm_fixes, load_weights, placement
+from .graph import Graph, mask_rows
+from .loader import (
+    MllamaConfig,
+    Weights,
+    check_tensors,
+    cross_norm_fixes,
+    load_weights,
+    placement,
+)
 from .memory import MemoryEstimate, estimate_memory
 from .preprocess import Preprocessed, open_image, preprocess
 from .sampling import Sampler
@@ -129,7 +142,7 @@ class MllamaModel:
             memory.check(gpu)
             runtime = Runtime(gpu, threads or default_threads())
             try:
-                where = {g: ((gpu.name if on and gpu else "CPU"), runtime.buffer_type(on)) for g, on in groups.items()}
+                where = {g: runtime.buffer_type(on) for g, on in groups.items()}
                 repack = cpu_repack_buffer_type(runtime.cpu)
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
@@ -220,7 +233,8 @@ class MllamaModel:
         try:
             for store in (cross.k, cross.v):
                 for layer in store:
-                    g.expand(g.ops.cpy(cross.view(g.ops, store, layer, src, 1), cross.view(g.ops, store, layer, dst, 1)))
+                    src_view = cross.view(g.ops, store, layer, src, 1)
+                    g.expand(g.ops.cpy(src_view, cross.view(g.ops, store, layer, dst, 1)))
             g.run({})
         finally:
             g.free()
@@ -251,10 +265,9 @@ class MllamaModel:
         if max(s.n_past for s in seqs) + n > self.n_ctx:
             raise PageError(f"the prompt and answer need more than the model's context of {self.n_ctx} tokens",
                             hint="raise --ctx or lower --max-tokens")
-        with_image = seqs[0].slot is not None
-        cross = self._cross
-        if with_image:
-            assert cross is not None and all(s.slot == seqs[0].slot + i for i, s in enumerate(seqs))
+        first_slot, cross = seqs[0].slot, self._cross
+        if first_slot is not None:
+            assert cross is not None and all(s.slot == first_slot + i for i, s in enumerate(seqs))
         n_win = min(pad_keys(max(s.n_past for s in seqs) + n), self.n_ctx)
         shape = Shape(b, n, n_win, seqs[0].row, seqs[0].slot, b * n if all_rows else b)
         if self._graph is None or self._graph[0] != shape:
@@ -265,23 +278,24 @@ class MllamaModel:
 
         steps = np.arange(n)
         pos = np.stack([s.n_past + steps for s in seqs])  # (b, n)
-        inputs = {
+        inputs: dict[str, np.ndarray] = {
             "tokens": np.asarray(new, dtype=np.int32).reshape(-1),
             "positions": pos.reshape(-1).astype(np.int32),
             "cache_rows": (np.array([s.row for s in seqs])[:, None] * self.n_ctx + pos).reshape(-1).astype(np.int64),
             "mask": mask_rows(np.arange(n_win)[None, None, :] > pos[:, :, None])[:, None],  # (b, 1, n, win)
             "out_rows": (np.arange(b * n) if all_rows else np.arange(b) * n + n - 1).astype(np.int32),
         }
-        if with_image:
+        if first_slot is not None:
             assert cross is not None
             # A sequence without an image attends to all keys (finite values, result zeroed below):
             # a fully masked row would turn into NaN.
-            keys = np.array([cross.slots[s.slot].n_keys if s.has_image else cross.n_keys for s in seqs])
+            keys = np.array([cross.slots[first_slot + i].n_keys if s.has_image else cross.n_keys
+                             for i, s in enumerate(seqs)])
             blocked = np.arange(cross.n_keys)[None, :] >= keys[:, None]  # (b, keys)
             rows = n * self.config.text.n_head // self.config.text.n_head_kv
             inputs["cross_mask"] = mask_rows(np.broadcast_to(blocked[:, None, None, :], (b, 1, rows, cross.n_keys)))
             after = np.zeros((b, n), dtype=np.float32)
-            for i, (s, toks) in enumerate(zip(seqs, new)):
+            for i, (s, toks) in enumerate(zip(seqs, new, strict=True)):
                 if not s.has_image:
                     continue
                 if s.image_from is None and self.tokenizer.image in toks:
@@ -353,7 +367,7 @@ class MllamaModel:
         kept: list[list[np.ndarray]] = [[] for _ in items]
         finish = ["length"] * b
         nxt: list[int] = []
-        for i, (s, it) in enumerate(zip(seqs, items)):
+        for i, (s, it) in enumerate(zip(seqs, items, strict=True)):
             row = self._prefill(s, it.prompt)[-1]
             if keep_logits:
                 kept[i].append(row.copy())
@@ -363,7 +377,7 @@ class MllamaModel:
         n_steps = 0
         try:
             while True:
-                for i, (s, it) in enumerate(zip(seqs, items)):
+                for i, (s, it) in enumerate(zip(seqs, items, strict=True)):
                     if s.done:
                         continue
                     if nxt[i] in stop:
