@@ -91,6 +91,16 @@ def test_logits_equal_reference_in_f32(gguf_dir: Path, fixture: str) -> None:
     assert max(errors.values()) <= 1e-3, errors
 
 
+def test_prompts_longer_than_a_prefill_batch(gguf_dir: Path) -> None:
+    """Prefill in chunks of 8 tokens: the cache carries over and the image token lands mid-prompt."""
+    model = MllamaModel.load(gguf(gguf_dir, "tiny", "F32"), threads=1, kv_f16=False, n_batch=8)
+    try:
+        errors = {name: rel_err(got, want) for name, (got, want) in case_logits(model, "tiny").items()}
+    finally:
+        model.close()
+    assert max(errors.values()) <= 1e-4, errors
+
+
 def test_rows_before_the_image_equal_a_text_only_run(tiny: MllamaModel) -> None:
     case = load_case_file("tiny")["logits"]["square"]
     ids = case["ids"]
