@@ -156,22 +156,8 @@ def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0)
             n = math.prod(e.ne)
             exact[name] = np.full(n, 0.5 if n == 1 else 1.0, dtype=np.float32) if ("norm" in name or n == 1) \
                 else np.random.default_rng(len(name)).standard_normal(n).astype(np.float32) * 0.02
-    a = "mllama"
-    meta = {
-        "general.architecture": a, "general.name": "synthetic mllama", "general.file_type": 15,
-        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
-        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
-        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
-        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
-        f"{a}.vocab_size": t.n_vocab, f"{a}.attention.cross_attention_layers": list(t.cross_layers),
-        f"{a}.vision.block_count": v.n_layer, f"{a}.vision.global.block_count": v.n_global,
-        f"{a}.vision.intermediate_layers_indices": list(v.intermediate), f"{a}.vision.embedding_length": v.n_embd,
-        f"{a}.vision.feed_forward_length": v.n_ff, f"{a}.vision.attention.head_count": v.n_head,
-        f"{a}.vision.attention.layer_norm_epsilon": v.eps, f"{a}.vision.image_size": v.image_size,
-        f"{a}.vision.patch_size": v.patch_size, f"{a}.vision.max_num_tiles": v.max_tiles,
-        f"{a}.vision.num_channels": v.n_channels,
-        **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab),
-    }
+    meta = {"general.name": "synthetic mllama", "general.file_type": 15, **c.gguf_metadata(),
+            **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab)}
     return _write(path, meta, planned, quant, exact, seed)
 
 
@@ -194,14 +180,6 @@ def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) 
         for name in ("attn_norm.weight", "ffn_norm.weight"):
             planned.append(PlannedTensor(b + name, np.zeros, (t.n_embd,), "dense"))
             exact[b + name] = np.ones(t.n_embd, dtype=np.float32)
-    a = "llama"
-    meta = {
-        "general.architecture": a, "general.name": "synthetic llama", "general.file_type": 15,
-        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
-        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
-        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
-        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
-        f"{a}.vocab_size": t.n_vocab,
-        **_vocab(t.n_vocab, image_token=None),
-    }
+    meta = {"general.architecture": "llama", "general.name": "synthetic llama", "general.file_type": 15,
+            **t.gguf_metadata("llama"), **_vocab(t.n_vocab, image_token=None)}
     return _write(path, meta, planned, quant, exact, seed)

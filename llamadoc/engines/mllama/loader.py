@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +82,36 @@ class TextConfig:
     cross_layers: tuple[int, ...]
 
 
+    def gguf_metadata(self, arch: str) -> dict[str, Any]:
+        """The text model's keys as llama.cpp spells them under ``arch`` (read back by from_gguf)."""
+        return {
+            f"{arch}.block_count": self.n_layer, f"{arch}.context_length": self.n_ctx_train,
+            f"{arch}.embedding_length": self.n_embd, f"{arch}.feed_forward_length": self.n_ff,
+            f"{arch}.attention.head_count": self.n_head, f"{arch}.attention.head_count_kv": self.n_head_kv,
+            f"{arch}.rope.freq_base": self.rope_base, f"{arch}.rope.dimension_count": self.head_dim,
+            f"{arch}.attention.layer_norm_rms_epsilon": self.eps, f"{arch}.vocab_size": self.n_vocab,
+        }
+
+
 @dataclass(frozen=True)
 class MllamaConfig:
     text: TextConfig
     vision: VisionConfig
+
+    def gguf_metadata(self) -> dict[str, Any]:
+        """Ollama's mllama keys for this configuration: what from_gguf reads back."""
+        a, v = ARCH, self.vision
+        return {
+            "general.architecture": ARCH,
+            **self.text.gguf_metadata(ARCH),
+            f"{a}.attention.cross_attention_layers": list(self.text.cross_layers),
+            f"{a}.vision.block_count": v.n_layer, f"{a}.vision.global.block_count": v.n_global,
+            f"{a}.vision.intermediate_layers_indices": list(v.intermediate),
+            f"{a}.vision.embedding_length": v.n_embd, f"{a}.vision.feed_forward_length": v.n_ff,
+            f"{a}.vision.attention.head_count": v.n_head, f"{a}.vision.attention.layer_norm_epsilon": v.eps,
+            f"{a}.vision.image_size": v.image_size, f"{a}.vision.patch_size": v.patch_size,
+            f"{a}.vision.max_num_tiles": v.max_tiles, f"{a}.vision.num_channels": v.n_channels,
+        }
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> MllamaConfig:
