@@ -106,6 +106,7 @@ class MllamaModel:
         self._cross: CrossCache | None = None
         self._vision = VisionEncoder(runtime, config, weights, flash, runtime.gpu is not None)
         self._graph: tuple[Shape, Graph, int] | None = None  # the last decoder graph, reused while its shape holds
+        self._cross_mask: tuple[object, np.ndarray] = (None, np.zeros(0))
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -289,11 +290,14 @@ class MllamaModel:
             assert cross is not None
             # A sequence without an image attends to all keys (finite values, result zeroed below):
             # a fully masked row would turn into NaN.
-            keys = np.array([cross.slots[first_slot + i].n_keys if s.has_image else cross.n_keys
-                             for i, s in enumerate(seqs)])
-            blocked = np.arange(cross.n_keys)[None, :] >= keys[:, None]  # (b, keys)
+            keys = tuple(cross.slots[first_slot + i].n_keys if s.has_image else cross.n_keys
+                         for i, s in enumerate(seqs))
             rows = n * self.config.text.n_head // self.config.text.n_head_kv
-            inputs["cross_mask"] = mask_rows(np.broadcast_to(blocked[:, None, None, :], (b, 1, rows, cross.n_keys)))
+            if self._cross_mask[0] != (keys, rows):  # the same every decode step of a batch: made once
+                blocked = np.arange(cross.n_keys)[None, :] >= np.array(keys)[:, None]  # (b, keys)
+                mask = mask_rows(np.broadcast_to(blocked[:, None, None, :], (b, 1, rows, cross.n_keys)))
+                self._cross_mask = ((keys, rows), mask)
+            inputs["cross_mask"] = self._cross_mask[1]
             after = np.zeros((b, n), dtype=np.float32)
             for i, (s, toks) in enumerate(zip(seqs, new, strict=True)):
                 if not s.has_image:
