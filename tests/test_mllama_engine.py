@@ -96,7 +96,7 @@ def test_backends_and_memory_estimate(path: Path) -> None:
     assert flash_attention_supported(cpu_device(), 128, 32, 8, ggml.F16)  # the 11B's text heads
     assert flash_attention_supported(cpu_device(), 80, 16, 16, ggml.F32)  # its vision heads
     devices = describe_backends()
-    assert any(d["kind"] == "CPU" for d in devices)
+    assert any(d["kind"] == "CPU" and d["backend"] == "CPU" for d in devices)
     assert all({"name", "description", "memory_free", "memory_total"} <= set(d) for d in devices)
     est = estimate_model_memory(path, n_ctx=4096)
     assert est.parts["GPU"]["weights"] > 0 and est.parts["GPU"]["kv_cache"] > 0

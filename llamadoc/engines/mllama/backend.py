@@ -27,6 +27,7 @@ class Device:
     kind: str  # "CPU", "GPU", "IGPU", "ACCEL"
     memory_free: int
     memory_total: int
+    backend: str = ""  # the ggml backend it belongs to: "CPU", "CUDA", "Metal", ...
 
     @property
     def label(self) -> str:
@@ -46,13 +47,14 @@ def devices() -> list[Device]:
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         lib.backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         out.append(Device(dev, lib.backend_dev_name(dev).decode(), lib.backend_dev_description(dev).decode(),
-                          _KINDS.get(lib.backend_dev_type(dev), "OTHER"), free.value, total.value))
+                          _KINDS.get(lib.backend_dev_type(dev), "OTHER"), free.value, total.value,
+                          lib.backend_reg_name(lib.backend_dev_backend_reg(dev)).decode()))
     return out
 
 
 def describe_backends() -> list[dict[str, Any]]:
-    """Devices for ``llamadoc doctor``: name, description, kind and memory in bytes."""
-    return [{"name": d.name, "description": d.description, "kind": d.kind,
+    """ggml's devices for ``llamadoc doctor``: backend, name, description, kind, memory in bytes."""
+    return [{"backend": d.backend, "name": d.name, "description": d.description, "kind": d.kind,
              "memory_free": d.memory_free, "memory_total": d.memory_total} for d in devices()]
 
 

@@ -239,6 +239,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "ggml_backend_dev_buffer_type", P, [P]),
     ("base", "ggml_backend_dev_supports_op", B, [P, P]),
     ("base", "ggml_backend_dev_backend_reg", P, [P]),
+    ("base", "ggml_backend_reg_name", S, [P]),
     ("base", "ggml_backend_reg_get_proc_address", P, [P, S]),
     # device registry (libggml)
     ("ggml", "ggml_backend_load_all", None, []),
