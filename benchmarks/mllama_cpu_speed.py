@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks import mllama_llamacpp as llamacpp_baseline
 from benchmarks.mllama_synth import PRESETS, write_llama, write_mllama
 from llamadoc.engines.mllama import ggml
 from llamadoc.engines.mllama import model as model_module
-from llamadoc.engines.mllama.tokenizer import quiet_llama
 
 
 class Probe:
@@ -88,9 +88,7 @@ def main() -> None:
     prompt = [128000] + list(range(1000, 1032))
     image = Image.fromarray((np.random.default_rng(0).random((900, 700, 3)) * 255).astype(np.uint8))
 
-    with quiet_llama():
-        llm = llama_cpp.Llama(model_path=str(ll), n_ctx=1024, n_batch=512, n_threads=args.threads,
-                              n_threads_batch=args.threads, flash_attn=True, verbose=False)
+    llm = llamacpp_baseline.load(ll, args.threads, gpu=False, n_ctx=1024)
     engine = model_module.MllamaModel.load(ml, threads=args.threads, n_ctx=1024)
     ids_image = [128000, engine.tokenizer.image] + prompt[1:]
     engine.generate(image, ids_image, max_tokens=2, stop=())  # encodes and caches the image
@@ -98,10 +96,7 @@ def main() -> None:
     def llama_round() -> float:
         llm.reset()
         llm.eval(prompt)
-        t = time.perf_counter()
-        for _ in range(args.tokens):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-        return args.tokens / (time.perf_counter() - t)
+        return llamacpp_baseline.greedy_decode(llm, args.tokens)
 
     def engine_round(with_image: bool, probe: Probe) -> float:
         out = engine.generate(image if with_image else None, ids_image if with_image else prompt,

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 
 from llamadoc.engines.mllama import ggml
-from llamadoc.engines.mllama.convert import PlannedTensor, choose_types, rope_freq_factors
+from llamadoc.engines.mllama.convert import (
+    PlannedTensor,
+    choose_types,
+    rope_freq_factors,
+)
 from llamadoc.engines.mllama.gguf_io import GGUFWriter
 from llamadoc.engines.mllama.loader import (
     CONV,
@@ -101,7 +105,7 @@ def _vocab(n_tokens: int, image_token: int | None) -> dict[str, Any]:
             bs.append(b)
             cs.append(256 + extra)
             extra += 1
-    byte_text = {b: chr(c) for b, c in zip(bs, cs)}
+    byte_text = {b: chr(c) for b, c in zip(bs, cs, strict=True)}
     tokens = [byte_text[b] for b in range(256)] + [f"w{i}" for i in range(256, n_tokens)]
     types = [1] * n_tokens
     specials = dict(LLAMA3_SPECIALS, **({"<|image|>": image_token} if image_token is not None else {}))
@@ -152,22 +156,8 @@ def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0)
             n = math.prod(e.ne)
             exact[name] = np.full(n, 0.5 if n == 1 else 1.0, dtype=np.float32) if ("norm" in name or n == 1) \
                 else np.random.default_rng(len(name)).standard_normal(n).astype(np.float32) * 0.02
-    a = "mllama"
-    meta = {
-        "general.architecture": a, "general.name": "synthetic mllama", "general.file_type": 15,
-        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
-        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
-        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
-        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
-        f"{a}.vocab_size": t.n_vocab, f"{a}.attention.cross_attention_layers": list(t.cross_layers),
-        f"{a}.vision.block_count": v.n_layer, f"{a}.vision.global.block_count": v.n_global,
-        f"{a}.vision.intermediate_layers_indices": list(v.intermediate), f"{a}.vision.embedding_length": v.n_embd,
-        f"{a}.vision.feed_forward_length": v.n_ff, f"{a}.vision.attention.head_count": v.n_head,
-        f"{a}.vision.attention.layer_norm_epsilon": v.eps, f"{a}.vision.image_size": v.image_size,
-        f"{a}.vision.patch_size": v.patch_size, f"{a}.vision.max_num_tiles": v.max_tiles,
-        f"{a}.vision.num_channels": v.n_channels,
-        **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab),
-    }
+    meta = {"general.name": "synthetic mllama", "general.file_type": 15, **c.gguf_metadata(),
+            **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab)}
     return _write(path, meta, planned, quant, exact, seed)
 
 
@@ -190,14 +180,6 @@ def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) 
         for name in ("attn_norm.weight", "ffn_norm.weight"):
             planned.append(PlannedTensor(b + name, np.zeros, (t.n_embd,), "dense"))
             exact[b + name] = np.ones(t.n_embd, dtype=np.float32)
-    a = "llama"
-    meta = {
-        "general.architecture": a, "general.name": "synthetic llama", "general.file_type": 15,
-        f"{a}.block_count": t.n_layer, f"{a}.context_length": t.n_ctx_train, f"{a}.embedding_length": t.n_embd,
-        f"{a}.feed_forward_length": t.n_ff, f"{a}.attention.head_count": t.n_head,
-        f"{a}.attention.head_count_kv": t.n_head_kv, f"{a}.rope.freq_base": t.rope_base,
-        f"{a}.rope.dimension_count": t.head_dim, f"{a}.attention.layer_norm_rms_epsilon": t.eps,
-        f"{a}.vocab_size": t.n_vocab,
-        **_vocab(t.n_vocab, image_token=None),
-    }
+    meta = {"general.architecture": "llama", "general.name": "synthetic llama", "general.file_type": 15,
+            **t.gguf_metadata("llama"), **_vocab(t.n_vocab, image_token=None)}
     return _write(path, meta, planned, quant, exact, seed)

@@ -14,7 +14,13 @@ pytest.importorskip("llama_cpp")
 jsonschema = pytest.importorskip("jsonschema")
 
 from llamadoc.engines.base import GenerationRequest, LoadOptions, Sampling, VisionEngine  # noqa: E402
-from llamadoc.engines.mllama.backend import Device, describe_backends  # noqa: E402
+from llamadoc.engines.mllama import ggml  # noqa: E402
+from llamadoc.engines.mllama.backend import (  # noqa: E402
+    Device,
+    cpu_device,
+    describe_backends,
+    flash_attention_supported,
+)
 from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardBackend  # noqa: E402
 from llamadoc.engines.mllama.memory import estimate_model_memory  # noqa: E402
 from llamadoc.errors import ModelError, UsageError  # noqa: E402
@@ -87,8 +93,10 @@ def test_guard_backend_scores_the_verdict(path: Path) -> None:
 
 
 def test_backends_and_memory_estimate(path: Path) -> None:
+    assert flash_attention_supported(cpu_device(), 128, 32, 8, ggml.F16)  # the 11B's text heads
+    assert flash_attention_supported(cpu_device(), 80, 16, 16, ggml.F32)  # its vision heads
     devices = describe_backends()
-    assert any(d["kind"] == "CPU" for d in devices)
+    assert any(d["kind"] == "CPU" and d["backend"] == "CPU" for d in devices)
     assert all({"name", "description", "memory_free", "memory_total"} <= set(d) for d in devices)
     est = estimate_model_memory(path, n_ctx=4096)
     assert est.parts["GPU"]["weights"] > 0 and est.parts["GPU"]["kv_cache"] > 0

@@ -90,7 +90,8 @@ def test_converter_rejects_other_checkpoints(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     code = "from llamadoc.engines.mllama.convert import convert\nconvert(sys.argv[1], sys.argv[2])"
     msg = engine_error(code, str(tmp_path), str(tmp_path / "out.gguf"))
-    assert msg == f"ModelError: {tmp_path / 'config.json'}: not a Llama 3.2 Vision (mllama) checkpoint (model_type 'llama')"
+    config = tmp_path / "config.json"
+    assert msg == f"ModelError: {config}: not a Llama 3.2 Vision (mllama) checkpoint (model_type 'llama')"
     assert not (tmp_path / "out.gguf").exists()
 
 
@@ -98,3 +99,11 @@ def test_converter_rejects_unknown_quantisation(tmp_path: Path) -> None:
     code = "from llamadoc.engines.mllama.convert import convert\nconvert(sys.argv[1], sys.argv[2], 'Q3_XL')"
     msg = engine_error(code, str(FIXTURES / "tiny" / "checkpoint"), str(tmp_path / "out.gguf"))
     assert msg == "UsageError: unknown quantisation 'Q3_XL'; choose one of F32, F16, Q8_0, Q4_K_M"
+
+
+def test_other_llama_cpp_python_versions_are_refused() -> None:
+    code = ("import importlib.metadata as md\nmd.version = lambda name: '0.3.99'\n"
+            "import llamadoc.engines.mllama.ggml")
+    msg = engine_error(code)
+    assert msg == ("EngineError: llama-cpp-python 0.3.99 is installed; the mllama engine needs exactly 0.3.36 "
+                   "(install llama-cpp-python==0.3.36, the build this engine's ggml bindings match)")

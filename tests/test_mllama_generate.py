@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -50,8 +49,8 @@ def test_batched_greedy_equals_one_at_a_time(model: MllamaModel) -> None:
 def test_batch_members_stop_on_their_own(model: MllamaModel) -> None:
     cases = prompts(model)[:3]
     budgets = [3, 9, 5]
-    batch = model.generate_batch([BatchItem(img, ids, max_tokens=n) for (img, ids), n in zip(cases, budgets)],  # type: ignore[arg-type]
-                                 stop=())
+    items = [BatchItem(img, ids, max_tokens=n) for (img, ids), n in zip(cases, budgets, strict=True)]  # type: ignore[arg-type]
+    batch = model.generate_batch(items, stop=())
     assert [len(c.tokens) for c in batch] == budgets
     assert [c.finish_reason for c in batch] == ["length"] * 3
 

@@ -27,6 +27,7 @@ class Device:
     kind: str  # "CPU", "GPU", "IGPU", "ACCEL"
     memory_free: int
     memory_total: int
+    backend: str = ""  # the ggml backend it belongs to: "CPU", "CUDA", "Metal", ...
 
     @property
     def label(self) -> str:
@@ -46,13 +47,14 @@ def devices() -> list[Device]:
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         lib.backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         out.append(Device(dev, lib.backend_dev_name(dev).decode(), lib.backend_dev_description(dev).decode(),
-                          _KINDS.get(lib.backend_dev_type(dev), "OTHER"), free.value, total.value))
+                          _KINDS.get(lib.backend_dev_type(dev), "OTHER"), free.value, total.value,
+                          lib.backend_reg_name(lib.backend_dev_backend_reg(dev)).decode()))
     return out
 
 
 def describe_backends() -> list[dict[str, Any]]:
-    """Devices for ``llamadoc doctor``: name, description, kind and memory in bytes."""
-    return [{"name": d.name, "description": d.description, "kind": d.kind,
+    """ggml's devices for ``llamadoc doctor``: backend, name, description, kind, memory in bytes."""
+    return [{"backend": d.backend, "name": d.name, "description": d.description, "kind": d.kind,
              "memory_free": d.memory_free, "memory_total": d.memory_total} for d in devices()]
 
 
@@ -98,6 +100,21 @@ def repack_supports(cpu: Device, buft: int, ggml_type: int, ne: tuple[int, ...])
         return ok
     finally:
         lib.backend_buffer_free(dummy)
+        ctx.free()
+
+
+def flash_attention_supported(dev: Device, head_dim: int, n_head: int, n_head_kv: int, kv_type: int) -> bool:
+    """Whether a device runs flash attention for these head sizes and K/V type (else the
+    scheduler would move every attention to the CPU: better to use the plain form there)."""
+    ctx = ggml.Context(5)
+    try:
+        q = ctx.new(ggml.F32, head_dim, 1, n_head, 1)
+        k = ctx.new(kv_type, head_dim, 256, n_head_kv, 1)
+        v = ctx.new(kv_type, head_dim, 256, n_head_kv, 1)
+        mask = ctx.new(ggml.F16, 256, 1, 1, 1)
+        op = ctx.ops.flash_attn_ext(q, k, v, mask, head_dim ** -0.5, 0.0, 0.0)
+        return bool(lib.backend_dev_supports_op(dev.ptr, op))
+    finally:
         ctx.free()
 
 

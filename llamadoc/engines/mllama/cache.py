@@ -19,15 +19,15 @@ def pad_keys(n: int) -> int:
 
 def self_cache_bytes(c: MllamaConfig, n_ctx: int, n_seq: int, kv_type: int) -> int:
     layers = c.text.n_layer - len(c.text.cross_layers)
-    return 2 * layers * lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv) * n_ctx * n_seq
+    return 2 * layers * int(lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv)) * n_ctx * n_seq
 
 
 def cross_cache_bytes(c: MllamaConfig, n_slots: int, kv_type: int) -> int:
-    per_key = lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv)
+    per_key = int(lib.row_size(kv_type, c.text.head_dim * c.text.n_head_kv))
     return 2 * len(c.text.cross_layers) * per_key * pad_keys(c.vision.n_tokens) * n_slots
 
 
-class _Buffers:
+class Buffers:
     """Tensors in one context per device, each device's share in one zero-filled buffer."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -64,7 +64,7 @@ class SelfCache:
                  n_ctx: int, n_seq: int, kv_type: int) -> None:
         t = c.text
         self.n_ctx, self.n_seq, self.type = n_ctx, n_seq, kv_type
-        self._bufs = _Buffers(runtime)
+        self._bufs = Buffers(runtime)
         self.k: dict[int, int] = {}
         self.v: dict[int, int] = {}
         for i in range(t.n_layer):
@@ -113,7 +113,7 @@ class CrossCache:
         t = self.c.text
         self.n_keys = pad_keys(self.c.vision.n_tokens)
         self.n_slots = self.n_cached + self.n_work
-        self._bufs = _Buffers(self.runtime)
+        self._bufs = Buffers(self.runtime)
         for i in t.cross_layers:
             gpu = self.layer_on_gpu(i)
             self.k[i] = self._bufs.new(gpu, self.kv_type, t.head_dim, self.n_keys, t.n_head_kv, self.n_slots,

@@ -22,7 +22,7 @@ from llamadoc.errors import ModelError, UsageError
 
 from . import ggml
 from .gguf_io import GGUFWriter
-from .loader import ARCH, aspect_ratios
+from .loader import MllamaConfig, TextConfig, VisionConfig, aspect_ratios
 
 QUANTS = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_K_M": 15}  # name -> llama.cpp file type
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER, TOKEN_UNUSED = 1, 3, 4, 5
@@ -118,43 +118,25 @@ def rope_freq_factors(head_dim: int, theta: float, s: dict[str, Any]) -> np.ndar
     return (inv / scaled).astype(np.float32)
 
 
-def _metadata(cfg: dict[str, Any], name: str, quant: str) -> dict[str, Any]:
+def hf_config(cfg: dict[str, Any]) -> MllamaConfig:
+    """The engine's configuration from a Hugging Face Mllama config.json."""
     t, v = cfg["text_config"], cfg["vision_config"]
     n_head = t["num_attention_heads"]
-    head_dim = t.get("head_dim") or t["hidden_size"] // n_head
-    theta, _ = _rope_settings(t)
     declared = sorted(tuple(x) for x in v.get("supported_aspect_ratios", []))
     if declared and declared != sorted(aspect_ratios(v.get("max_num_tiles", 4))):
         raise ModelError("the checkpoint's supported_aspect_ratios are not every grid of up to max_num_tiles tiles")
-    a = ARCH
-    return {
-        "general.architecture": ARCH,
-        "general.name": name,
-        "general.file_type": QUANTS[quant],
-        "general.quantization_version": 2,
-        f"{a}.block_count": t["num_hidden_layers"],
-        f"{a}.context_length": t.get("max_position_embeddings", 131072),
-        f"{a}.embedding_length": t["hidden_size"],
-        f"{a}.feed_forward_length": t["intermediate_size"],
-        f"{a}.attention.head_count": n_head,
-        f"{a}.attention.head_count_kv": t.get("num_key_value_heads", n_head),
-        f"{a}.rope.freq_base": theta,
-        f"{a}.rope.dimension_count": head_dim,
-        f"{a}.attention.layer_norm_rms_epsilon": float(t.get("rms_norm_eps", 1e-5)),
-        f"{a}.vocab_size": t["vocab_size"],
-        f"{a}.attention.cross_attention_layers": list(t["cross_attention_layers"]),
-        f"{a}.vision.block_count": v["num_hidden_layers"],
-        f"{a}.vision.global.block_count": v["num_global_layers"],
-        f"{a}.vision.intermediate_layers_indices": list(v["intermediate_layers_indices"]),
-        f"{a}.vision.embedding_length": v["hidden_size"],
-        f"{a}.vision.feed_forward_length": v["intermediate_size"],
-        f"{a}.vision.attention.head_count": v["attention_heads"],
-        f"{a}.vision.attention.layer_norm_epsilon": float(v.get("norm_eps", 1e-5)),
-        f"{a}.vision.image_size": v["image_size"],
-        f"{a}.vision.patch_size": v["patch_size"],
-        f"{a}.vision.max_num_tiles": v.get("max_num_tiles", 4),
-        f"{a}.vision.num_channels": v.get("num_channels", 3),
-    }
+    text = TextConfig(
+        n_layer=t["num_hidden_layers"], n_embd=t["hidden_size"], n_ff=t["intermediate_size"], n_head=n_head,
+        n_head_kv=t.get("num_key_value_heads", n_head), head_dim=t.get("head_dim") or t["hidden_size"] // n_head,
+        rope_base=_rope_settings(t)[0], eps=float(t.get("rms_norm_eps", 1e-5)), n_vocab=t["vocab_size"],
+        n_ctx_train=t.get("max_position_embeddings", 131072), cross_layers=tuple(t["cross_attention_layers"]))
+    vision = VisionConfig(
+        n_layer=v["num_hidden_layers"], n_global=v["num_global_layers"],
+        intermediate=tuple(v["intermediate_layers_indices"]), n_embd=v["hidden_size"],
+        n_ff=v["intermediate_size"], n_head=v["attention_heads"], eps=float(v.get("norm_eps", 1e-5)),
+        image_size=v["image_size"], patch_size=v["patch_size"], max_tiles=v.get("max_num_tiles", 4),
+        n_channels=v.get("num_channels", 3))
+    return MllamaConfig(text, vision)
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
@@ -197,9 +179,9 @@ def _tokenizer_metadata(hf_dir: Path) -> dict[str, Any]:
         "tokenizer.ggml.merges": merges,
     }
     for key, conf_key in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token")):
-        text = _token_text(conf.get(conf_key))
-        if text is not None and text in ids:
-            out[f"tokenizer.ggml.{key}_token_id"] = ids[text]
+        special_text = _token_text(conf.get(conf_key))
+        if special_text is not None and special_text in ids:
+            out[f"tokenizer.ggml.{key}_token_id"] = ids[special_text]
     template = conf.get("chat_template")
     for extra in ("chat_template.json", "chat_template.jinja"):
         p = hf_dir / extra
@@ -420,10 +402,11 @@ def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], qu
         raise ModelError(f"{cfg_path}: not a Llama 3.2 Vision (mllama) checkpoint "
                          f"(model_type {cfg.get('model_type')!r})")
     try:
-        metadata = _metadata(cfg, hf.name, quant)
+        config = hf_config(cfg)
     except KeyError as err:
         raise ModelError(f"{cfg_path}: missing setting {err}") from None
-    metadata.update(_tokenizer_metadata(hf))
+    metadata = {"general.name": hf.name, "general.file_type": QUANTS[quant], "general.quantization_version": 2,
+                **config.gguf_metadata(), **_tokenizer_metadata(hf)}
     tensors = _plan_tensors(_read_safetensors(hf), cfg)
     types = choose_types(tensors, quant)
     report = ConversionReport(Path(out_path), quant, len(tensors))

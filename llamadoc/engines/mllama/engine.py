@@ -104,7 +104,7 @@ class MllamaGuardBackend:
             raise UsageError("the guard prompt has no <|image|> token for its image")
         out = self.model.generate(image, ids, max_tokens=max_tokens, keep_logits=GUARD_VERDICT_STEPS)
         score = None
-        for token, logits in zip(out.tokens, out.logits):
+        for token, logits in zip(out.tokens, out.logits, strict=False):
             if not self._is_blank(token):
                 z = logits.astype(np.float64) - logits.max()
                 score = float(np.exp(z[self._unsafe]) / np.exp(z).sum())

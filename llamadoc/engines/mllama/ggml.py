@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -31,7 +32,7 @@ from ctypes import (
 )
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -106,19 +107,9 @@ class GGUFInitParams(Structure):
     _fields_ = [("no_alloc", c_bool), ("ctx", POINTER(c_void_p))]
 
 
-class DevCaps(Structure):
-    _fields_ = [("async_", c_bool), ("host_buffer", c_bool), ("buffer_from_host_ptr", c_bool),
-                ("events", c_bool), ("mmap_support", c_bool)]
-
-
-class DevProps(Structure):
-    _fields_ = [("name", c_char_p), ("description", c_char_p), ("memory_free", c_size_t),
-                ("memory_total", c_size_t), ("type", c_int), ("device_id", c_char_p), ("caps", DevCaps)]
-
-
 LogCallback = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 
-P, I, I64_, SZ, F, B, S = c_void_p, c_int, c_int64, c_size_t, c_float, c_bool, c_char_p
+P, INT, I64_, SZ, F, B, S = c_void_p, c_int, c_int64, c_size_t, c_float, c_bool, c_char_p
 
 # (library, name, restype, argtypes). c_void_p everywhere a pointer goes: the cheapest ctypes call.
 _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
@@ -127,32 +118,28 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "ggml_free", None, [P]),
     ("base", "ggml_tensor_overhead", SZ, []),
     ("base", "ggml_graph_overhead_custom", SZ, [SZ, B]),
-    ("base", "ggml_new_tensor_1d", P, [P, I, I64_]),
-    ("base", "ggml_new_tensor_2d", P, [P, I, I64_, I64_]),
-    ("base", "ggml_new_tensor_3d", P, [P, I, I64_, I64_, I64_]),
-    ("base", "ggml_new_tensor_4d", P, [P, I, I64_, I64_, I64_, I64_]),
+    ("base", "ggml_new_tensor_1d", P, [P, INT, I64_]),
+    ("base", "ggml_new_tensor_2d", P, [P, INT, I64_, I64_]),
+    ("base", "ggml_new_tensor_3d", P, [P, INT, I64_, I64_, I64_]),
+    ("base", "ggml_new_tensor_4d", P, [P, INT, I64_, I64_, I64_, I64_]),
     ("base", "ggml_set_name", P, [P, S]),
     ("base", "ggml_set_input", None, [P]),
     ("base", "ggml_set_output", None, [P]),
     ("base", "ggml_nbytes", SZ, [P]),
     ("base", "ggml_nelements", I64_, [P]),
-    ("base", "ggml_row_size", SZ, [I, I64_]),
-    ("base", "ggml_blck_size", I64_, [I]),
-    ("base", "ggml_type_size", SZ, [I]),
-    ("base", "ggml_type_name", S, [I]),
-    ("base", "ggml_is_quantized", B, [I]),
+    ("base", "ggml_row_size", SZ, [INT, I64_]),
+    ("base", "ggml_blck_size", I64_, [INT]),
+    ("base", "ggml_type_name", S, [INT]),
     ("base", "ggml_op_desc", S, [P]),
     ("base", "ggml_get_data", P, [P]),
     ("base", "ggml_get_first_tensor", P, [P]),
     ("base", "ggml_get_next_tensor", P, [P, P]),
     ("base", "ggml_new_graph_custom", P, [P, SZ, B]),
     ("base", "ggml_build_forward_expand", None, [P, P]),
-    ("base", "ggml_graph_n_nodes", I, [P]),
-    ("base", "ggml_quantize_chunk", SZ, [I, P, P, I64_, I64_, I64_, P]),
-    ("base", "ggml_quantize_requires_imatrix", B, [I]),
+    ("base", "ggml_quantize_chunk", SZ, [INT, P, P, I64_, I64_, I64_, P]),
     ("base", "ggml_log_set", None, [LogCallback, P]),
     ("base", "ggml_log_get", None, [P, P]),
-    ("base", "ggml_prec_set_acc", B, [P, I]),
+    ("base", "ggml_prec_set_acc", B, [P, INT]),
     # operations (all take the context first)
     ("base", "ggml_mul_mat", P, [P, P, P]),
     ("base", "ggml_add", P, [P, P, P]),
@@ -162,41 +149,35 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "ggml_set_rows", P, [P, P, P, P]),
     ("base", "ggml_rms_norm", P, [P, P, F]),
     ("base", "ggml_norm", P, [P, P, F]),
-    ("base", "ggml_rope_ext", P, [P, P, P, P, I, I, I, F, F, F, F, F, F]),
+    ("base", "ggml_rope_ext", P, [P, P, P, P, INT, INT, INT, F, F, F, F, F, F]),
     ("base", "ggml_soft_max_ext", P, [P, P, P, F, F]),
     ("base", "ggml_flash_attn_ext", P, [P, P, P, P, P, F, F, F]),
     ("base", "ggml_gelu_erf", P, [P, P]),
-    ("base", "ggml_silu", P, [P, P]),
     ("base", "ggml_swiglu_split", P, [P, P, P]),
-    ("base", "ggml_tanh", P, [P, P]),
-    ("base", "ggml_im2col", P, [P, P, P, I, I, I, I, I, I, B, I]),
+    ("base", "ggml_im2col", P, [P, P, P, INT, INT, INT, INT, INT, INT, B, INT]),
     ("base", "ggml_reshape_2d", P, [P, P, I64_, I64_]),
     ("base", "ggml_reshape_3d", P, [P, P, I64_, I64_, I64_]),
     ("base", "ggml_reshape_4d", P, [P, P, I64_, I64_, I64_, I64_]),
-    ("base", "ggml_view_1d", P, [P, P, I64_, SZ]),
     ("base", "ggml_view_2d", P, [P, P, I64_, I64_, SZ, SZ]),
     ("base", "ggml_view_3d", P, [P, P, I64_, I64_, I64_, SZ, SZ, SZ]),
     ("base", "ggml_view_4d", P, [P, P, I64_, I64_, I64_, I64_, SZ, SZ, SZ, SZ]),
-    ("base", "ggml_permute", P, [P, P, I, I, I, I]),
-    ("base", "ggml_transpose", P, [P, P]),
+    ("base", "ggml_permute", P, [P, P, INT, INT, INT, INT]),
     ("base", "ggml_cont", P, [P, P]),
     ("base", "ggml_cpy", P, [P, P, P]),
-    ("base", "ggml_cast", P, [P, P, I]),
-    ("base", "ggml_concat", P, [P, P, P, I]),
-    ("base", "ggml_pad", P, [P, P, I, I, I, I]),
+    ("base", "ggml_concat", P, [P, P, P, INT]),
+    ("base", "ggml_pad", P, [P, P, INT, INT, INT, INT]),
     ("base", "ggml_repeat_4d", P, [P, P, I64_, I64_, I64_, I64_]),
     # gguf
     ("base", "gguf_init_from_file", P, [S, GGUFInitParams]),
     ("base", "gguf_init_empty", P, []),
     ("base", "gguf_free", None, [P]),
-    ("base", "gguf_get_version", c_uint32, [P]),
     ("base", "gguf_get_alignment", SZ, [P]),
     ("base", "gguf_get_data_offset", SZ, [P]),
     ("base", "gguf_get_n_kv", I64_, [P]),
     ("base", "gguf_find_key", I64_, [P, S]),
     ("base", "gguf_get_key", S, [P, I64_]),
-    ("base", "gguf_get_kv_type", I, [P, I64_]),
-    ("base", "gguf_get_arr_type", I, [P, I64_]),
+    ("base", "gguf_get_kv_type", INT, [P, I64_]),
+    ("base", "gguf_get_arr_type", INT, [P, I64_]),
     ("base", "gguf_get_val_u8", c_uint8, [P, I64_]),
     ("base", "gguf_get_val_i8", ctypes.c_int8, [P, I64_]),
     ("base", "gguf_get_val_u16", ctypes.c_uint16, [P, I64_]),
@@ -213,19 +194,17 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "gguf_get_arr_data", P, [P, I64_]),
     ("base", "gguf_get_arr_str", S, [P, I64_, SZ]),
     ("base", "gguf_get_n_tensors", I64_, [P]),
-    ("base", "gguf_find_tensor", I64_, [P, S]),
     ("base", "gguf_get_tensor_offset", SZ, [P, I64_]),
     ("base", "gguf_get_tensor_name", S, [P, I64_]),
-    ("base", "gguf_get_tensor_type", I, [P, I64_]),
+    ("base", "gguf_get_tensor_type", INT, [P, I64_]),
     ("base", "gguf_get_tensor_ne", POINTER(c_int64), [P, I64_]),
     ("base", "gguf_get_tensor_size", SZ, [P, I64_]),
-    ("base", "gguf_remove_key", I64_, [P, S]),
     ("base", "gguf_set_val_u32", None, [P, S, c_uint32]),
     ("base", "gguf_set_val_i32", None, [P, S, c_int32]),
     ("base", "gguf_set_val_f32", None, [P, S, F]),
     ("base", "gguf_set_val_bool", None, [P, S, B]),
     ("base", "gguf_set_val_str", None, [P, S, S]),
-    ("base", "gguf_set_arr_data", None, [P, S, I, P, SZ]),
+    ("base", "gguf_set_arr_data", None, [P, S, INT, P, SZ]),
     ("base", "gguf_set_arr_str", None, [P, S, P, SZ]),
     ("base", "gguf_set_kv", None, [P, P]),
     ("base", "gguf_add_tensor", None, [P, P]),
@@ -235,39 +214,29 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     # backend buffers, tensors, scheduler
     ("base", "ggml_backend_buft_name", S, [P]),
     ("base", "ggml_backend_buft_alloc_buffer", P, [P, SZ]),
-    ("base", "ggml_backend_buft_get_alignment", SZ, [P]),
-    ("base", "ggml_backend_buft_is_host", B, [P]),
     ("base", "ggml_backend_buffer_free", None, [P]),
-    ("base", "ggml_backend_buffer_get_size", SZ, [P]),
     ("base", "ggml_backend_buffer_clear", None, [P, c_uint8]),
-    ("base", "ggml_backend_buffer_set_usage", None, [P, I]),
+    ("base", "ggml_backend_buffer_set_usage", None, [P, INT]),
     ("base", "ggml_backend_alloc_ctx_tensors_from_buft", P, [P, P]),
     ("base", "ggml_backend_tensor_set", None, [P, P, SZ, SZ]),
     ("base", "ggml_backend_tensor_get", None, [P, P, SZ, SZ]),
-    ("base", "ggml_backend_tensor_copy", None, [P, P]),
-    ("base", "ggml_backend_tensor_alloc", I, [P, P, P]),
+    ("base", "ggml_backend_tensor_alloc", INT, [P, P, P]),
     ("base", "ggml_backend_cpu_buffer_from_ptr", P, [P, SZ]),
     ("base", "ggml_backend_name", S, [P]),
     ("base", "ggml_backend_free", None, [P]),
-    ("base", "ggml_backend_get_device", P, [P]),
-    ("base", "ggml_backend_synchronize", None, [P]),
-    ("base", "ggml_backend_sched_new", P, [P, P, I, SZ, B, B]),
+    ("base", "ggml_backend_sched_new", P, [P, P, INT, SZ, B, B]),
     ("base", "ggml_backend_sched_free", None, [P]),
     ("base", "ggml_backend_sched_reserve", B, [P, P]),
     ("base", "ggml_backend_sched_get_buffer_size", SZ, [P, P]),
-    ("base", "ggml_backend_sched_get_n_splits", I, [P]),
     ("base", "ggml_backend_sched_alloc_graph", B, [P, P]),
-    ("base", "ggml_backend_sched_graph_compute", I, [P, P]),
+    ("base", "ggml_backend_sched_graph_compute", INT, [P, P]),
     ("base", "ggml_backend_sched_reset", None, [P]),
-    ("base", "ggml_backend_sched_set_tensor_backend", None, [P, P, P]),
     ("base", "ggml_backend_dev_name", S, [P]),
     ("base", "ggml_backend_dev_description", S, [P]),
     ("base", "ggml_backend_dev_memory", None, [P, POINTER(c_size_t), POINTER(c_size_t)]),
-    ("base", "ggml_backend_dev_type", I, [P]),
-    ("base", "ggml_backend_dev_get_props", None, [P, POINTER(DevProps)]),
+    ("base", "ggml_backend_dev_type", INT, [P]),
     ("base", "ggml_backend_dev_init", P, [P, S]),
     ("base", "ggml_backend_dev_buffer_type", P, [P]),
-    ("base", "ggml_backend_dev_host_buffer_type", P, [P]),
     ("base", "ggml_backend_dev_supports_op", B, [P, P]),
     ("base", "ggml_backend_dev_backend_reg", P, [P]),
     ("base", "ggml_backend_reg_name", S, [P]),
@@ -277,8 +246,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("ggml", "ggml_backend_dev_count", SZ, []),
     ("ggml", "ggml_backend_dev_get", P, [SZ]),
     # CPU backend (libggml-cpu)
-    ("cpu", "ggml_backend_cpu_set_n_threads", None, [P, I]),
-    ("cpu", "ggml_backend_is_cpu", B, [P]),
+    ("cpu", "ggml_backend_cpu_set_n_threads", None, [P, INT]),
 ]
 
 
@@ -294,6 +262,9 @@ class _Lib:
             fn.restype = restype
             fn.argtypes = argtypes
             setattr(self, name[5:] if name.startswith("ggml_") else name, fn)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for a name not bound above
+        raise AttributeError(f"ggml binding {name} is not declared in _SIGNATURES")
 
 
 def _library_dir() -> Path:
@@ -405,15 +376,7 @@ class Context:
         return t
 
     def graph(self) -> int:
-        return lib.new_graph_custom(self.ptr, self.graph_size, False)
-
-    def tensors(self) -> list[int]:
-        out = []
-        t = lib.get_first_tensor(self.ptr)
-        while t:
-            out.append(t)
-            t = lib.get_next_tensor(self.ptr, t)
-        return out
+        return int(lib.new_graph_custom(self.ptr, self.graph_size, False))
 
     def free(self) -> None:
         if self.ptr:
@@ -450,7 +413,7 @@ class LogCapture:
     turns those into one-line errors instead, quoting the last line captured here.
     """
 
-    _lock = threading.Lock()
+    _lock = threading.RLock()  # re-entrant: a captured call may itself capture
 
     def __init__(self) -> None:
         self.lines: list[str] = []

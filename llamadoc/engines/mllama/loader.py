@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +82,36 @@ class TextConfig:
     cross_layers: tuple[int, ...]
 
 
+    def gguf_metadata(self, arch: str) -> dict[str, Any]:
+        """The text model's keys as llama.cpp spells them under ``arch`` (read back by from_gguf)."""
+        return {
+            f"{arch}.block_count": self.n_layer, f"{arch}.context_length": self.n_ctx_train,
+            f"{arch}.embedding_length": self.n_embd, f"{arch}.feed_forward_length": self.n_ff,
+            f"{arch}.attention.head_count": self.n_head, f"{arch}.attention.head_count_kv": self.n_head_kv,
+            f"{arch}.rope.freq_base": self.rope_base, f"{arch}.rope.dimension_count": self.head_dim,
+            f"{arch}.attention.layer_norm_rms_epsilon": self.eps, f"{arch}.vocab_size": self.n_vocab,
+        }
+
+
 @dataclass(frozen=True)
 class MllamaConfig:
     text: TextConfig
     vision: VisionConfig
+
+    def gguf_metadata(self) -> dict[str, Any]:
+        """Ollama's mllama keys for this configuration: what from_gguf reads back."""
+        a, v = ARCH, self.vision
+        return {
+            "general.architecture": ARCH,
+            **self.text.gguf_metadata(ARCH),
+            f"{a}.attention.cross_attention_layers": list(self.text.cross_layers),
+            f"{a}.vision.block_count": v.n_layer, f"{a}.vision.global.block_count": v.n_global,
+            f"{a}.vision.intermediate_layers_indices": list(v.intermediate),
+            f"{a}.vision.embedding_length": v.n_embd, f"{a}.vision.feed_forward_length": v.n_ff,
+            f"{a}.vision.attention.head_count": v.n_head, f"{a}.vision.attention.layer_norm_epsilon": v.eps,
+            f"{a}.vision.image_size": v.image_size, f"{a}.vision.patch_size": v.patch_size,
+            f"{a}.vision.max_num_tiles": v.max_tiles, f"{a}.vision.num_channels": v.n_channels,
+        }
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> MllamaConfig:
@@ -280,7 +307,7 @@ def check_tensors(f: GGUFFile, c: MllamaConfig) -> dict[str, Expected]:
     return expected
 
 
-def read_floats(f: GGUFFile, data: np.ndarray, info: TensorInfo) -> np.ndarray:
+def read_floats(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """A float tensor's values as float32 (numpy order), read from the mapped file."""
     raw = data[info.offset: info.offset + info.nbytes]
     return raw.view(_FLOAT_TYPES[info.type]).astype(np.float32).reshape(tuple(reversed(info.ne)))
@@ -292,7 +319,6 @@ class Weights:
 
     t: dict[str, int] = field(default_factory=dict)
     gates: dict[str, float] = field(default_factory=dict)
-    bytes_by_device: dict[str, int] = field(default_factory=dict)
     _contexts: list[ggml.Context] = field(default_factory=list)
     _buffers: list[int] = field(default_factory=list)
     _mapped: np.ndarray | None = None
@@ -321,12 +347,12 @@ def cross_norm_fixes(c: MllamaConfig) -> dict[str, Callable[[np.ndarray], np.nda
     return {f"blk.{i}.cross_attn_{w}_norm.weight": interleave_halves for i in c.text.cross_layers for w in "qk"}
 
 
-def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str, tuple[str, int]],
+def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, int],
                  cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]],
                  repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None) -> Weights:
     """Create every tensor on its device: CPU tensors map the file, others are copied.
 
-    ``placement`` maps a group ("vision", "text.3", ...) to (device name, buffer type).
+    ``where`` maps a group ("vision", "text.3", ...) to its buffer type.
     Tensors whose file type the engine uses as is are bound zero-copy to a read-only map of
     the file on the CPU; dense tensors stored as F16, and those ``fixes`` transforms, are
     read into F32 and copied. ``repack`` (buffer type, supports(type, ne)) moves the CPU's
@@ -341,16 +367,14 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str
     for name, exp in expected.items():
         info = f.tensors[name]
         if exp.use == SCALAR:
-            w.gates[name] = float(read_floats(f, mapped, info).reshape(-1)[0])
+            w.gates[name] = float(read_floats(mapped, info).reshape(-1)[0])
             continue
-        device, buft = placement[exp.group]
+        buft = where[exp.group]
         widen = exp.use == DENSE and (info.type != ggml.F32 or name in fixes)
         if repack is not None and buft == cpu_buft and exp.use == MATMUL and repack[1](info.type, info.ne):
             buft = repack[0]
         direct = buft == cpu_buft and not widen and info.offset % 32 == 0
         plan.setdefault((buft, direct), []).append(name)
-        w.bytes_by_device[device] = w.bytes_by_device.get(device, 0) + (
-            info.nbytes * 2 if widen else info.nbytes)
     try:
         for (buft, direct), names in plan.items():
             ctx = ggml.Context(len(names))
@@ -375,13 +399,14 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], placement: dict[str
                     raise ModelError(f"{f.path}: not enough memory for the weights on "
                                      f"{lib.backend_buft_name(buft).decode()} ({log.last or 'allocation failed'})")
                 w._buffers.append(buf)
-                for name in names:
-                    info = f.tensors[name]
-                    if expected[name].use == DENSE and (info.type != ggml.F32 or name in fixes):
-                        values = read_floats(f, mapped, info)
-                        ggml.set_data(w.t[name], fixes[name](values) if name in fixes else values)
-                    else:
-                        lib.backend_tensor_set(w.t[name], base + info.offset, 0, info.nbytes)
+                with ggml.LogCapture():  # the repack buffer logs every tensor it re-lays
+                    for name in names:
+                        info = f.tensors[name]
+                        if expected[name].use == DENSE and (info.type != ggml.F32 or name in fixes):
+                            values = read_floats(mapped, info)
+                            ggml.set_data(w.t[name], fixes[name](values) if name in fixes else values)
+                        else:
+                            lib.backend_tensor_set(w.t[name], base + info.offset, 0, info.nbytes)
             lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
     except BaseException:
         w.free()

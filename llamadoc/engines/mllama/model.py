@@ -19,11 +19,24 @@ from PIL import Image
 from llamadoc.errors import PageError, UsageError
 
 from . import ggml
-from .backend import Runtime, cpu_repack_buffer_type, pick_gpu, repack_supports
+from .backend import (
+    Runtime,
+    cpu_repack_buffer_type,
+    flash_attention_supported,
+    pick_gpu,
+    repack_supports,
+)
 from .cache import CrossCache, SelfCache, pad_keys
-from .graph import Graph, mask_rows
 from .gguf_io import GGUFFile
-from .loader import MllamaConfig, Weights, check_tensors, cross_norm_fixes, load_weights, placement
+from .graph import Graph, mask_rows
+from .loader import (
+    MllamaConfig,
+    Weights,
+    check_tensors,
+    cross_norm_fixes,
+    load_weights,
+    placement,
+)
 from .memory import MemoryEstimate, estimate_memory
 from .preprocess import Preprocessed, open_image, preprocess
 from .sampling import Sampler
@@ -91,8 +104,9 @@ class MllamaModel:
         self._cross_flash = cross_flash
         self._kv: SelfCache | None = None
         self._cross: CrossCache | None = None
-        self._vision = VisionEncoder(runtime, config, weights, flash)
+        self._vision = VisionEncoder(runtime, config, weights, flash, runtime.gpu is not None)
         self._graph: tuple[Shape, Graph, int] | None = None  # the last decoder graph, reused while its shape holds
+        self._cross_mask: tuple[object, np.ndarray] = (None, np.zeros(0))
 
     # ---- loading ----------------------------------------------------------------------------
 
@@ -105,6 +119,7 @@ class MllamaModel:
 
         n_gpu_layers: -1 puts everything on the GPU; N puts the last N text layers there (with
         the vision tower; N above the layer count adds the output layer); 0 keeps all on the CPU.
+        flash_attn: flash attention where the GPU backend has it for these head sizes.
         kv_f16: the KV caches' type (default F16, as llama.cpp; F32 for reference-exact runs).
         cross_flash: decoder cross-attention as flash attention (default: where a GPU runs it).
         fix_cross_norms=False reads the cross-attention norms as stored (the behaviour of
@@ -128,7 +143,7 @@ class MllamaModel:
             memory.check(gpu)
             runtime = Runtime(gpu, threads or default_threads())
             try:
-                where = {g: ((gpu.name if on and gpu else "CPU"), runtime.buffer_type(on)) for g, on in groups.items()}
+                where = {g: runtime.buffer_type(on) for g, on in groups.items()}
                 repack = cpu_repack_buffer_type(runtime.cpu)
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
@@ -140,6 +155,10 @@ class MllamaModel:
         finally:
             gguf.close()
         gpu_layers = sum(layer_on_gpu.values()) + (1 if groups["output"] else 0)
+        if gpu is not None and flash_attn:
+            t, v = config.text, config.vision
+            flash_attn = (flash_attention_supported(gpu, t.head_dim, t.n_head, t.n_head_kv, kv_type)
+                          and flash_attention_supported(gpu, v.n_embd // v.n_head, v.n_head, v.n_head, ggml.F32))
         return cls(path, config, runtime, weights, tokenizer, gpu_layers, layer_on_gpu, n_ctx, kv_type,
                    flash_attn, image_cache, n_batch, memory, cross_flash)
 
@@ -157,6 +176,10 @@ class MllamaModel:
         """Pixel values (max_tiles, 3, tile, tile), aspect-ratio id and mask, as the reference computes them."""
         v = self.config.vision
         return preprocess(open_image(image), v.image_size, v.max_tiles)
+
+    def encode_image(self, image: Image.Image) -> None:
+        """Encode a page into the image cache now (later prompts about it skip the vision encoder)."""
+        self._cached_slot(image)
 
     def vision_features(self, image: Image.Image) -> np.ndarray:
         """The vision tower's output before the projector: (max_tiles, tokens per tile, n_out)."""
@@ -211,7 +234,8 @@ class MllamaModel:
         try:
             for store in (cross.k, cross.v):
                 for layer in store:
-                    g.expand(g.ops.cpy(cross.view(g.ops, store, layer, src, 1), cross.view(g.ops, store, layer, dst, 1)))
+                    src_view = cross.view(g.ops, store, layer, src, 1)
+                    g.expand(g.ops.cpy(src_view, cross.view(g.ops, store, layer, dst, 1)))
             g.run({})
         finally:
             g.free()
@@ -242,10 +266,9 @@ class MllamaModel:
         if max(s.n_past for s in seqs) + n > self.n_ctx:
             raise PageError(f"the prompt and answer need more than the model's context of {self.n_ctx} tokens",
                             hint="raise --ctx or lower --max-tokens")
-        with_image = seqs[0].slot is not None
-        cross = self._cross
-        if with_image:
-            assert cross is not None and all(s.slot == seqs[0].slot + i for i, s in enumerate(seqs))
+        first_slot, cross = seqs[0].slot, self._cross
+        if first_slot is not None:
+            assert cross is not None and all(s.slot == first_slot + i for i, s in enumerate(seqs))
         n_win = min(pad_keys(max(s.n_past for s in seqs) + n), self.n_ctx)
         shape = Shape(b, n, n_win, seqs[0].row, seqs[0].slot, b * n if all_rows else b)
         if self._graph is None or self._graph[0] != shape:
@@ -256,23 +279,27 @@ class MllamaModel:
 
         steps = np.arange(n)
         pos = np.stack([s.n_past + steps for s in seqs])  # (b, n)
-        inputs = {
+        inputs: dict[str, np.ndarray] = {
             "tokens": np.asarray(new, dtype=np.int32).reshape(-1),
             "positions": pos.reshape(-1).astype(np.int32),
             "cache_rows": (np.array([s.row for s in seqs])[:, None] * self.n_ctx + pos).reshape(-1).astype(np.int64),
             "mask": mask_rows(np.arange(n_win)[None, None, :] > pos[:, :, None])[:, None],  # (b, 1, n, win)
             "out_rows": (np.arange(b * n) if all_rows else np.arange(b) * n + n - 1).astype(np.int32),
         }
-        if with_image:
+        if first_slot is not None:
             assert cross is not None
             # A sequence without an image attends to all keys (finite values, result zeroed below):
             # a fully masked row would turn into NaN.
-            keys = np.array([cross.slots[s.slot].n_keys if s.has_image else cross.n_keys for s in seqs])
-            blocked = np.arange(cross.n_keys)[None, :] >= keys[:, None]  # (b, keys)
+            keys = tuple(cross.slots[first_slot + i].n_keys if s.has_image else cross.n_keys
+                         for i, s in enumerate(seqs))
             rows = n * self.config.text.n_head // self.config.text.n_head_kv
-            inputs["cross_mask"] = mask_rows(np.broadcast_to(blocked[:, None, None, :], (b, 1, rows, cross.n_keys)))
+            if self._cross_mask[0] != (keys, rows):  # the same every decode step of a batch: made once
+                blocked = np.arange(cross.n_keys)[None, :] >= np.array(keys)[:, None]  # (b, keys)
+                mask = mask_rows(np.broadcast_to(blocked[:, None, None, :], (b, 1, rows, cross.n_keys)))
+                self._cross_mask = ((keys, rows), mask)
+            inputs["cross_mask"] = self._cross_mask[1]
             after = np.zeros((b, n), dtype=np.float32)
-            for i, (s, toks) in enumerate(zip(seqs, new)):
+            for i, (s, toks) in enumerate(zip(seqs, new, strict=True)):
                 if not s.has_image:
                     continue
                 if s.image_from is None and self.tokenizer.image in toks:
@@ -337,14 +364,14 @@ class MllamaModel:
         t0 = time.perf_counter()
         self._self_cache(b)
         seqs = self._place_images(items)
+        t1 = time.perf_counter()
         samplers = [Sampler(self.tokenizer, self.n_vocab, it.temperature, it.top_p, it.seed, it.grammar)
                     for it in items]
-        t1 = time.perf_counter()
         outs: list[list[int]] = [[] for _ in items]
         kept: list[list[np.ndarray]] = [[] for _ in items]
         finish = ["length"] * b
         nxt: list[int] = []
-        for i, (s, it) in enumerate(zip(seqs, items)):
+        for i, (s, it) in enumerate(zip(seqs, items, strict=True)):
             row = self._prefill(s, it.prompt)[-1]
             if keep_logits:
                 kept[i].append(row.copy())
@@ -354,7 +381,7 @@ class MllamaModel:
         n_steps = 0
         try:
             while True:
-                for i, (s, it) in enumerate(zip(seqs, items)):
+                for i, (s, it) in enumerate(zip(seqs, items, strict=True)):
                     if s.done:
                         continue
                     if nxt[i] in stop:
@@ -425,6 +452,7 @@ class MllamaModel:
             if c is not None:
                 c.free()
         self._kv = self._cross = None
+        self._vision.close()
         self.weights.free()
         self.tokenizer.close()
         self.runtime.free()

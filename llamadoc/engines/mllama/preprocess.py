@@ -63,7 +63,7 @@ def choose_canvas(height: int, width: int, max_tiles: int, tile: int) -> tuple[i
     scales = [min(h * tile / height, w * tile / width) for h, w in grids]
     ups = [s for s in scales if s >= 1]
     best = min(ups) if ups else max(scales)
-    candidates = [g for g, s in zip(grids, scales) if s == best]
+    candidates = [g for g, s in zip(grids, scales, strict=True) if s == best]
     return min(candidates, key=lambda g: g[0] * g[1])  # ties: the smallest area, first in order
 
 

@@ -40,8 +40,9 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
     rows = g.input(ggml.I64, n_rows, name="cache_rows")
     mask = g.input(ggml.F16, s.n_win, n, 1, b, name="mask")
     out_rows = g.input(ggml.I32, s.n_out, name="out_rows")
-    with_image = s.first_slot is not None and cross is not None
-    if with_image:
+    image = (cross, s.first_slot) if cross is not None and s.first_slot is not None else None
+    if image is not None:
+        cross = image[0]
         # One mask row per query head of a KV group: what the grouped products need (rows are alike).
         cmask = g.input(ggml.F16, cross.n_keys, n * txt.n_head // txt.n_head_kv, 1, b, name="cross_mask")
         after_image = g.input(ggml.F32, 1, n_rows, name="after_image")
@@ -50,6 +51,10 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
 
     def heads(y: int, n_head: int) -> int:  # [n_head*hd, rows] -> [hd, n, heads, b]
         return ops.permute(ops.reshape_4d(y, hd, n_head, n, b), 0, 2, 1, 3)
+
+    def rope(y: int, n_head: int) -> int:  # Llama 3's RoPE: rope_freqs.weight carries its scaling
+        y = ops.reshape_3d(y, hd, n_head, n_rows)
+        return ops.rope_ext(y, pos, freqs, hd, ggml.ROPE_NORM, 0, txt.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
 
     def mlp(prefix: str, x: int) -> int:
         h = rms_norm(ops, x, t[prefix + "ffn_norm.weight"], txt.eps)
@@ -60,13 +65,14 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
     for i in range(txt.n_layer):
         p = f"blk.{i}."
         if i in txt.cross_layers:
-            if not with_image:
+            if image is None:
                 continue  # text-only: the reference skips cross-attention layers entirely
+            cross, first_slot = image
             h = rms_norm(ops, x, t[p + "attn_norm.weight"], txt.eps)
             q = ops.reshape_3d(ops.mul_mat(t[p + "cross_attn_q_proj.weight"], h), hd, txt.n_head, n_rows)
             q = rms_norm(ops, q, t[p + "cross_attn_q_norm.weight"], txt.eps)
-            k = cross.view(ops, cross.k, i, s.first_slot, b)
-            v = cross.view(ops, cross.v, i, s.first_slot, b)
+            k = cross.view(ops, cross.k, i, first_slot, b)
+            v = cross.view(ops, cross.v, i, first_slot, b)
             if cross.v_transposed(i):
                 a = grouped_attention(ops, q, k, v, cmask, scale, txt.n_head_kv, n, b)
             else:
@@ -80,11 +86,6 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
             x = ops.add(x, ops.scale(ops.mul(mlp(p, x), after_image), float(gate_m)))
             continue
         h = rms_norm(ops, x, t[p + "attn_norm.weight"], txt.eps)
-
-        def rope(y: int, n_head: int) -> int:
-            y = ops.reshape_3d(y, hd, n_head, n_rows)
-            return ops.rope_ext(y, pos, freqs, hd, ggml.ROPE_NORM, 0, txt.rope_base, 1.0, 0.0, 1.0, 0.0, 0.0)
-
         q = heads(rope(ops.mul_mat(t[p + "attn_q.weight"], h), txt.n_head), txt.n_head)
         k_new = rope(ops.mul_mat(t[p + "attn_k.weight"], h), txt.n_head_kv)
         v_new = ops.mul_mat(t[p + "attn_v.weight"], h)
