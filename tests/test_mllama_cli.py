@@ -70,3 +70,16 @@ def test_convert_refuses_what_is_not_a_checkpoint(run_cli: Any, tmp_path: Path) 
     result = run_cli("models", "convert", str(tmp_path), str(tmp_path / "x.gguf"))
     assert result.exit_code == 2 and "config.json is missing" in result.stderr
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_vision_guard_screens_the_page_image(run_cli: Any, mllama_model: Path, tmp_path: Path) -> None:
+    chart = tmp_path / "chart.png"
+    fixture_image("square").save(chart)
+    base = [a for a in args(mllama_model) if a not in ("--guard", "off")]
+    result = run_cli("ask", str(chart), "-q", "What is shown?", *base, "--guard-model", str(mllama_model),
+                     "--guard", "flag", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    page = parse_json(result.stdout)["pages"][0]
+    [screen] = page["guard_in"]  # one check: the page image with the prompt; no "not screened" note
+    assert screen["screened"] == "image+text" and screen["subject"] == "page image and prompt"
+    assert screen["error"] is None and page["guard_out"]["subject"] == "answer"

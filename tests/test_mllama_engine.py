@@ -21,7 +21,9 @@ from llamadoc.engines.mllama.backend import (  # noqa: E402
     describe_backends,
     flash_attention_supported,
 )
-from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardBackend  # noqa: E402
+from llamadoc.engines.base import GuardEngine  # noqa: E402
+from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardEngine  # noqa: E402
+from llamadoc.guard import build_prompt  # noqa: E402
 from llamadoc.engines.mllama.memory import estimate_model_memory  # noqa: E402
 from llamadoc.errors import ModelError, UsageError  # noqa: E402
 
@@ -78,16 +80,17 @@ def test_sampling_options_reach_the_sampler(engine: MllamaEngine) -> None:
     assert engine.generate(req).text == engine.generate(req).text
 
 
-def test_guard_backend_scores_the_verdict(path: Path) -> None:
-    guard = MllamaGuardBackend(LoadOptions(model_path=str(path), threads=1))
+def test_vision_guard_judges_a_page_with_its_prompt(path: Path) -> None:
+    guard = MllamaGuardEngine(LoadOptions(model_path=str(path), threads=1), "tiny-vision-guard")
     try:
-        prompt = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|> Task: Check if there is "
-                  "unsafe content in 'User' messages.<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
-        text, p_unsafe = guard.run(prompt, fixture_image("square"), max_tokens=8)
-        assert isinstance(text, str)
-        assert p_unsafe is None or 0.0 <= p_unsafe <= 1.0
+        assert isinstance(guard, GuardEngine) and guard.sees_images
+        out = guard.judge(build_prompt(["Is this invoice paid?"], image=True), fixture_image("square"))
+        assert out.text == "safe" or out.text.startswith("unsafe\nS")  # decoded under the verdict grammar
+        assert out.p_unsafe is not None and 0.0 <= out.p_unsafe <= 1.0
         with pytest.raises(UsageError, match="no <\\|image\\|> token"):
-            guard.run("<|begin_of_text|>no image token here", fixture_image("square"))
+            guard.judge(build_prompt(["no image token here"]), fixture_image("square"))
+        pieces = guard.split("word " * 50, 20)
+        assert len(pieces) > 1 and "".join(pieces) == "word " * 50
     finally:
         guard.close()
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, LoadOptions
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, LoadOptions
+from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 from llamadoc.errors import UsageError
 
 from .model import BatchItem, Completion, MllamaModel
@@ -19,7 +20,6 @@ from .sampling import schema_grammar
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-GUARD_VERDICT_STEPS = 4  # the verdict word follows at most a few whitespace tokens ("\n\n")
 
 def _load(options: LoadOptions) -> MllamaModel:
     if options.mmproj_path:
@@ -78,38 +78,41 @@ class MllamaEngine:
         self.model.close()
 
 
-class MllamaGuardBackend:
-    """Runs Llama Guard 3 11B Vision (same architecture) on a prompt rendered by llamadoc's guard module.
+class MllamaGuardEngine:
+    """Llama Guard 3 11B Vision (the same architecture) as llamadoc's image-aware guard.
 
-    ``run`` returns the generated text and P(unsafe): the probability the model gives the verdict
-    word "unsafe" at the step where it writes its verdict (after the leading "\\n\\n").
+    The prompt comes rendered from llamadoc.guard; like the text guard, the verdict's
+    leading "\n\n" is forced, P(unsafe) is read from the next step's logits, and the
+    verdict is decoded under the grammar of its forms.
     """
 
-    def __init__(self, options: LoadOptions) -> None:
+    sees_images = True
+
+    def __init__(self, options: LoadOptions, model_name: str) -> None:
         self.model = _load(options)
+        self.model_name = model_name
+        self.n_ctx = self.model.n_ctx
         tok = self.model.tokenizer
+        self._prefix = tok.encode(ANSWER_PREFIX)
         self._unsafe = tok.encode("unsafe")[0]
-        self.gpu_layers = self.model.gpu_layers
-        self.device = self.model.device
 
-    def _is_blank(self, token: int) -> bool:
-        return not self.model.tokenizer.piece(token).strip()
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer.encode(text, special=True))
 
-    def run(self, prompt: str, image: Image | None, max_tokens: int = 32) -> tuple[str, float | None]:
+    def split(self, text: str, max_tokens: int) -> list[str]:
         tok = self.model.tokenizer
-        ids = tok.encode(prompt, special=True)  # the rendered template carries its own control tokens
-        if not ids or ids[0] != tok.bos:
-            ids = [tok.bos, *ids]
+        ids = tok.encode(text)
+        return [tok.decode(ids[i : i + max_tokens]) for i in range(0, len(ids), max_tokens)]
+
+    def judge(self, prompt: str, image: Image | None = None) -> GuardOutput:
+        tok = self.model.tokenizer
+        ids = tok.encode(prompt, special=True) + self._prefix  # the template carries its control tokens
         if image is not None and tok.image not in ids:
             raise UsageError("the guard prompt has no <|image|> token for its image")
-        out = self.model.generate(image, ids, max_tokens=max_tokens, keep_logits=GUARD_VERDICT_STEPS)
-        score = None
-        for token, logits in zip(out.tokens, out.logits, strict=False):
-            if not self._is_blank(token):
-                z = logits.astype(np.float64) - logits.max()
-                score = float(np.exp(z[self._unsafe]) / np.exp(z).sum())
-                break
-        return out.text, score
+        out = self.model.generate(image, ids, max_tokens=MAX_VERDICT_TOKENS, grammar=VERDICT_GRAMMAR, keep_logits=1)
+        z = out.logits[0].astype(np.float64)
+        weights = np.exp(z - z.max())  # softmax, without overflow
+        return GuardOutput(text=out.text, p_unsafe=round(float(weights[self._unsafe] / weights.sum()), 6))
 
     def close(self) -> None:
         self.model.close()

@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
+from llamadoc.engines import llamacpp
 from llamadoc.errors import PageError, UsageError
 
 from . import ggml
@@ -46,12 +47,6 @@ from .vision import VisionEncoder
 
 DEFAULT_CTX = 4096
 DEFAULT_BATCH = 512  # prompt tokens per prefill graph: bounds the compute buffer
-
-
-def default_threads() -> int:
-    """Physical-ish cores: ggml slows down badly when threads outnumber free cores."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, count // 2) if count > 4 else count
 
 
 @dataclass
@@ -141,7 +136,7 @@ class MllamaModel:
             n_ctx = pad_keys(n_ctx)
             memory = estimate_memory(gguf, config, expected, groups, n_ctx, 1, image_cache, kv_type, n_batch)
             memory.check(gpu)
-            runtime = Runtime(gpu, threads or default_threads())
+            runtime = Runtime(gpu, threads or llamacpp.default_threads())
             try:
                 where = {g: runtime.buffer_type(on) for g, on in groups.items()}
                 repack = cpu_repack_buffer_type(runtime.cpu)
