@@ -15,3 +15,7 @@ out="${OUT:-/tmp/gpu-check-out}"
 # A tiny shape on the GPU first: every GPU code path in seconds, before 11 GB of files are written.
 python3 -m benchmarks.gpu_check --shape tiny --work /tmp/gpu-check --out "$out" --batches 1,4
 python3 -m benchmarks.gpu_check --shape 11b --work /tmp/gpu-check --out "$out"
+# The engine's numerical tests against the reference, on the GPU this time (the engine picks
+# the GPU when there is one); figures above stand whatever they say.
+python3 -m pytest -q -p no:cacheprovider tests/test_mllama_reference.py tests/test_mllama_generate.py \
+  tests/test_mllama_engine.py 2>&1 | tee "$out/pytest_gpu.log" || true
