@@ -11,6 +11,7 @@ import ctypes
 import importlib.metadata
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable
 from ctypes import (
@@ -406,6 +407,10 @@ def get_data(t: int, ndim: int = 2) -> np.ndarray:
     return out
 
 
+# LLAMADOC_GGML_LOG=1 echoes what LogCapture hides: ggml's reasons before an abort.
+ECHO_LOGS = os.environ.get("LLAMADOC_GGML_LOG") == "1"
+
+
 class LogCapture:
     """Routes ggml's log lines away from stderr while a noisy call runs, keeping them for messages.
 
@@ -422,6 +427,9 @@ class LogCapture:
         self._prev_data = c_void_p()
 
     def _log(self, level: int, text: bytes, _user: int) -> None:
+        if ECHO_LOGS and text:  # debugging: see everything, as it happens (an abort loses the rest)
+            sys.stderr.write(text.decode(errors="replace"))
+            sys.stderr.flush()
         if level >= 3 and text:  # warnings and errors only
             line = text.decode(errors="replace").strip()
             if line:
