@@ -149,7 +149,10 @@ class Runtime:
         self.backends.append(cpu)
         self.cpu_backend = cpu
         arr = (ctypes.c_void_p * len(self.backends))(*self.backends)
-        self.sched = lib.backend_sched_new(arr, None, len(self.backends), SCHED_GRAPH_SIZE, False, True)
+        # op_offload off: an op whose weights sit in host memory runs where they are. With it
+        # on, ggml moved the token-embedding lookup onto CUDA reading host pages (an illegal
+        # access on an H100); and the weights that matter are on the GPU anyway.
+        self.sched = lib.backend_sched_new(arr, None, len(self.backends), SCHED_GRAPH_SIZE, False, False)
         self._allocated: int | None = None
 
     @property
