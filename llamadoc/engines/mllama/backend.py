@@ -125,6 +125,10 @@ def cpu_device() -> Device:
     raise EngineError("ggml has no CPU backend (broken llama-cpp-python install)")
 
 
+_SRC_OFFSET = ggml.TensorStruct.src.offset  # ggml_tensor.src: GGML_MAX_SRC pointers
+_SRC_BYTES = ggml.TensorStruct.src.size
+
+
 class Runtime:
     """Backends plus one ggml scheduler; runs graphs, keeping the last graph's allocation for reuse.
 
@@ -154,6 +158,7 @@ class Runtime:
         # access on an H100); and the weights that matter are on the GPU anyway.
         self.sched = lib.backend_sched_new(arr, None, len(self.backends), SCHED_GRAPH_SIZE, False, False)
         self._allocated: int | None = None
+        self._sources: dict[int, list[tuple[int, bytes]]] = {}  # graph -> its nodes' sources, unsplit
 
     @property
     def device_label(self) -> str:
@@ -163,6 +168,20 @@ class Runtime:
         dev = self.gpu if (on_gpu and self.gpu) else self.cpu
         return int(lib.backend_dev_buffer_type(dev.ptr))
 
+    def _pristine(self, graph: int) -> None:
+        """Undo what splitting did to a graph. ggml's scheduler points each node that
+        crosses devices at a copy of its input, made in a context it frees at the next
+        split: a graph split twice (reserve, then alloc; or allocated again after another
+        graph ran) would read freed tensors: garbage token ids on an H100. So each node's
+        sources are saved before the first split and put back before every later one."""
+        saved = self._sources.get(graph)
+        if saved is None:
+            nodes = [lib.graph_node(graph, i) for i in range(lib.graph_n_nodes(graph))]
+            saved = [(n, ctypes.string_at(n + _SRC_OFFSET, _SRC_BYTES)) for n in nodes]
+            self._sources[graph] = saved
+        for node, src in saved:
+            ctypes.memmove(node + _SRC_OFFSET, src, _SRC_BYTES)
+
     def compute(self, graph: int, inputs: dict[int, np.ndarray]) -> None:
         """Allocate the graph if it is not the one allocated last, set its inputs, run it."""
         if self._allocated != graph:
@@ -171,7 +190,10 @@ class Runtime:
             with ggml.LogCapture() as log:
                 # Reserve first: the allocator would otherwise reuse the previous graph's plan
                 # for any graph with as many nodes, even when their order differs.
-                ok = lib.backend_sched_reserve(self.sched, graph) and lib.backend_sched_alloc_graph(self.sched, graph)
+                self._pristine(graph)
+                ok = lib.backend_sched_reserve(self.sched, graph)
+                self._pristine(graph)
+                ok = ok and lib.backend_sched_alloc_graph(self.sched, graph)
             if not ok:
                 raise EngineError(f"not enough memory for the computation on {self.device_label} "
                                   f"({log.last or 'allocation failed'})")
@@ -185,6 +207,7 @@ class Runtime:
 
     def forget(self, graph: int) -> None:
         """Called before a graph's context is freed, so a new graph at the same address re-allocates."""
+        self._sources.pop(graph, None)
         if self._allocated == graph:
             lib.backend_sched_reset(self.sched)
             self._allocated = None

@@ -137,6 +137,8 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "ggml_get_next_tensor", P, [P, P]),
     ("base", "ggml_new_graph_custom", P, [P, SZ, B]),
     ("base", "ggml_build_forward_expand", None, [P, P]),
+    ("base", "ggml_graph_n_nodes", INT, [P]),
+    ("base", "ggml_graph_node", P, [P, INT]),
     ("base", "ggml_quantize_chunk", SZ, [INT, P, P, I64_, I64_, I64_, P]),
     ("base", "ggml_log_set", None, [LogCallback, P]),
     ("base", "ggml_log_get", None, [P, P]),

@@ -264,13 +264,14 @@ def expected_tensors(c: MllamaConfig) -> dict[str, Expected]:
 def placement(c: MllamaConfig, n_gpu_layers: int, gpu: bool) -> dict[str, bool]:
     """Which tensor groups go on the GPU, llama.cpp-style: the last N text layers.
 
-    -1: everything, token embeddings too (a lookup in host pages from a GPU graph is what
-    failed on an H100); N > 0: the vision tower and the last N text layers (N above the
-    layer count adds the output layer), embeddings on the CPU; 0 or no GPU: nothing.
+    -1: everything; N > 0: the vision tower and the last N text layers (N above the layer
+    count adds the output layer); 0 or no GPU: nothing. Token embeddings stay on the CPU,
+    where a row lookup is cheap (and where llama.cpp keeps them: on an H100 a lookup from
+    a GPU graph read garbage token ids).
     """
     n = c.text.n_layer
     n_text = 0 if not gpu else (n if n_gpu_layers < 0 else min(n_gpu_layers, n))
-    return {"embd": gpu and n_gpu_layers < 0, "vision": gpu and n_gpu_layers != 0,
+    return {"embd": False, "vision": gpu and n_gpu_layers != 0,
             "output": gpu and (n_gpu_layers < 0 or n_gpu_layers > n),
             **{f"text.{i}": i >= n - n_text for i in range(n)}}
 
