@@ -443,7 +443,7 @@ def _compare(model: Any, truth: Any, keys: tuple[Key, ...]) -> Iterator[Check]:
             yield Check(name, "fail", f"the model found {count} lines, the e-invoice has {len(truth)}", data)
             return
         yield Check(name, "pass", f"{count} lines in both", data)
-        for index, (mine, theirs) in enumerate(zip(model, truth)):
+        for index, (mine, theirs) in enumerate(zip(model, truth, strict=True)):
             yield from _compare(mine, theirs, (*keys, index))
         return
     kind = _kind(keys, truth, {})

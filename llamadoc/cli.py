@@ -145,9 +145,9 @@ def _run(
 ) -> None:
     from llamadoc import render
     from llamadoc.guard import MODES, GuardPolicy, parse_categories
+    from llamadoc.progress import Progress
     from llamadoc.raster import parse_pages
     from llamadoc.reader import Reader
-    from llamadoc.progress import Progress
     from llamadoc.report import Report, parse_fail_on
     from llamadoc.sources import collect, output_names, shard
     from llamadoc.verify import EMBEDDED_MODES

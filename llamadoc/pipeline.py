@@ -22,7 +22,15 @@ from llamadoc.engines.base import GenerationRequest, GenerationResponse, Samplin
 from llamadoc.errors import LlamadocError
 from llamadoc.guard import Guard
 from llamadoc.prefetch import (
-    ALL_DONE, DOC_END, Crash, DocFailed, DocStart, Known, PageReady, PageSkipped, Prefetcher,
+    ALL_DONE,
+    DOC_END,
+    Crash,
+    DocFailed,
+    DocStart,
+    Known,
+    PageReady,
+    PageSkipped,
+    Prefetcher,
 )
 from llamadoc.quality import cut_runaway
 from llamadoc.raster import RasterOptions

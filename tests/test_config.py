@@ -27,7 +27,7 @@ def config_error(tmp_path: Path, text: str, **env: str) -> str:
 
 def test_the_shipped_registry_has_the_mission_models_with_their_facts(tmp_path):
     settings = load_settings(None, {"LLAMADOC_HOME": str(tmp_path)})
-    assert settings.default_vision == "qwen2.5-vl:7b"
+    assert settings.default_vision == "llama3.2-vision:11b"
     assert settings.default_guard == "llama-guard3:1b"
     expected = {
         "llama3.2-vision:11b": ("mllama", "vision"),

@@ -83,3 +83,14 @@ def test_the_vision_guard_screens_the_page_image(run_cli: Any, mllama_model: Pat
     [screen] = page["guard_in"]  # one check: the page image with the prompt; no "not screened" note
     assert screen["screened"] == "image+text" and screen["subject"] == "page image and prompt"
     assert screen["error"] is None and page["guard_out"]["subject"] == "answer"
+
+
+def test_offload_options_and_the_memory_estimate(run_cli: Any, mllama_model: Path, tmp_path: Path) -> None:
+    chart = tmp_path / "c.png"
+    fixture_image("wide").save(chart)
+    split = run_cli("ask", str(chart), "-q", "?", *args(mllama_model, "--gpu-layers", "2", "--format", "json"))
+    assert split.exit_code == 0, split.stderr
+    assert parse_json(split.stdout)["model"]["device"] == "CPU"  # no GPU here: every layer on the CPU
+    huge = run_cli("ask", str(chart), "-q", "?", *args(mllama_model, "--ctx", "400000000"))
+    assert huge.exit_code == 2  # refused before loading, not an allocation failure mid-run
+    assert "GiB on CPU" in huge.stderr and "kv_cache" in huge.stderr and "--ctx" in huge.stderr

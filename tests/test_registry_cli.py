@@ -63,7 +63,7 @@ def one_error_line(result, code: int) -> str:
 def test_list_shows_every_model_with_its_facts_and_presence(config):
     result = run("list", "--config", str(config))
     assert result.exit_code == 0, result.output
-    assert "qwen2.5-vl:7b (default)" in result.stdout and "llama-guard3:1b (default guard)" in result.stdout
+    assert "llama3.2-vision:11b (default)" in result.stdout and "llama-guard3:1b (default guard)" in result.stdout
     tiny = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
     assert tiny.split() == ["tiny", "mtmd", "vision", "F32", "600.0", "kB", "4,096", "1", "GB", "no"]
     assert "models folder:" in result.stdout and "(0 B used)" in result.stdout

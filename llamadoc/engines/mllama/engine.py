@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, LoadOptions
-from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 from llamadoc.errors import UsageError
+from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 
 from .model import BatchItem, Completion, MllamaModel
 from .sampling import schema_grammar

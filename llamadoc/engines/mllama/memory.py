@@ -36,16 +36,24 @@ class MemoryEstimate:
     def total(self, device: str) -> int:
         return sum(self.parts.get(device, {}).values())
 
-    def check(self, gpu: Device | None) -> None:
-        if gpu is None:
-            return
-        need = self.total("GPU") + HEADROOM
-        if need > gpu.memory_free:
-            detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.get("GPU", {}).items())
+    def check(self, gpu: Device | None, cpu: Device | None = None) -> None:
+        """A ModelError, before anything is allocated, when a device has too little free memory."""
+        if gpu is not None:
+            self._fits("GPU", gpu, self.parts.get("GPU", {}), "offload fewer layers (--gpu-layers N), or lower --ctx")
+        if cpu is not None and cpu.memory_total:
+            # Weights on the CPU are mapped from the file and paged in by the OS: not counted.
+            working = {k: v for k, v in self.parts.get("CPU", {}).items() if k != "weights"}
+            self._fits("CPU", cpu, working, "lower --ctx, or use a GPU")
+
+    @staticmethod
+    def _fits(kind: str, dev: Device, parts: dict[str, int], hint: str) -> None:
+        need = sum(parts.values()) + HEADROOM
+        if need > dev.memory_free:
+            detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items())
             raise ModelError(
-                f"the model needs {need / GIB:.1f} GiB on {gpu.label} ({detail} GiB), "
-                f"{gpu.memory_free / GIB:.1f} GiB are free",
-                hint="offload fewer layers (--gpu-layers N), or lower --ctx")
+                f"the model needs {need / GIB:.1f} GiB on {dev.label} ({detail} GiB), "
+                f"{dev.memory_free / GIB:.1f} GiB are free",
+                hint=hint)
 
     def summary(self) -> str:
         return "; ".join(f"{dev}: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items())

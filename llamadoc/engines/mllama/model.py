@@ -22,6 +22,7 @@ from llamadoc.errors import PageError, UsageError
 from . import ggml
 from .backend import (
     Runtime,
+    cpu_device,
     cpu_repack_buffer_type,
     flash_attention_supported,
     pick_gpu,
@@ -135,7 +136,7 @@ class MllamaModel:
             kv_type = ggml.F16 if kv_f16 else ggml.F32
             n_ctx = pad_keys(n_ctx)
             memory = estimate_memory(gguf, config, expected, groups, n_ctx, 1, image_cache, kv_type, n_batch)
-            memory.check(gpu)
+            memory.check(gpu, cpu_device())
             runtime = Runtime(gpu, threads or llamacpp.default_threads())
             try:
                 where = {g: runtime.buffer_type(on) for g, on in groups.items()}
