@@ -19,8 +19,7 @@ class LlamaGuardEngine:
     sees_images = False
 
     def __init__(self, options: LoadOptions, model_name: str) -> None:
-        import llama_cpp  # imported here: loading llama.cpp takes time and memory
-        from llama_cpp.llama_grammar import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar  # imported here: loading llama.cpp is slow
 
         llamacpp.set_logging(options.verbose)
         meta = gguf_metadata(options.model_path, ("{arch}.context_length",))
@@ -28,21 +27,8 @@ class LlamaGuardEngine:
             raise ModelError(f"{options.model_path} is a vision projector, not a guard model")
         trained = meta["{arch}.context_length"]
         self.n_ctx = options.n_ctx or min(GUARD_CONTEXT, int(trained) if trained else GUARD_CONTEXT)
-        gpu = llamacpp.gpu_available()
         threads = options.threads or max(1, llamacpp.default_threads() // 2)  # it shares the CPU
-        try:
-            self._llm = llama_cpp.Llama(
-                model_path=options.model_path,
-                n_ctx=self.n_ctx,
-                n_batch=min(self.n_ctx, 2048),
-                n_gpu_layers=(options.gpu_layers if options.gpu_layers >= 0 else 10_000) if gpu else 0,
-                n_threads=threads,
-                n_threads_batch=threads,
-                flash_attn=options.flash_attn and gpu,
-                verbose=options.verbose,
-            )
-        except ValueError as err:
-            raise ModelError(f"llama.cpp cannot load guard model {options.model_path}: {err}") from None
+        self._llm = llamacpp.load_llama(options, self.n_ctx, threads, what="guard model ")
         self.model_name = model_name
         self._prefix = self._tokens(ANSWER_PREFIX, special=False)
         self._unsafe_id = self._tokens("unsafe", special=False)[0]

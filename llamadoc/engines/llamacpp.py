@@ -1,10 +1,13 @@
-"""What the llama-cpp-python engines share: quiet logging, GPU detection, context sizing."""
+"""What the llama-cpp-python engines share: quiet logging, GPU detection, loading a model."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 from typing import Any
+
+from llamadoc.engines.base import LoadOptions
+from llamadoc.errors import ModelError
 
 _quiet_callback: Any = None  # kept referenced: ctypes callbacks die with their Python object
 
@@ -54,3 +57,30 @@ def describe_system() -> str:
     info = llama_cpp.llama_print_system_info()
     return info.decode() if isinstance(info, bytes) else str(info)
 
+
+def load_llama(options: LoadOptions, n_ctx: int, threads: int, what: str = "", **extra: Any) -> Any:
+    """A llama_cpp.Llama as both engines want it: all layers on the GPU unless told
+    otherwise, flash attention where there is a GPU, batches as large as the context."""
+    import llama_cpp
+
+    gpu = gpu_available()
+    try:
+        return llama_cpp.Llama(
+            model_path=options.model_path,
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 2048),
+            n_ubatch=min(n_ctx, 2048),
+            n_gpu_layers=gpu_layers(options) if gpu else 0,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=options.flash_attn and gpu,
+            verbose=options.verbose,
+            **extra,
+        )
+    except ValueError as err:
+        raise ModelError(f"llama.cpp cannot load {what}{options.model_path}: {err}") from None
+
+
+def gpu_layers(options: LoadOptions) -> int:
+    """Layers to offload when a GPU is there: -1 means all of them."""
+    return options.gpu_layers if options.gpu_layers >= 0 else 10_000

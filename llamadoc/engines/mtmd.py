@@ -86,33 +86,21 @@ class MtmdEngine:
     supports_schema = True
 
     def __init__(self, options: LoadOptions, max_pixels: int) -> None:
-        import llama_cpp  # imported here: loading llama.cpp takes time and memory
-
         if options.mmproj_path is None:
             raise ModelError(f"{options.model_path} needs a vision projector", hint="pass --mmproj PATH")
         llamacpp.set_logging(options.verbose)
         meta = _model_meta(options.model_path)
         self._geometry = projector_geometry(options.mmproj_path)
         gpu = llamacpp.gpu_available()
-        self.gpu_layers = (options.gpu_layers if options.gpu_layers >= 0 else 10_000) if gpu else 0
+        self.gpu_layers = llamacpp.gpu_layers(options) if gpu else 0
         n_ctx = options.n_ctx or self._context_size(options, max_pixels, meta["context"])
-        threads = options.threads or llamacpp.default_threads()
         try:
             handler = _data_uri_handler()(clip_model_path=options.mmproj_path, verbose=options.verbose, use_gpu=gpu)
-            self._llm = llama_cpp.Llama(
-                model_path=options.model_path,
-                chat_handler=handler,
-                n_ctx=n_ctx,
-                n_batch=min(n_ctx, 2048),
-                n_ubatch=min(n_ctx, 2048),
-                n_gpu_layers=self.gpu_layers,
-                n_threads=threads,
-                n_threads_batch=threads,
-                flash_attn=options.flash_attn and gpu,
-                verbose=options.verbose,
-            )
         except ValueError as err:
-            raise ModelError(f"llama.cpp cannot load {options.model_path}: {err}") from None
+            raise ModelError(f"cannot use vision projector {options.mmproj_path}: {err}") from None
+        self._llm = llamacpp.load_llama(
+            options, n_ctx, options.threads or llamacpp.default_threads(), chat_handler=handler
+        )
         if not isinstance(self._llm.metadata.get("tokenizer.chat_template"), str):
             raise ModelError(
                 f"{options.model_path} has no chat template (tokenizer.chat_template)",
