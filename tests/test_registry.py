@@ -446,3 +446,15 @@ def test_a_local_path_is_a_model_too(tmp_path):
     assert pair.engine == "mtmd" and pair.mmproj_path == tmp_path / "p.gguf"
     with pytest.raises(ModelError, match="does not exist"):
         registry.resolve(s, str(tmp_path / "missing.gguf"))
+
+
+def test_content_addressed_blobs_are_not_hashed_again(tmp_path):
+    digest = "ab" * 32
+    blob = tmp_path / f"sha256-{digest}"
+    blob.write_bytes(b"model bytes")
+    link = tmp_path / "model.gguf"
+    link.symlink_to(blob)
+    assert registry.file_sha256(link, tmp_path / "cache") == digest  # taken from the store's name
+    plain = tmp_path / "plain.gguf"
+    plain.write_bytes(b"model bytes")
+    assert registry.file_sha256(plain, tmp_path / "cache") == hashlib.sha256(b"model bytes").hexdigest()
