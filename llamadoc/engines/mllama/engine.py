@@ -14,6 +14,7 @@ from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOu
 from llamadoc.errors import UsageError
 from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 
+from . import ggml
 from .model import BatchItem, Completion, MllamaModel
 from .sampling import schema_grammar
 
@@ -25,6 +26,8 @@ def _load(options: LoadOptions) -> MllamaModel:
     if options.mmproj_path:
         raise UsageError(f"{options.model_path} is an mllama model: its vision tower is inside the file",
                          hint="drop --mmproj")
+    if options.verbose:
+        ggml.ECHO_LOGS = True  # --verbose: ggml's own lines, as the libmtmd engine shows llama.cpp's
     # The image costs one token (<|image|>); its features reach the text through cross-attention.
     n_ctx = options.n_ctx or -(-(options.prompt_tokens + options.max_tokens) // 256) * 256
     return MllamaModel.load(options.model_path, n_gpu_layers=options.gpu_layers, n_ctx=n_ctx,
