@@ -100,6 +100,7 @@ class Document:
         self.page_count = 0
         self._pdf: Any = None
         self._image: Image.Image | None = None
+        self._info: dict[int, tuple[str | None, bool]] = {}  # page_info, read once per page
         self._open()
 
     def __enter__(self) -> Document:
@@ -203,8 +204,11 @@ class Document:
         or drawings, without rasterising it."""
         if self._pdf is None:
             return None, True
-        page = self._pdf[index - 1]
-        return page.get_text("text").strip() or None, bool(page.get_images()) or bool(page.get_drawings())
+        if index not in self._info:  # ask's page plan reads it before the page is rendered
+            page = self._pdf[index - 1]
+            self._info[index] = (page.get_text("text").strip() or None,
+                                 bool(page.get_images()) or bool(page.get_drawings()))
+        return self._info[index]
 
     def _pdf_page(self, index: int) -> Page:
         import pymupdf
