@@ -9,7 +9,7 @@ import numpy as np
 from llamadoc.engines import llamacpp
 from llamadoc.engines.base import GuardOutput, LoadOptions
 from llamadoc.errors import EngineError, ModelError
-from llamadoc.ggufinfo import gguf_metadata
+from llamadoc.gguf_header import gguf_metadata
 from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 
 GUARD_CONTEXT = 4096  # a page of text per check; longer text is split into chunks

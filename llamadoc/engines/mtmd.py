@@ -17,7 +17,7 @@ from typing import Any
 from llamadoc.engines import llamacpp
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, LoadOptions
 from llamadoc.errors import EngineError, ModelError, PageError
-from llamadoc.ggufinfo import gguf_metadata
+from llamadoc.gguf_header import gguf_metadata
 
 
 def _image_uri(image: Any) -> str:

@@ -12,7 +12,7 @@ installation or in the Hugging Face cache are used where they are.
 
 from __future__ import annotations
 
-from llamadoc.registry.gguf_info import GgufSummary, gguf_architecture, gguf_summary
+from llamadoc.gguf_header import GgufSummary, gguf_architecture, gguf_summary
 from llamadoc.registry.hashing import file_sha256, fresh_sha256
 from llamadoc.registry.locate import LocalFile, is_present, locate
 from llamadoc.registry.maintain import Check, Removal, remove, verify
