@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
 from llamadoc.errors import ModelError
 
@@ -28,3 +30,19 @@ def load_guard_engine(engine: str, options: LoadOptions, model_name: str) -> Gua
 
         return MllamaGuardEngine(options, model_name)
     raise ModelError(f"engine {engine!r} cannot run a guard model", hint="pick a llama-guard model")
+
+
+def devices() -> list[dict[str, Any]]:
+    """ggml's devices (CPU, CUDA, Metal, ...) with their memory, for ``llamadoc doctor``."""
+    from llamadoc.engines import llamacpp
+    from llamadoc.engines.mllama.backend import describe_backends
+
+    llamacpp.set_logging(False)
+    return describe_backends()
+
+
+def gpu_offload() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU."""
+    from llamadoc.engines import llamacpp
+
+    return llamacpp.gpu_available()
