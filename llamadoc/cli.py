@@ -1,11 +1,14 @@
-"""The command line: parse options, call the library, map errors to exit codes. Thin."""
+"""The command line: parse options, call the library, print, exit with the report's code. Thin.
+
+Everything a document command does happens in ``Reader.run_batch``; this module turns
+options into its arguments and its events into lines on stdout and stderr.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,11 +16,12 @@ import typer
 
 from llamadoc.cli_common import Config, handles_errors, say
 from llamadoc.cli_models import doctor, models_app
-from llamadoc.errors import ExitCode, UsageError
+from llamadoc.errors import ExitCode
 
 EXIT_CODES = (
-    "Exit codes: 0 every document answered; 1 a document or page failed; "
-    "2 usage or configuration error; 3 the guard withheld an answer; 130 interrupted."
+    "Exit codes: 0 every document answered; 1 a document or page failed, a download failed, or memory ran out; "
+    "2 usage or configuration error (bad option, unknown or missing model, unusable -o); "
+    "3 the guard withheld an answer; 130 interrupted (Ctrl-C or SIGTERM)."
 )
 
 app = typer.Typer(
@@ -72,160 +76,65 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or pe
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 
 
-@dataclass(frozen=True)
-class Common:
-    """The options every document command shares, as typed by the user."""
-
-    files: list[str]
-    model: str | None
-    mmproj: str | None
-    fmt: str
-    output: Path | None
-    pages: str | None
-    password: str | None
-    dpi: float | None
-    max_pixels: int | None
-    gpu_layers: int
-    threads: int | None
-    ctx: int
-    max_tokens: int
-    temperature: float
-    seed: int
-    include: list[str] | None
-    exclude: list[str] | None
-    force: bool
-    shard: str | None
-    fail_on: str | None
-    quiet: bool
-    guard: str
-    guard_model: str | None
-    guard_threshold: float | None
-    guard_categories: str | None
-    config: Path | None
-    verbose: bool
-
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> Common:
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
-
-
-def _run(
-    task_factory: Callable[[], Any], opts: Common, *, per_page: bool = False, all_pages: bool = False,
-    embedded: str = "prefer",
-) -> None:
-    from llamadoc import render
-    from llamadoc.guard import MODES, GuardPolicy, parse_categories
+def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False) -> None:
+    """Options -> Reader.run_batch -> lines on stdout and stderr -> the report's exit code."""
+    from llamadoc import interrupt
+    from llamadoc.engines.base import Sampling
+    from llamadoc.guard import GuardPolicy, parse_categories
+    from llamadoc.options import RunOptions
+    from llamadoc.output import OutputSpec
     from llamadoc.progress import Progress
-    from llamadoc.raster import parse_pages
-    from llamadoc.reader import Reader
-    from llamadoc.report import Report, parse_fail_on
-    from llamadoc.sources import collect, output_names, shard
-    from llamadoc.verify import EMBEDDED_MODES
+    from llamadoc.raster import RasterOptions
+    from llamadoc.reader import Events, Reader, Selection
+    from llamadoc.render import for_stdout
+    from llamadoc.report import parse_fail_on
+    from llamadoc.sources import Shard as ShardSpec
 
-    if opts.fmt not in render.FORMATS:
-        raise UsageError(f"--format {opts.fmt!r} is not one of {', '.join(render.FORMATS)}")
-    if opts.pages is not None:
-        parse_pages(opts.pages)  # a bad range is a usage error before any model loads
-    if opts.dpi is not None and opts.dpi <= 0:
-        raise UsageError("--dpi must be positive")
-    if opts.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1")
-    if opts.threads is not None and opts.threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if opts.files.count("-") > 1:
-        raise UsageError("'-' (stdin) can be given once")
-    if embedded not in EMBEDDED_MODES:
-        raise UsageError(f"--embedded {embedded!r} is not one of {', '.join(EMBEDDED_MODES)}")
-    if opts.guard not in MODES:
-        raise UsageError(f"--guard {opts.guard!r} is not one of {', '.join(MODES)}")
-    if opts.guard_threshold is not None and not 0.0 <= opts.guard_threshold <= 1.0:
-        raise UsageError("--guard-threshold must be between 0 and 1")
-    policy = GuardPolicy(
-        mode=opts.guard, model=opts.guard_model, threshold=opts.guard_threshold,
-        categories=parse_categories(opts.guard_categories),
+    interrupt.install()
+    # Everything the user typed is checked before a model is resolved (or downloaded).
+    output = OutputSpec(dir=o["output"], format=o["fmt"])
+    options = RunOptions(
+        raster=RasterOptions(dpi=o["dpi"], max_pixels=o["max_pixels"], pages=o["pages"], password=o["password"]),
+        max_tokens=o["max_tokens"], sampling=Sampling(temperature=o["temperature"], seed=o["seed"]),
     )
-    fail_on = parse_fail_on(opts.fail_on)
-    task = task_factory()
-    sources = collect(opts.files, include=opts.include or (), exclude=opts.exclude or ())
-    names = output_names(sources, render.EXTENSIONS[opts.fmt])  # over the whole batch: shards agree
-    if opts.shard:
-        sources = shard(sources, opts.shard)
-        if not sources:
-            if not opts.quiet:
-                say(f"shard {opts.shard} has no documents")
-            raise typer.Exit(int(ExitCode.OK))
-    if all(s.error for s in sources):
-        # Nothing to read: report each argument and stop before loading a model.
-        for s in sources:
-            say(f"{s.label}: {s.error}")
-        raise typer.Exit(int(ExitCode.FAILED))
-    reader = Reader(
-        opts.model, mmproj=opts.mmproj, gpu_layers=opts.gpu_layers, threads=opts.threads, ctx=opts.ctx,
-        max_tokens=opts.max_tokens, verbose=opts.verbose, config=opts.config, notify=say, guard=policy,
-    )
-    options = reader.run_options(
-        pages=opts.pages, dpi=opts.dpi, max_pixels=opts.max_pixels, password=opts.password,
-        max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed, all_pages=all_pages,
-        embedded=embedded,
-    )
-    report = Report(fail_on=fail_on)
-    writer = _Writer(opts.fmt, opts.output, names, several=len(sources) > 1, per_page=per_page)
-    try:
-        with Progress(len(sources), enabled=False if opts.quiet else None) as progress:
-            for doc in reader.run(task, sources, options, force=opts.force, on_page=progress.page):
-                report.add(doc)
-                progress.document(doc)
-                if not opts.quiet:
-                    for line in report.problems(doc):
-                        progress.print(f"llamadoc: {line}")
-                written = writer.emit(doc)
-                if written and not opts.quiet:
+    select = Selection(include=tuple(o["include"] or ()), exclude=tuple(o["exclude"] or ()),
+                       shard=ShardSpec.parse(o["shard"]) if o["shard"] else None)
+    fail_on = parse_fail_on(o["fail_on"])
+    policy = GuardPolicy(mode=o["guard"], model=o["guard_model"], threshold=o["guard_threshold"],
+                         categories=parse_categories(o["guard_categories"]))
+    task = make_task()
+    quiet = o["quiet"]
+    notify = (lambda _m: None) if quiet else say
+    with Progress(enabled=False if quiet else None) as progress:
+        several = False
+
+        def started(documents: int) -> None:
+            nonlocal several
+            several = documents > 1
+            progress.start(documents)
+
+        def finished(doc: Any, written: Path | None, problems: list[str]) -> None:
+            progress.document(doc)
+            if output.dir is None:
+                sys.stdout.write(for_stdout(doc, output.format, several, per_page))
+                sys.stdout.flush()
+            if not quiet:
+                for line in problems:
+                    progress.print(f"llamadoc: {line}")
+                if written is not None:
                     progress.print(f"llamadoc: wrote {written}")
-    finally:
-        reader.close()
-    if len(sources) > 1 and not opts.quiet:
+
+        with Reader(o["model"], mmproj=o["mmproj"], gpu_layers=o["gpu_layers"], threads=o["threads"], ctx=o["ctx"],
+                    max_tokens=o["max_tokens"], verbose=o["verbose"], config=o["config"], notify=notify,
+                    guard=policy) as reader:
+            report = reader.run_batch(
+                task, o["files"], options, output=output, select=select, fail_on=fail_on, force=o["force"],
+                events=Events(on_start=started, on_page=progress.page, on_document=finished, notify=notify),
+            )
+    if report.documents > 1 and not quiet:
         for line in report.summary():
             say(line)
-    raise typer.Exit(int(report.exit_code()))
-
-
-class _Writer:
-    """Results to stdout, or one file per document with -o (atomically)."""
-
-    def __init__(self, fmt: str, output: Path | None, names: dict[str, str], several: bool, per_page: bool) -> None:
-        self.fmt = fmt
-        self.output = output
-        self.names = names
-        self.several = several
-        self.per_page = per_page
-
-    def emit(self, doc: Any) -> Path | None:
-        """Write or print one document; returns the file written, if any."""
-        from llamadoc import render
-        from llamadoc.results import Status
-
-        nothing = doc.status is Status.FAILED and not doc.pages
-        if self.output is not None:
-            if nothing and self.fmt in ("text", "md"):
-                return None  # nothing to write, and never an empty file that looks finished
-            path = self.output / self.names[doc.source]
-            if doc.cached and path.is_file():
-                return None  # finished by an earlier run: written once, left alone
-            render.write_atomic(path, render.render(doc, self.fmt))
-            return path
-        if self.fmt in ("json", "jsonl"):
-            text = render.render(doc, self.fmt)
-        else:
-            if nothing:
-                return None
-            text = render.render(doc, self.fmt)
-            if self.per_page and doc.task == "ask":
-                text = "".join(f"[page {p.index}] {p.answer}\n" for p in doc.pages if p.answer) + text
-            if self.several and self.fmt == "text":
-                text = f"==> {doc.source} <==\n{text}\n"
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return None
+    raise typer.Exit(int(report.exit_code))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -247,7 +156,7 @@ def ask(
     """Answer a question about each document, citing the pages it rests on."""
     from llamadoc.tasks import Ask
 
-    _run(lambda: Ask(question), Common.of(locals()), per_page=per_page, all_pages=all_pages)
+    _run(lambda: Ask(question, all_pages=all_pages), locals(), per_page=per_page)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -266,7 +175,7 @@ def describe(
     """Transcribe each document to Markdown, page by page."""
     from llamadoc.tasks import Describe
 
-    _run(Describe, Common.of(locals()))
+    _run(Describe, locals())
 
 
 @app.command(epilog=EXIT_CODES)
@@ -289,7 +198,7 @@ def extract(
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema
 
-    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema), Common.of(locals()), embedded=embedded)
+    _run(lambda: Extract(schema=load_schema(schema), schema_path=schema, embedded=embedded), locals())
 
 
 def main(argv: Iterable[str] | None = None) -> None:

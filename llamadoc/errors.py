@@ -1,6 +1,9 @@
 """One exception hierarchy. Every error knows its exit code and says how to fix it.
 
-The CLI maps these to one-line messages; nothing else in the package prints errors.
+The faces map these to one-line messages (the CLI) or error bodies (the server);
+nothing else in the package prints errors. The rule for the exit code: 2 when the
+command or the configuration must change before a retry can work, 1 when the run
+itself failed (a document, a download, the machine's memory).
 """
 
 from __future__ import annotations
@@ -43,9 +46,21 @@ class ConfigError(LlamadocError):
 
 
 class ModelError(LlamadocError):
-    """A model file is missing, unreadable, or does not fit the job."""
+    """A model file is missing, unreadable, or not the kind the job needs."""
 
     exit_code = ExitCode.USAGE
+
+
+class OutputError(LlamadocError):
+    """The output folder (-o) cannot be used: checked before any model loads."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ResourceError(LlamadocError):
+    """The machine lacks what the run needs (memory for the model or its computation)."""
+
+    exit_code = ExitCode.FAILED
 
 
 class GuardError(LlamadocError):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from llamadoc.engines.base import GuardOutput
+from llamadoc.engines.base import GuardOutput, JudgeRequest
 from llamadoc.errors import GuardError, LlamadocError, UsageError
 from llamadoc.results import Page, Verdict
 from llamadoc.store import Store, key
@@ -59,6 +60,14 @@ class GuardPolicy:
     model: str | None = None  # None: models.toml's default guard
     threshold: float | None = None  # unsafe when P(unsafe) >= threshold, whatever the text says
     categories: tuple[str, ...] = tuple(CATEGORIES)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--guard {self.mode!r} is not one of {', '.join(MODES)}")
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not math.isfinite(t) or not 0.0 <= t <= 1.0):
+            raise UsageError("--guard-threshold must be between 0 and 1")
+        parse_categories(",".join(self.categories))
 
     def recorded(self) -> dict[str, object]:
         return {"guard": self.mode, "guard_threshold": self.threshold, "guard_categories": list(self.categories)}
@@ -142,20 +151,39 @@ def _image_digest(image: Image) -> str:
 
 @dataclass
 class Guard:
-    """A guard engine under a policy, with verdicts cached by content hash."""
+    """A guard engine under a policy, with verdicts cached by content hash. The engine is
+    loaded on first use: a run whose pages all come from the store never loads it."""
 
-    engine: GuardEngine
+    load: Callable[[], GuardEngine]
     policy: GuardPolicy
+    name: str
     store: Store | None = None
     identity: str = ""  # the guard model file (path, size, mtime): part of the cache key
+    _engine: GuardEngine | None = field(default=None, init=False)
     _overhead: int = field(default=0, init=False)
     # Input checks run on the rasterising thread, output checks on the model's: one
     # engine (one llama.cpp context) must never serve both at once.
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
 
     @property
-    def name(self) -> str:
-        return self.engine.model_name
+    def engine(self) -> GuardEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self.load()
+            return self._engine
+
+    def check_fits(self, prompts: Sequence[str]) -> None:
+        """Stop the run (GuardError, exit 2) when a task prompt can never be screened:
+        checked once, before the first page, instead of failing every page."""
+        engine = self.engine
+        with self._lock:
+            overhead = engine.count_tokens(build_prompt(["", ""], self.policy.categories)) + MAX_VERDICT_TOKENS + 8
+            longest = max(engine.count_tokens(p) for p in prompts)
+        if overhead + longest + 64 > engine.n_ctx:  # 64: the least answer chunk worth screening
+            raise GuardError(
+                f"the task prompt ({longest} tokens) cannot fit the guard's context of {engine.n_ctx} tokens",
+                hint="shorten the question or the schema, use a guard model with a larger context, or --guard off",
+            )
 
     def unsafe(self, verdicts: Sequence[Verdict]) -> bool:
         return any(v.safe is False for v in verdicts)
@@ -205,13 +233,18 @@ class Guard:
         prompt = build_prompt(messages, self.policy.categories, image=image is not None)
         cache_key = key("guard-v1", self.identity or self.name, prompt, _image_digest(image) if image else "")
         started = time.perf_counter()
-        cached = self.store.get(cache_key) if self.store else None
+        entry = self.store.get(cache_key) if self.store else None
+        cached = _cached_output(entry)
+        if entry is not None and cached is None and self.store is not None:
+            self.store.refuse()  # another version's or a damaged entry: judged again and replaced
         if cached is not None:
-            output = GuardOutput(text=cached["text"], p_unsafe=cached["p_unsafe"])
+            output = cached
         else:
+            request = JudgeRequest(prompt=prompt, answer_prefix=ANSWER_PREFIX, grammar=VERDICT_GRAMMAR,
+                                   max_tokens=MAX_VERDICT_TOKENS, unsafe_word="unsafe", image=image)
             try:
                 with self._lock:
-                    output = self.engine.judge(prompt, image=image)
+                    output = self.engine.judge(request)
             except LlamadocError as err:
                 return Verdict(safe=None, model=self.name, subject=subject, error=f"the guard failed: {err}",
                                screened=self._screened(image))
@@ -251,4 +284,17 @@ class Guard:
         )
 
     def close(self) -> None:
-        self.engine.close()
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+
+def _cached_output(entry: Any) -> GuardOutput | None:
+    """A verdict cache entry as written by this version, else None (a miss)."""
+    if not isinstance(entry, dict) or set(entry) != {"text", "p_unsafe"} or not isinstance(entry["text"], str):
+        return None
+    p = entry["p_unsafe"]
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float)):
+        return None
+    return GuardOutput(text=entry["text"], p_unsafe=float(p) if p is not None else None)

@@ -2,9 +2,11 @@
 
 sources -> pages (prefetch.py, a worker thread) -> guard(in) -> analyze -> validate
 -> guard(out) -> results. Pages of several documents go to the engine together when
-it decodes a batch of sequences at once (``engine.max_batch``); results still come
-out whole, one document at a time, in the order the documents were given. Failures
-of a page or a document become data in its result; only bugs raise.
+it decodes a batch of sequences at once; results still come out whole, one document
+at a time, in the order the documents were given. What a task does with a page is
+the task's (tasks/); this module never asks which task it runs. Failures of a page or
+a document become data in its result; only bugs raise. Engines load on first need:
+a batch whose documents all come from the store loads none.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, Sampling, VisionEngine
+from llamadoc import interrupt
+from llamadoc.codec import from_dict, to_dict
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
 from llamadoc.errors import LlamadocError
 from llamadoc.guard import Guard
+from llamadoc.options import RunOptions
 from llamadoc.prefetch import (
     ALL_DONE,
     DOC_END,
+    Busy,
     Crash,
     DocFailed,
     DocStart,
@@ -32,44 +37,21 @@ from llamadoc.prefetch import (
     PageSkipped,
     Prefetcher,
 )
-from llamadoc.quality import cut_runaway
-from llamadoc.raster import RasterOptions
-from llamadoc.render import from_dict, to_dict
-from llamadoc.results import Check, DocumentResult, ModelInfo, Page, PageResult, Status, Verdict
+from llamadoc.results import Check, DocumentResult, ModelInfo, PageResult, Status, Verdict
 from llamadoc.sources import Source
-from llamadoc.store import Store, key
-from llamadoc.tasks import Ask, Extract, PageReply, Task, merge_fields, schema_error
-from llamadoc.verify import extraction_checks
+from llamadoc.store import RunIdentity, Store
+from llamadoc.tasks import FollowUpAnswer, PageReply, Task
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    raster: RasterOptions = field(default_factory=RasterOptions)
-    max_tokens: int = 1024
-    sampling: Sampling = field(default_factory=Sampling)
-    all_pages: bool = False  # ask: read pages whose text layer shows they cannot matter
-    embedded: str = "prefer"  # extract: an embedded e-invoice is read (prefer), checked against (compare), or not
-
-    def recorded(self) -> dict[str, Any]:
-        """The options that shape an answer, as the result document records them."""
-        return {
-            "dpi": self.raster.dpi,
-            "max_pixels": self.raster.max_pixels,
-            "pages": self.raster.pages,
-            "max_tokens": self.max_tokens,
-            "temperature": self.sampling.temperature,
-            "top_p": self.sampling.top_p,
-            "seed": self.sampling.seed,
-            "all_pages": self.all_pages,
-            "embedded": self.embedded,
-        }
+# The engine's own split of a call's time, copied into each page's timings beside raster and model.
+ENGINE_TIMINGS = ("vision_encode", "prefill", "decode")
+BUSY = "another llamadoc run on the same output is working on it"
 
 
 @dataclass
 class _Doc:
     """A document on its way through: its pages so far, and whether more may come."""
 
-    item: DocStart | DocFailed | Known
+    item: DocStart | DocFailed | Known | Busy
     pages: dict[int, PageResult] = field(default_factory=dict)
     replies: dict[int, PageReply] = field(default_factory=dict)
     ended: bool = False
@@ -82,6 +64,7 @@ class _Work:
     """One page in a batch."""
 
     doc: _Doc
+    start: DocStart
     ready: PageReady
     result: PageResult
     prompt: str
@@ -92,43 +75,52 @@ class _Work:
 class Pipeline:
     def __init__(
         self,
-        engine: VisionEngine,
+        engine: Callable[[], VisionEngine],
         task: Task,
         options: RunOptions,
-        model: ModelInfo,
+        model: Callable[[], ModelInfo],
+        *,
+        identity: RunIdentity | None = None,
         guard: Guard | None = None,
         store: Store | None = None,
-        store_key: str = "",
         force: bool = False,
+        claim: Callable[[str], bool] = lambda _sha: True,
         on_page: Callable[[PageResult], None] = lambda _p: None,
+        batch: int = 1,
     ) -> None:
-        self.engine = engine
+        self.engine = engine  # loads the vision engine on first call (Reader.vision_engine)
         self.task = task
         self.options = options
-        self.model = model
+        self.model = model  # the model's info, with its device once loaded
         self.guard = guard
+        self.identity = identity or RunIdentity(task.name, run_options(task, options, guard))
         self.block = guard is not None and guard.policy.mode == "block"
-        self.store = store  # finished results, for resuming; keyed by store_key + document hash
-        self.store_key = store_key
+        self.store = store  # finished results, for resuming; keyed by the identity and the document hash
         self.force = force  # redo documents the store already has
+        self.claim = claim
         self.on_page = on_page
-        self.batch = max(1, engine.max_batch)
+        self.batch = max(1, batch)
         self._finished: dict[str, DocumentResult] = {}  # by hash, for duplicates
+        self._follow_up_ms = 0.0  # the current document's follow-up calls
 
-    def _lookup(self, sha256: str) -> dict[str, Any] | None:
+    def _lookup(self, sha256: str) -> DocumentResult | None:
         if self.store is None or self.force:
             return None
-        stored = self.store.get(key(self.store_key, sha256))
-        return stored if isinstance(stored, dict) else None
+        stored = self.store.get(self.identity.key(sha256))
+        if stored is None:
+            return None
+        try:
+            return from_dict(stored)
+        except ValueError:
+            self.store.refuse()  # another version's, or damaged: a miss, done again and replaced
+            return None
 
     def run(self, sources: Iterable[Source]) -> Iterator[DocumentResult]:
         """Results document by document, as each finishes, in the order given."""
-        items: queue.Queue[Any] = queue.Queue(maxsize=2 * self.batch + 2)
+        items: queue.Queue[object] = queue.Queue(maxsize=2 * self.batch + 2)
         stop = threading.Event()
-        prefetcher = Prefetcher(
-            task=self.task, raster=self.options.raster, embedded=self.options.embedded,
-            all_pages=self.options.all_pages, guard=self.guard, lookup=self._lookup,
-        )
+        prefetcher = Prefetcher(task=self.task, raster=self.options.raster, guard=self.guard,
+                                lookup=self._lookup, claim=self.claim)
         worker = threading.Thread(target=prefetcher.run, args=(sources, items, stop), daemon=True)
         worker.start()
         docs: deque[_Doc] = deque()
@@ -148,13 +140,13 @@ class Pipeline:
                     break
                 if isinstance(item, Crash):
                     raise item.error
-                if isinstance(item, DocStart | DocFailed | Known):
+                if isinstance(item, DocStart | DocFailed | Known | Busy):
                     docs.append(_Doc(item, ended=not isinstance(item, DocStart)))
                 elif item is DOC_END:
                     docs[-1].ended = True
                 elif isinstance(item, PageSkipped):
                     docs[-1].pages[item.index] = _skipped(item)
-                else:
+                elif isinstance(item, PageReady):
                     docs[-1].in_flight += 1
                     batch.append((docs[-1], item))
                     if len(batch) >= self.batch:
@@ -170,7 +162,7 @@ class Pipeline:
     def _finished_docs(self, docs: deque[_Doc]) -> Iterator[DocumentResult]:
         while docs and docs[0].ended and not docs[0].in_flight:
             doc = self._finish(docs.popleft())
-            if doc.sha256:
+            if doc.sha256 and doc.status is not Status.SKIPPED:
                 self._finished.setdefault(doc.sha256, doc)
             yield doc
 
@@ -185,34 +177,32 @@ class Pipeline:
                 self._done(doc, result, None, ready)
                 continue
             assert isinstance(doc.item, DocStart)
-            work.append(_Work(doc, ready, result, self.task.prompt(doc.item.page_count)))
+            work.append(_Work(doc, doc.item, ready, result, self.task.prompt(doc.item.page_count)))
         self._answer(work, [w.prompt for w in work])
-        if isinstance(self.task, Extract):
-            # One re-ask that shows the model its mistake, then a recorded failure.
-            again = [w for w in work if w.reply is not None and w.reply.error]
-            for w in again:
-                w.result.errors.append(f"first answer did not match the schema: {w.reply.error}")  # type: ignore[union-attr]
-            self._answer(again, [
-                self.task.prompt(w.doc.item.page_count, previous_error=w.reply.error)  # type: ignore[union-attr]
-                for w in again
-            ])
+        # One re-ask that shows the model its mistake, then a recorded failure.
+        again = [w for w in work if w.reply is not None and w.reply.retry]
+        for w in again:
+            w.result.warnings.append(f"the first answer was asked again: {w.reply.error}")  # type: ignore[union-attr]
+        self._answer(again, [self.task.prompt(w.start.page_count, previous=w.reply) for w in again])
         for w in work:
             self._done(w.doc, w.result, self._finish_page(w), w.ready)
+        interrupt.check()  # a Ctrl-C that landed inside llama.cpp stops the run here
 
     def _answer(self, work: Sequence[_Work], prompts: Sequence[str]) -> None:
         """Model calls for a batch: together when the engine can, one at a time if one fails."""
         if not work:
             return
-        requests = [self._request(p, w.ready.page) for w, p in zip(work, prompts, strict=True)]
+        engine = self.engine()
+        requests = [self._request(p, w.ready) for w, p in zip(work, prompts, strict=True)]
         try:
             responses: list[GenerationResponse | LlamadocError] = (
-                list(self.engine.generate_batch(requests)) if len(requests) > 1 else [self.engine.generate(requests[0])]
+                list(engine.generate_batch(requests)) if len(requests) > 1 else [engine.generate(requests[0])]
             )
         except LlamadocError as err:
             if len(requests) == 1:
                 responses = [err]
             else:  # find the page at fault: the others still get their answers
-                responses = [self._one(r) for r in requests]
+                responses = [self._one(engine, r) for r in requests]
         for w, response in zip(work, responses, strict=True):
             if isinstance(response, LlamadocError):
                 w.result.status = Status.FAILED
@@ -220,24 +210,19 @@ class Pipeline:
                 w.response = w.reply = None
                 continue
             _record(w.result, response)
-            if not isinstance(self.task, Extract):  # JSON that loops fails its schema and is re-asked
-                text, runaway = cut_runaway(response.text)
-                if runaway:
-                    response = replace(response, text=text)
-                    w.result.status = Status.PARTIAL
-                    w.result.checks.append(Check(name="repetition", status="fail", detail=f"cut: {runaway}"))
             w.response, w.reply = response, self.task.read(response.text)
 
-    def _one(self, request: GenerationRequest) -> GenerationResponse | LlamadocError:
+    @staticmethod
+    def _one(engine: VisionEngine, request: GenerationRequest) -> GenerationResponse | LlamadocError:
         try:
-            return self.engine.generate(request)
+            return engine.generate(request)
         except LlamadocError as err:
             return err
 
-    def _request(self, prompt: str, page: Page | None) -> GenerationRequest:
+    def _request(self, prompt: str, ready: PageReady | None) -> GenerationRequest:
         return GenerationRequest(
             prompt=prompt,
-            images=(page.image,) if page is not None else (),
+            images=(ready.page.image,) if ready is not None else (),
             schema=self.task.schema,
             max_tokens=self.options.max_tokens,
             sampling=self.options.sampling,
@@ -249,13 +234,15 @@ class Pipeline:
         if reply is None or response is None:
             return None
         result.answer, result.fields = reply.answer, reply.fields
-        if isinstance(self.task, Extract):
-            result.checks.append(_schema_check(reply.error))
+        result.checks.extend(reply.checks)
+        if reply.cut:
+            result.status = Status.PARTIAL
+            result.checks.append(Check(name="repetition", status="fail", detail=f"cut: {reply.cut}"))
         if reply.error:
             result.status = Status.FAILED
             result.errors.append(reply.error)
         if response.finish_reason == "length":
-            result.errors.append(f"the answer reached --max-tokens ({self.options.max_tokens}) and may be cut short")
+            result.warnings.append(f"the answer reached --max-tokens ({self.options.max_tokens}) and may be cut short")
         if self.guard is not None:
             started = time.perf_counter()
             said = json.dumps(reply.fields, ensure_ascii=False) if reply.fields is not None else reply.answer or ""
@@ -277,21 +264,45 @@ class Pipeline:
     def _held_back(self, result: PageResult, verdicts: list[Verdict], what: str) -> bool:
         """Apply the policy to a page's verdicts: True when the page stops here."""
         assert self.guard is not None
+        problem = self._guard_problem(verdicts, what)
+        if problem is None:
+            return False
+        unjudged, message = problem
+        if not self.block:
+            result.warnings.append(message if unjudged else f"{message}; flagged")
+            return False
+        # Unjudged is not safe: withhold, and say why.
+        result.status = Status.FAILED if unjudged else Status.BLOCKED
+        result.errors.append(message if unjudged else f"{message}; withheld")
+        return True
+
+    def _guard_problem(self, verdicts: Sequence[Verdict], what: str) -> tuple[bool, str] | None:
+        """(unjudged, message) when the verdicts stop or flag content, else None."""
+        assert self.guard is not None
         failure = self.guard.failed(verdicts)
         if failure:
-            result.errors.append(failure)
-            if self.block:  # unjudged is not safe: withhold, and say why
-                result.status = Status.FAILED
-                return True
+            return True, failure
         if self.guard.unsafe(verdicts):
             codes = sorted({c for v in verdicts if v.safe is False for c in v.categories})
-            reason = f"{what} was judged unsafe ({', '.join(codes) or 'above the threshold'})"
-            if self.block:
-                result.status = Status.BLOCKED
-                result.errors.append(f"{reason}; withheld")
-                return True
-            result.errors.append(f"{reason}; flagged")
-        return False
+            return False, f"{what} was judged unsafe ({', '.join(codes) or 'above the threshold'})"
+        return None
+
+    def _follow_up(self, prompt: str) -> FollowUpAnswer:
+        """A model call after the pages (ask: combining their answers), screened like a page's."""
+        started = time.perf_counter()
+        try:
+            text = self.engine().generate(self._request(prompt, None)).text
+        except LlamadocError as err:
+            return FollowUpAnswer(text=None, problem=str(err))
+        finally:
+            self._follow_up_ms += (time.perf_counter() - started) * 1000
+        if self.guard is None or not text.strip():
+            return FollowUpAnswer(text=text)
+        verdict = self.guard.check_output(self.task.prompt(1), text)
+        problem = self._guard_problem([verdict], "the combined answer")
+        if problem is not None and self.block:
+            return FollowUpAnswer(text=None, verdict=verdict, problem=problem[1])
+        return FollowUpAnswer(text=text, verdict=verdict, problem=problem[1] if problem else None)
 
     # -- documents -------------------------------------------------------------------
 
@@ -299,81 +310,64 @@ class Pipeline:
         item = state.item
         if isinstance(item, Known):
             if item.stored is not None:
-                return replace(from_dict(item.stored), source=item.source.label, cached=True)
+                return replace(item.stored, source=item.source.label, cached=True)
             first = self._finished[item.sha256]
             return replace(first, source=item.source.label, duplicate_of=first.source)
         doc = DocumentResult(
-            source=item.source.label, task=self.task.name, sha256=item.sha256, model=self.model,
-            options=self._options(), guard_model=self.guard.name if self.guard else None,
+            source=item.source.label, task=self.task.name, sha256=item.sha256,
+            options=dict(self.identity.options), guard_model=self.guard.name if self.guard else None,
         )
+        if isinstance(item, Busy):
+            doc.status, doc.skipped_reason = Status.SKIPPED, BUSY
+            return doc
+        doc.model = self.model()
         if isinstance(item, DocFailed):
-            doc.status, doc.errors = Status.FAILED, [item.error]
+            doc.errors = [item.error]
+            doc.status = document_status(doc, opened=False)
             return doc
         doc.page_count = item.page_count
-        skipped = {i: PageResult(index=i, status=Status.SKIPPED, skipped_reason=why) for i, why in item.skipped.items()}
+        skipped = {i: PageResult(index=i, status=Status.SKIPPED, skipped_reason=why)
+                   for i, why in item.plan.skipped.items()}
         pages = skipped | state.pages
         doc.pages = [pages[i] for i in sorted(pages)]
-        doc.errors.extend(item.notes)
-        self._combine(doc, state.replies)
-        if isinstance(self.task, Extract):
-            if item.use_invoice and item.invoice is not None:
-                doc.fields, doc.embedded = item.invoice.to_fields(), item.invoice_name
-            doc.checks.extend(
-                extraction_checks(doc, self.task, item.invoice, compare=self.options.embedded != "ignore")
-            )
-        doc.status = document_status(doc.pages)
-        if doc.status is Status.OK and doc.guard_out is not None and doc.answer is None:
-            doc.status = Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
+        doc.warnings.extend(item.plan.notes)
+        usable = {i: r for i, r in state.replies.items() if pages[i].status in (Status.OK, Status.PARTIAL)}
+        self._follow_up_ms = 0.0
+        self.task.combine(doc, usable, item.plan, self._follow_up)
+        if self._follow_up_ms:
+            doc.timings_ms["combine"] = round(self._follow_up_ms, 2)
+        doc.model = self.model()  # a follow-up call may have been the first to load it
+        doc.status = document_status(doc)
         if doc.status is Status.FAILED and not doc.errors:
             doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
         doc.timings_ms["total"] = round((time.perf_counter() - state.started) * 1000, 2)
         if self.store is not None and doc.status is not Status.FAILED:
-            self.store.put(key(self.store_key, item.sha256), to_dict(doc))
+            self.store.put(self.identity.key(item.sha256), to_dict(doc))
         return doc
 
-    def _options(self) -> dict[str, Any]:
-        guard = self.guard.policy.recorded() if self.guard else {"guard": "off"}
-        return self.task.options() | self.options.recorded() | guard
 
-    def _combine(self, doc: DocumentResult, replies: dict[int, PageReply]) -> None:
-        """Fold page replies into the document's answer or record."""
-        status = {p.index: p.status for p in doc.pages}
-        usable = {i: r for i, r in replies.items() if status[i] in (Status.OK, Status.PARTIAL)}
-        if isinstance(self.task, Extract):
-            records = [(i, r.fields) for i, r in sorted(usable.items()) if r.fields is not None]
-            if records:
-                doc.fields, doc.field_pages = merge_fields(records)
-                doc.checks.append(_schema_check(schema_error(doc.fields, self.task.schema)))
-            return
-        if not isinstance(self.task, Ask):
-            return
-        found = [(i, r.answer or "") for i, r in sorted(usable.items()) if r.found]
-        doc.cited_pages = [i for i, _ in found]
-        if not found:
-            doc.answer = "The pages read do not answer this question." if usable else None
-        elif len(found) == 1:
-            doc.answer = found[0][1]
-        else:
-            self._combine_answers(doc, self.task, found)
+def run_options(task: Task, options: RunOptions, guard: Guard | None) -> dict[str, object]:
+    """Every option that shapes an answer, as each result records it (and the store keys it)."""
+    policy = guard.policy.recorded() if guard else {"guard": "off"}
+    return task.options() | options.recorded() | policy
 
-    def _combine_answers(self, doc: DocumentResult, task: Ask, found: list[tuple[int, str]]) -> None:
-        started = time.perf_counter()
-        try:
-            doc.answer = self.engine.generate(self._request(task.combine_prompt(found), None)).text.strip()
-        except LlamadocError as err:
-            doc.errors.append(f"combining the page answers failed: {err}")
-            doc.answer = "\n".join(f"(page {i}) {a}" for i, a in found)
-        doc.timings_ms["combine"] = round((time.perf_counter() - started) * 1000, 2)
-        if self.guard is None or not doc.answer:
-            return
-        doc.guard_out = self.guard.check_output(task.prompt(1), doc.answer)
-        problem = doc.guard_out.error or (
-            f"judged unsafe ({', '.join(doc.guard_out.categories) or 'above the threshold'})"
-            if doc.guard_out.safe is False else None
-        )
-        if problem and self.block:
-            doc.answer = None
-            doc.errors.append(f"the combined answer was withheld: {problem}")
+
+def document_status(doc: DocumentResult, opened: bool = True) -> Status:
+    """The one place a document's status is decided, from its pages' statuses.
+
+    ok: every page read answered; partial: some did; failed/blocked: none did; failed
+    when it could not be opened; blocked (or failed) when the answer combined from its
+    pages was withheld."""
+    if not opened:
+        return Status.FAILED
+    statuses = {p.status for p in doc.pages if p.status is not Status.SKIPPED}
+    if not statuses <= {Status.OK}:
+        if statuses & {Status.OK, Status.PARTIAL}:  # some page gave a (possibly cut) answer
+            return Status.PARTIAL
+        return Status.FAILED if Status.FAILED in statuses else Status.BLOCKED
+    if doc.guard_out is not None and doc.answer is None:
+        return Status.BLOCKED if doc.guard_out.safe is False else Status.FAILED
+    return Status.OK
 
 
 def _new_page(ready: PageReady) -> PageResult:
@@ -398,19 +392,6 @@ def _record(result: PageResult, response: GenerationResponse) -> None:
     """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
     for kind, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
         result.tokens[kind] = result.tokens.get(kind, 0) + value
-    model_ms = response.timings_ms.get("model", 0.0)
-    result.timings_ms["model"] = round(result.timings_ms.get("model", 0.0) + model_ms, 2)
-
-
-def _schema_check(error: str | None) -> Check:
-    return Check(name="schema", status="fail" if error else "pass", detail=error or "")
-
-
-def document_status(pages: list[PageResult]) -> Status:
-    """ok: every page read answered; partial: some did; failed/blocked: none did."""
-    statuses = {p.status for p in pages if p.status is not Status.SKIPPED}
-    if statuses <= {Status.OK}:
-        return Status.OK
-    if statuses & {Status.OK, Status.PARTIAL}:  # some page gave a (possibly cut) answer
-        return Status.PARTIAL
-    return Status.FAILED if Status.FAILED in statuses else Status.BLOCKED
+    for name in ("model", *ENGINE_TIMINGS):
+        if name in response.timings_ms:
+            result.timings_ms[name] = round(result.timings_ms.get(name, 0.0) + response.timings_ms[name], 2)

@@ -1,4 +1,4 @@
-"""The worker thread ahead of the model: open, hash, rasterise, and screen each page.
+"""The worker thread ahead of the model: open, hash, plan, rasterise, and screen each page.
 
 It hands the model thread a stream of small items through a bounded queue, so the
 model never waits for PyMuPDF (or for the guard's input check) and memory stays
@@ -15,16 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llamadoc import einvoice
-from llamadoc.einvoice import EInvoice
 from llamadoc.errors import DocumentError
 from llamadoc.guard import Guard
 from llamadoc.quality import is_blank
 from llamadoc.raster import Document, RasterOptions, open_document
-from llamadoc.results import Page, Verdict
+from llamadoc.results import DocumentResult, Page, Verdict
 from llamadoc.sources import Source
-from llamadoc.tasks import Ask, Extract, Task
-from llamadoc.verify import embedded_fields
+from llamadoc.tasks import Plan, Task
 
 
 @dataclass
@@ -32,11 +29,7 @@ class DocStart:
     source: Source
     sha256: str
     page_count: int
-    skipped: dict[int, str]  # pages not worth the model, and why
-    invoice: EInvoice | None = None  # an embedded e-invoice, read exactly
-    invoice_name: str | None = None
-    use_invoice: bool = False  # --embedded prefer and it fits: no page goes to the model
-    notes: list[str] = field(default_factory=list)
+    plan: Plan
 
 
 @dataclass
@@ -48,12 +41,20 @@ class DocFailed:
 
 @dataclass
 class Known:
-    """A document whose result exists: in the store from an earlier run, or earlier
-    in this run (the same bytes under another name)."""
+    """A document whose result exists: in the store from an earlier run (``stored``), or
+    earlier in this run (the same bytes under another name: ``stored`` is None)."""
 
     source: Source
     sha256: str
-    stored: dict[str, Any] | None  # the stored result; None: a duplicate within this run
+    stored: DocumentResult | None
+
+
+@dataclass
+class Busy:
+    """A document another run on the same output is working on: left to it."""
+
+    source: Source
+    sha256: str
 
 
 @dataclass
@@ -84,11 +85,11 @@ ALL_DONE = object()
 class Prefetcher:
     task: Task
     raster: RasterOptions
-    embedded: str = "prefer"
-    all_pages: bool = False
     guard: Guard | None = None
-    lookup: Callable[[str], dict[str, Any] | None] = lambda _sha: None  # finished results by hash
+    lookup: Callable[[str], DocumentResult | None] = lambda _sha: None  # finished results by hash
+    claim: Callable[[str], bool] = lambda _sha: True  # False: another run is doing this document
     _seen: set[str] = field(default_factory=set)
+    _guard_checked: bool = False
 
     def run(self, sources: Iterable[Source], out: queue.Queue[Any], stop: threading.Event) -> None:
         def put(item: Any) -> None:
@@ -105,7 +106,7 @@ class Prefetcher:
                     return
                 self._document(source, put)
             put(ALL_DONE)
-        except BaseException as err:  # a bug: hand it to the model thread to raise
+        except BaseException as err:  # a bug, or a run-wide error: the model thread raises it
             put(Crash(err))
 
     def _document(self, source: Source, put: Callable[[Any], None]) -> None:
@@ -119,15 +120,20 @@ class Prefetcher:
                 return
             self._seen.add(sha256)
             stored = self.lookup(sha256)
+            if stored is None and not self.claim(sha256):
+                put(Busy(source, sha256))
+                return
+            if stored is None:
+                stored = self.lookup(sha256)  # finished by another run while we waited for its lock
             if stored is not None:
                 put(Known(source, sha256, stored))
                 return
             with open_document(source, self.raster) as doc:
                 indices = doc.selected()
-                start = self._embedded(DocStart(source, sha256, doc.page_count, self._plan(doc, indices)), doc)
-                put(start)
-                for index in [] if start.use_invoice else indices:
-                    if index not in start.skipped:
+                plan = self.task.plan(doc, indices)
+                put(DocStart(source, sha256, doc.page_count, plan))
+                for index in [] if plan.answered else indices:
+                    if index not in plan.skipped:
                         put(self._page(doc, index))
                 put(DOC_END)
         except OSError as err:
@@ -146,40 +152,11 @@ class Prefetcher:
         raster_ms = (time.perf_counter() - started) * 1000
         if self.guard is None:
             return PageReady(page, raster_ms)
+        if not self._guard_checked:  # once, before the first page: a prompt that can never fit stops the run
+            self.guard.check_fits([self.task.prompt(1), self.task.prompt(2)])
+            self._guard_checked = True
         # The input check runs here, so the guard judges the next page while the
         # vision model answers this one.
         started = time.perf_counter()
         verdicts = self.guard.check_input(self.task.prompt(doc.page_count), page)
         return PageReady(page, raster_ms, verdicts, (time.perf_counter() - started) * 1000)
-
-    def _plan(self, doc: Document, indices: list[int]) -> dict[int, str]:
-        """Pages the text layer shows cannot matter to the question (ask only)."""
-        if not isinstance(self.task, Ask) or self.all_pages or len(indices) < 2 or doc.kind != "pdf":
-            return {}
-        task = self.task
-        skip = {
-            i: "its text layer shares no word with the question and it has no pictures"
-            for i in indices
-            if not task.relevant(*doc.page_info(i))
-        }
-        return {} if len(skip) == len(indices) else skip  # nothing to prefer: read them all
-
-    def _embedded(self, start: DocStart, doc: Document) -> DocStart:
-        """Look for an e-invoice in the PDF's attachments (extract only)."""
-        if not isinstance(self.task, Extract) or self.embedded == "ignore":
-            return start
-        found = einvoice.find(doc.embedded_files())
-        if found is None:
-            return start
-        start.invoice_name = found[0]
-        try:
-            start.invoice = einvoice.parse(found[1], found[0])
-        except DocumentError as err:
-            start.notes.append(f"the embedded e-invoice cannot be used ({err}); the pages were read instead")
-            return start
-        if self.embedded == "prefer":
-            fields, why_not = embedded_fields(self.task, start.invoice)
-            start.use_invoice = fields is not None
-            if why_not:
-                start.notes.append(f"the embedded e-invoice {found[0]} was not used: {why_not}")
-        return start

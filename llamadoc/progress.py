@@ -14,15 +14,21 @@ from llamadoc.results import DocumentResult, PageResult
 
 
 class Progress:
-    def __init__(self, documents: int, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.documents = documents
+        self.documents = 0
         self.pages = 0
         self.started = time.perf_counter()
         self._bar: Any = None
 
     def __enter__(self) -> Progress:
-        if self.enabled:
+        return self
+
+    def start(self, documents: int) -> None:
+        """The bar appears once the batch knows how many documents it holds."""
+        self.documents = documents
+        self.started = time.perf_counter()
+        if self.enabled and self._bar is None:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
@@ -34,7 +40,6 @@ class Progress:
             )
             self._bar.start()
             self._task = self._bar.add_task("documents", total=self.documents, pages=0, rate="-")
-        return self
 
     def page(self, _result: PageResult) -> None:
         self.pages += 1

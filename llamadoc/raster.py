@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,16 +25,49 @@ from llamadoc.sources import Source, sniff
 
 # A Letter/A4 page at about 100 DPI; models.toml sets the budget per model.
 DEFAULT_MAX_PIXELS = 1_254_400
+MIN_PIXELS = 1024  # 32 x 32: the smallest page a vision encoder can take
 MAX_DPI = 300  # above this the budget, not the DPI, is the limit worth raising
 MIN_DPI = 36
+FIXED_DPI = (1.0, 2400.0)  # what --dpi accepts; the pixel limit below still applies per page
+
+# What Pillow's decoders raise on bad data. Anything else raised around them is a bug
+# of ours, and surfaces as one.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass(frozen=True)
 class RasterOptions:
     dpi: float | None = None  # fixed DPI for PDFs; None: derived from max_pixels
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None  # None: the model's budget, or DEFAULT_MAX_PIXELS
     pages: str | None = None  # "1-3,7": 1-based, for PDFs and multi-frame images
     password: str | None = None
+
+    def __post_init__(self) -> None:
+        low, high = FIXED_DPI
+        if self.dpi is not None and not (math.isfinite(self.dpi) and low <= self.dpi <= high):
+            raise UsageError(f"--dpi {self.dpi:g} is out of range", hint=f"use {low:g} to {high:g}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or self.max_pixels < MIN_PIXELS):
+            raise UsageError(f"--max-pixels {self.max_pixels} is too small", hint=f"use at least {MIN_PIXELS:,} (32 x 32)")
+        if self.pages is not None:
+            parse_pages(self.pages)
+
+    @property
+    def budget(self) -> int:
+        return self.max_pixels or DEFAULT_MAX_PIXELS
+
+
+def decoder_message(err: BaseException) -> str:
+    """A decoder's complaint without Python's reprs of the buffers it read from."""
+    text = _REPR.sub("", str(err)).strip()
+    return text or type(err).__name__
+
+
+def _pdf_errors() -> tuple[type[BaseException], ...]:
+    """What PyMuPDF raises on damaged files and pages (MuPDF's own errors and its wrappers')."""
+    import pymupdf
+
+    return (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
 
 
 def parse_pages(spec: str) -> list[tuple[int, int | None]]:
@@ -63,7 +98,7 @@ def select_pages(spec: str | None, count: int) -> list[int]:
     return sorted(chosen)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def page_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; transparency becomes white, 16-bit is scaled down."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         img = img.convert("I") if img.mode.startswith("I;16") else img
@@ -147,8 +182,10 @@ class Document:
 
         try:
             pdf = pymupdf.open(stream=data, filetype="pdf")
-        except Exception as err:  # PyMuPDF raises several types for damaged files
-            raise DocumentError(f"{self.label} is not a readable PDF ({err}); is it truncated or damaged?") from None
+        except _pdf_errors() as err:
+            raise DocumentError(
+                f"{self.label} is not a readable PDF ({decoder_message(err)}); is it truncated or damaged?"
+            ) from None
         if pdf.needs_pass:
             if self.options.password is None:
                 pdf.close()
@@ -174,8 +211,8 @@ class Document:
                 f"{self.label} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
                 hint="downscale it first; this limit guards against decompression bombs",
             ) from None
-        except Exception as err:  # Pillow raises many types for bad files
-            raise DocumentError(f"{self.label} is not a readable image ({err})") from None
+        except IMAGE_ERRORS as err:
+            raise DocumentError(f"{self.label} is not a readable image ({decoder_message(err)})") from None
         self._image = img
         self.page_count = getattr(img, "n_frames", 1)
 
@@ -183,7 +220,10 @@ class Document:
         """Files attached to a PDF (e-invoice XML lives here); empty for images."""
         if self._pdf is None:
             return {}
-        return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
+        try:
+            return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
+        except _pdf_errors() as err:
+            raise DocumentError(f"the attachments of {self.label} cannot be read ({decoder_message(err)})") from None
 
     def selected(self) -> list[int]:
         indices = select_pages(self.options.pages, self.page_count)
@@ -205,16 +245,22 @@ class Document:
         if self._pdf is None:
             return None, True
         if index not in self._info:  # ask's page plan reads it before the page is rendered
-            page = self._pdf[index - 1]
-            self._info[index] = (page.get_text("text").strip() or None,
-                                 bool(page.get_images()) or bool(page.get_drawings()))
+            try:
+                page = self._pdf[index - 1]
+                self._info[index] = (page.get_text("text").strip() or None,
+                                     bool(page.get_images()) or bool(page.get_drawings()))
+            except _pdf_errors() as err:
+                raise DocumentError(f"page {index} of {self.label} cannot be read ({decoder_message(err)})") from None
         return self._info[index]
 
     def _pdf_page(self, index: int) -> Page:
         import pymupdf
 
-        page = self._pdf[index - 1]
-        width_in, height_in = page.rect.width / 72, page.rect.height / 72  # rect is after /Rotate
+        try:
+            page = self._pdf[index - 1]
+            width_in, height_in = page.rect.width / 72, page.rect.height / 72  # rect is after /Rotate
+        except _pdf_errors() as err:
+            raise DocumentError(f"page {index} of {self.label} cannot be read ({decoder_message(err)})") from None
         if self.options.dpi is not None:
             dpi = float(self.options.dpi)
             pixels = width_in * height_in * dpi * dpi
@@ -224,18 +270,17 @@ class Document:
                     hint="lower --dpi",
                 )
         else:
-            dpi = math.sqrt(self.options.max_pixels / max(width_in * height_in, 1e-6))
+            budget = self.options.budget
+            dpi = math.sqrt(budget / max(width_in * height_in, 1e-6))
             dpi = max(MIN_DPI, min(MAX_DPI, dpi))
             # MuPDF rounds the pixmap size up: step down until the budget holds.
-            while dpi > MIN_DPI and (
-                math.ceil(width_in * dpi) * math.ceil(height_in * dpi) > self.options.max_pixels
-            ):
+            while dpi > MIN_DPI and math.ceil(width_in * dpi) * math.ceil(height_in * dpi) > budget:
                 dpi *= 0.998
         try:
             zoom = dpi / 72  # a matrix, not dpi=: the budget gives fractional DPIs
             pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
-        except Exception as err:
-            raise DocumentError(f"page {index} of {self.label} cannot be rendered ({err})") from None
+        except _pdf_errors() as err:
+            raise DocumentError(f"page {index} of {self.label} cannot be rendered ({decoder_message(err)})") from None
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         text, graphics = self.page_info(index)
         return Page(index=index, image=image, dpi=round(dpi, 2), text=text, rotation=page.rotation,
@@ -247,11 +292,12 @@ class Document:
         try:
             img.seek(index - 1)
             frame = ImageOps.exif_transpose(img)  # a copy, upright
-            frame = to_rgb(frame)
-        except Exception as err:
-            raise DocumentError(f"frame {index} of {self.label} cannot be decoded ({err})") from None
+            frame.load()
+        except IMAGE_ERRORS as err:
+            raise DocumentError(f"frame {index} of {self.label} cannot be decoded ({decoder_message(err)})") from None
+        frame = page_rgb(frame)
         dpi = img.info.get("dpi")
-        frame = fit_budget(frame, self.options.max_pixels)
+        frame = fit_budget(frame, self.options.budget)
         return Page(index=index, image=frame, dpi=float(dpi[0]) if dpi else None)
 
 

@@ -1,40 +1,68 @@
-"""The public Python API: load a model once, then ask, describe or extract over documents.
+"""The public Python API: the library core every face (CLI, server, Ray) calls.
 
     import llamadoc
     with llamadoc.Reader() as reader:
         [chart] = reader.ask("chart.png", "Which bar is tallest?")
         print(chart.answer)
+        report = reader.run_batch(Extract(schema), ["invoices/"], output=OutputSpec(Path("out")))
+        raise SystemExit(report.exit_code)
 
-The CLI is a thin layer over this class.
+A Reader resolves its models when made (a missing model fails before any document is
+read) and loads them on first need: a batch whose documents all come from the store
+loads none.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from llamadoc import registry
+from llamadoc import engines, registry
 from llamadoc.config import Settings, load_settings
-from llamadoc.engines import load_guard_engine, load_vision_engine
 from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
-from llamadoc.errors import GuardError, LlamadocError
+from llamadoc.errors import GuardError, LlamadocError, UsageError
 from llamadoc.guard import Guard, GuardPolicy
-from llamadoc.pipeline import Pipeline, RunOptions
-from llamadoc.raster import DEFAULT_MAX_PIXELS, RasterOptions
-from llamadoc.results import SCHEMA_VERSION, DocumentResult, ModelInfo, PageResult
-from llamadoc.sources import Source, collect
-from llamadoc.store import Store, key
+from llamadoc.options import RunOptions
+from llamadoc.output import Claims, OutputSpec, Writer, WriteFailed, output_names
+from llamadoc.pipeline import Pipeline, run_options
+from llamadoc.raster import RasterOptions
+from llamadoc.render import EXTENSIONS
+from llamadoc.report import DEFAULT_FAIL_ON, Report
+from llamadoc.results import DocumentResult, ModelInfo, PageResult, Status
+from llamadoc.sources import Shard, Source, collect, stdin_limit
+from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
 
 Documents = str | Path | bytes | Sequence[str | Path]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which of the documents found a batch reads: --include/--exclude globs and a --shard."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    shard: Shard | None = None
+
+
+@dataclass
+class Events:
+    """What a face hears while a batch runs (all optional): progress and messages."""
+
+    on_start: Callable[[int], None] = lambda _documents: None
+    on_page: Callable[[PageResult], None] = lambda _page: None
+    # A finished document, the file written for it (if any), and its problems as lines.
+    on_document: Callable[[DocumentResult, Path | None, list[str]], None] = lambda _d, _p, _l: None
+    notify: Callable[[str], None] = lambda _message: None
+
+
 class Reader:
-    """A vision model, loaded on first use and reused for every page."""
+    """The models of a run (resolved now, loaded on first need) and the batches run with them."""
 
     def __init__(
         self,
@@ -52,80 +80,121 @@ class Reader:
         notify: Callable[[str], None] = lambda _m: None,
         guard: GuardPolicy | None = None,
     ) -> None:
+        if threads is not None and threads < 1:
+            raise UsageError("--threads must be at least 1")
+        if gpu_layers < -1:
+            raise UsageError("--gpu-layers must be -1 (all) or a number of layers")
+        if ctx < 0:
+            raise UsageError("--ctx must be 0 (sized from the page) or a number of tokens")
         self.settings = settings or load_settings(config)
         self.guard_policy = guard or GuardPolicy()
-        self._pull = pull
-        self._notify = notify
-        self._guard: Guard | None = None
-        self.resolved = registry.resolve(self.settings, model, mmproj, pull_missing=pull, notify=notify)
-        self.load_options = LoadOptions(
-            model_path=str(self.resolved.model_path),
-            mmproj_path=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
-            gpu_layers=gpu_layers,
-            n_ctx=ctx,
-            max_tokens=max_tokens,
-            threads=threads,
-            verbose=verbose,
-        )
         self.max_tokens = max_tokens
-        self.max_pixels = self.resolved.max_pixels or DEFAULT_MAX_PIXELS
+        self._model, self._mmproj, self._pull, self._notify = model, mmproj, pull, notify
+        self._load = {"gpu_layers": gpu_layers, "n_ctx": ctx, "max_tokens": max_tokens, "threads": threads,
+                      "verbose": verbose}
+        self._resolved: registry.ResolvedModel | None = None
+        self._guard: Guard | None = None
+        self._prompt_tokens = LoadOptions(model_path="").prompt_tokens
         self._engine: VisionEngine | None = None
-        self._model_info: ModelInfo | None = None
+        self._lock = threading.RLock()
+        self._sha256: str | None = None
+
+    # -- models ----------------------------------------------------------------------
+
+    @property
+    def resolved(self) -> registry.ResolvedModel:
+        """The vision model's files, resolved (and pulled, if missing and allowed) on first need."""
+        with self._lock:
+            if self._resolved is None:
+                self._resolved = registry.resolve(self.settings, self._model, self._mmproj,
+                                                  pull_missing=self._pull, notify=self._notify)
+            return self._resolved
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The raster budget that suits the model, from models.toml."""
+        return self.resolved.max_pixels
+
+    @property
+    def load_options(self) -> LoadOptions:
+        r = self.resolved
+        return LoadOptions(model_path=str(r.model_path), mmproj_path=str(r.mmproj_path) if r.mmproj_path else None,
+                           prompt_tokens=self._prompt_tokens, **self._load)
+
+    def vision_engine(self) -> VisionEngine:
+        """The vision engine, loaded on the first call."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = engines.load_vision_engine(
+                    self.resolved.engine, self.load_options, self.max_pixels or RasterOptions().budget)
+            return self._engine
 
     @property
     def engine(self) -> VisionEngine:
-        if self._engine is None:
-            self._engine = load_vision_engine(self.resolved.engine, self.load_options, self.max_pixels)
-        return self._engine
+        return self.vision_engine()
 
     @property
     def guard(self) -> Guard | None:
-        """The guard under the policy; None when the policy is off."""
+        """The guard under the policy (None when it is off); resolved on first need, loaded on first use."""
         if self.guard_policy.mode == "off":
             return None
-        if self._guard is None:
-            self._guard = self._load_guard()
-        return self._guard
+        with self._lock:
+            if self._guard is None:
+                self._guard = self._resolve_guard()
+            return self._guard
 
-    def _load_guard(self) -> Guard:
+    def _resolve_guard(self) -> Guard:
         name = self.guard_policy.model or self.settings.default_guard
         try:
             resolved = registry.resolve_guard(self.settings, name, pull_missing=self._pull, notify=self._notify)
-            engine = load_guard_engine(
-                resolved.engine,
-                LoadOptions(model_path=str(resolved.model_path), gpu_layers=self.load_options.gpu_layers,
-                            verbose=self.load_options.verbose),
-                resolved.name,
-            )
         except LlamadocError as err:
             raise GuardError(
                 f"the guard cannot run: {err.message}",
                 hint=f"run `llamadoc models pull {name}`, pass --guard-model PATH, or --guard off to go unscreened",
             ) from None
+        options = LoadOptions(model_path=str(resolved.model_path), gpu_layers=self._load["gpu_layers"],
+                              verbose=self._load["verbose"])
+
+        def load() -> Any:
+            try:
+                return engines.load_guard_engine(resolved.engine, options, resolved.name)
+            except LlamadocError as err:
+                raise GuardError(f"the guard cannot run: {err.message}",
+                                 hint="pass another --guard-model, or --guard off to go unscreened") from None
+
         stat = resolved.model_path.stat()
         return Guard(
-            engine=engine,
-            policy=self.guard_policy,
+            load=load, policy=self.guard_policy, name=resolved.name,
             store=Store(self.settings.cache_dir / "guard"),
             identity=f"{resolved.model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}",
         )
 
+    def prepare(self) -> None:
+        """Resolve the models now (a missing one fails before any document is read); load nothing."""
+        _ = self.resolved, self.guard
+
     @property
+    def model_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = registry.file_sha256(self.resolved.model_path, self.settings.cache_dir)
+        return self._sha256
+
     def model_info(self) -> ModelInfo:
-        if self._model_info is None:
-            engine = self.engine
-            spec = self.resolved.spec
-            self._model_info = ModelInfo(
-                name=self.resolved.name,
-                path=str(self.resolved.model_path),
-                engine=self.resolved.engine,
-                sha256=registry.file_sha256(self.resolved.model_path, self.settings.cache_dir),
-                quantisation=spec.quantisation if spec else None,
-                mmproj=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
-                gpu_layers=engine.gpu_layers,
-                device=engine.device,
-            )
-        return self._model_info
+        """What each result records of the model; its device once it has loaded."""
+        spec = self.resolved.spec
+        engine = self._engine
+        return ModelInfo(
+            name=self.resolved.name,
+            path=str(self.resolved.model_path),
+            engine=self.resolved.engine,
+            sha256=self.model_sha256,
+            quantisation=spec.quantisation if spec else None,
+            mmproj=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
+            gpu_layers=engine.gpu_layers if engine is not None else 0,
+            device=engine.device if engine is not None else None,
+        )
+
+    # -- runs ------------------------------------------------------------------------
 
     def run_options(
         self,
@@ -138,46 +207,143 @@ class Reader:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        all_pages: bool = False,
-        embedded: str = "prefer",
     ) -> RunOptions:
+        """Options with this model's defaults: its pixel budget and token budget."""
         return RunOptions(
             raster=RasterOptions(dpi=dpi, max_pixels=max_pixels or self.max_pixels, pages=pages, password=password),
-            max_tokens=max_tokens or self.max_tokens,
+            max_tokens=max_tokens if max_tokens is not None else self.max_tokens,
             sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed),
-            all_pages=all_pages,
-            embedded=embedded,
+        )
+
+    def identity(self, task: Task, options: RunOptions) -> RunIdentity:
+        """The run's identity: the store key and the options each result records come from it."""
+        return RunIdentity(
+            task=task.name,
+            options=run_options(task, options, self.guard),
+            model=self.model_sha256,
+            mmproj=str(self.resolved.mmproj_path or ""),
+            guard=self.guard.identity if self.guard else "off",
         )
 
     def run(
         self,
         task: Task,
-        sources: Sequence[Source],
-        options: RunOptions,
+        sources: Iterable[Source],
+        options: RunOptions | None = None,
         *,
         force: bool = False,
+        store: Store | None = None,
+        claim: Callable[[str], bool] = lambda _sha: True,
         on_page: Callable[[PageResult], None] = lambda _p: None,
     ) -> Iterator[DocumentResult]:
-        """Results as each document finishes (the CLI streams them). Documents an
-        earlier run finished with the same model, task and options come from the
-        result store, unless ``force``."""
+        """Results as each document finishes. Documents an earlier run finished with the same
+        model, task and options come from the result store (``store``, by default the one in
+        LLAMADOC_HOME), unless ``force``."""
+        options = options or self.run_options()
+        if options.raster.max_pixels is None and self.max_pixels:
+            options = replace(options, raster=replace(options.raster, max_pixels=self.max_pixels))
         if self._engine is None:
             # Size the context for this task's prompt: a schema can be thousands of
             # tokens. Bytes bound the tokens of any byte-level tokenizer.
-            prompt_bytes = len(task.prompt(2).encode("utf-8")) + 256
-            self.load_options = replace(self.load_options, prompt_tokens=max(1024, prompt_bytes))
-        guard = self.guard  # loaded first: a missing guard stops the run before any page
-        model = self.model_info
-        guard_part = [guard.identity, json.dumps(guard.policy.recorded(), sort_keys=True)] if guard else ["off"]
-        store_key = key(
-            "result", str(SCHEMA_VERSION), model.sha256 or model.path, model.mmproj or "", task.name,
-            json.dumps(task.options() | options.recorded(), sort_keys=True), *guard_part,
-        )
+            self._prompt_tokens = max(1024, len(task.prompt(2).encode("utf-8")) + 256)
+        checked = task.schema is None
+
+        def engine() -> VisionEngine:
+            # The schema is checked once, before the first page needs the model (exit 2 rather
+            # than every page failed); a batch taken whole from the store never imports llama.cpp.
+            nonlocal checked
+            if not checked and task.schema is not None:
+                engines.check_schema(task.schema)
+                checked = True
+            return self.vision_engine()
+
         pipeline = Pipeline(
-            self.engine, task, options, model, guard,
-            store=Store(self.settings.cache_dir / "results"), store_key=store_key, force=force, on_page=on_page,
+            engine, task, options, self.model_info,
+            identity=self.identity(task, options), guard=self.guard,
+            store=store if store is not None else Store(self.settings.cache_dir / "results"),
+            force=force, claim=claim, on_page=on_page, batch=engines.BATCH.get(self.resolved.engine, 1),
         )
         yield from pipeline.run(sources)
+
+    def run_batch(
+        self,
+        task: Task,
+        documents: Sequence[str | Path] | Sequence[Source],
+        options: RunOptions | None = None,
+        *,
+        output: OutputSpec | None = None,
+        select: Selection | None = None,
+        fail_on: frozenset[str] = DEFAULT_FAIL_ON,
+        force: bool = False,
+        events: Events | None = None,
+        stdin: BinaryIO | None = None,
+    ) -> Report:
+        """A whole batch: find the documents, take this shard of them, run them (or take them
+        from the store), write one file each with ``output.dir``, and report. The report owns
+        the counts, the problems and the exit code."""
+        output, select, events = output or OutputSpec(), select or Selection(), events or Events()
+        report = Report(fail_on=fail_on)
+        if output.dir is not None:
+            Writer.check(output.dir)  # before any model is resolved or loaded: exit 2, naming the folder
+        sources = self.sources(documents, select, stdin)
+        names = output_names(sources, EXTENSIONS[output.format])  # over the whole batch: shards agree
+        if select.shard is not None:
+            sources = select.shard.select(sources)
+            if not sources:
+                events.notify(f"shard {select.shard} has no documents")
+                return report
+        writer = Writer(output, names) if output.dir is not None else None
+        self.prepare()
+        store = Store(output.state / "results") if output.state is not None else Store(self.settings.cache_dir / "results")
+        for swept in (store, self.guard.store if self.guard is not None else None):
+            if swept is not None:
+                swept.sweep()
+        events.on_start(len(sources))
+        with Claims(output.state / "locks" if output.state is not None else None) as claims:
+            for doc in self.run(task, sources, options, force=force, store=store, claim=claims.claim,
+                                on_page=events.on_page):
+                written = None
+                problems = report.problems(doc)
+                if writer is not None:
+                    try:
+                        written = writer.write(doc)
+                    except WriteFailed as err:
+                        report.add_write_failure(doc, str(err))
+                        problems.append(f"{doc.source}: {err}")
+                claims.release(doc.sha256)
+                report.add(doc)
+                events.on_document(doc, written, problems)
+        for line in self._store_notes(store):
+            report.notes.append(line)
+            events.notify(line)
+        return report
+
+    def sources(self, documents: Sequence[str | Path] | Sequence[Source], select: Selection | None = None,
+                stdin: BinaryIO | None = None) -> list[Source]:
+        """The documents named by paths, folders, globs and '-' (stdin), or given as Sources."""
+        select = select or Selection()
+        given = list(documents)
+        if given and all(isinstance(d, Source) for d in given):
+            return [d for d in given if isinstance(d, Source)]
+        return collect([os.fspath(d) for d in given if not isinstance(d, Source)], include=select.include,
+                       exclude=select.exclude, stdin=stdin, stdin_limit=stdin_limit(),
+                       spool_dir=self.settings.home / "tmp")
+
+    def _store_notes(self, results: Store) -> list[str]:
+        """One line each for what went wrong with the caches this run: never silent, never more."""
+        lines = []
+        stores = [results] + ([self.guard.store] if self.guard is not None and self.guard.store else [])
+        unreadable = sum(s.unreadable for s in stores)
+        if unreadable:
+            lines.append(f"{unreadable} cache entries could not be read (another version's, or damaged) "
+                         "and were computed again")
+        for s in stores:
+            if s.write_error:
+                what = "resuming is off for this run" if s is results else "verdicts are not cached"
+                lines.append(f"cannot write the cache at {s.write_error}: {what}")
+        return lines
+
+    # -- one-liners --------------------------------------------------------------------
 
     def ask(self, documents: Documents, question: str, **options: Any) -> list[DocumentResult]:
         return self._run_all(Ask(question), documents, options)
@@ -187,7 +353,7 @@ class Reader:
 
     def extract(self, documents: Documents, schema: str | Path | dict[str, Any], **options: Any) -> list[DocumentResult]:
         if isinstance(schema, dict):
-            task = Extract(schema=schema, schema_path="<dict>")
+            task = Extract(schema=schema)
         else:
             task = Extract(schema=load_schema(str(schema)), schema_path=str(schema))
         return self._run_all(task, documents, options)
@@ -196,12 +362,12 @@ class Reader:
         return list(self.run(task, as_sources(documents), self.run_options(**options)))
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
         if self._guard is not None:
             self._guard.close()
-            self._guard = None
 
     def __enter__(self) -> Reader:
         return self
@@ -216,3 +382,6 @@ def as_sources(documents: Documents, stdin: BinaryIO | None = None) -> list[Sour
     if isinstance(documents, str | Path):
         return collect([str(documents)], stdin=stdin)
     return collect([str(d) for d in documents], stdin=stdin)
+
+
+__all__ = ["Events", "OutputSpec", "Reader", "Report", "RunOptions", "Selection", "Shard", "Status"]

@@ -1,4 +1,7 @@
-"""The batch report: it owns the exit code, so a batch with failures never exits 0."""
+"""The batch report: counts, problems and the exit code, so a batch with failures never exits 0.
+
+As black's ``Report.return_code``: the report decides, the faces only exit with it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ from llamadoc.errors import ExitCode, UsageError
 from llamadoc.results import Check, DocumentResult, Status
 
 OUTCOMES = ("failed", "blocked", "ungrounded", "check-failed")
-DEFAULT_FAIL_ON = ("failed", "blocked")
+DEFAULT_FAIL_ON = frozenset({"failed", "blocked"})
 
 
 def parse_fail_on(spec: str | None) -> frozenset[str]:
-    chosen = frozenset(x.strip() for x in (spec or ",".join(DEFAULT_FAIL_ON)).split(",") if x.strip())
+    """'failed,blocked' -> the outcomes that make the exit code non-zero."""
+    if spec is None:
+        return DEFAULT_FAIL_ON
+    chosen = frozenset(x.strip() for x in spec.split(",") if x.strip())
     unknown = sorted(chosen - set(OUTCOMES))
     if unknown:
         raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}", hint=f"choose from {', '.join(OUTCOMES)}")
@@ -22,14 +28,25 @@ def parse_fail_on(spec: str | None) -> frozenset[str]:
 
 @dataclass
 class Report:
-    fail_on: frozenset[str] = frozenset(DEFAULT_FAIL_ON)
+    fail_on: frozenset[str] = DEFAULT_FAIL_ON
     counts: dict[Status, int] = field(default_factory=lambda: {s: 0 for s in Status})
     failed_pages: int = 0
     blocked_pages: int = 0
     ungrounded: int = 0  # documents with a value not found on its page
     check_failed: int = 0  # documents failing arithmetic or embedded-data checks
     cached: int = 0
+    not_written: int = 0  # results the disk refused (the result itself is kept in the store)
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # about the run, not one document: resuming off, ...
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.fail_on) - set(OUTCOMES))
+        if unknown:
+            raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}", hint=f"choose from {', '.join(OUTCOMES)}")
+
+    @property
+    def documents(self) -> int:
+        return sum(self.counts.values())
 
     def add(self, doc: DocumentResult) -> None:
         self.counts[doc.status] += 1
@@ -41,8 +58,13 @@ class Report:
         self.check_failed += any(
             not c.name.startswith("grounding") and c.name != "schema" and c.status == "fail" for c in checks
         )
-        if doc.status is not Status.OK:
+        if doc.status not in (Status.OK, Status.SKIPPED):
             self.failures.extend(self.problems(doc)[:3])
+
+    def add_write_failure(self, doc: DocumentResult, message: str) -> None:
+        """The result is right but its file could not be written: a failure of this run."""
+        self.not_written += 1
+        self.failures.append(f"{doc.source}: {message}")
 
     @staticmethod
     def problems(doc: DocumentResult) -> list[str]:
@@ -57,12 +79,14 @@ class Report:
                 lines.append(f"{doc.source}: page {page.index}: withheld by the guard")
         return lines
 
+    @property
     def exit_code(self) -> ExitCode:
         """Failures (1) outrank guard blocks (3); --fail-on chooses what counts."""
         failing = (
             ("failed" in self.fail_on and (self.counts[Status.FAILED] or self.failed_pages))
             or ("ungrounded" in self.fail_on and self.ungrounded)
             or ("check-failed" in self.fail_on and self.check_failed)
+            or self.not_written  # a result the user asked for in a file and did not get
         )
         if failing:
             return ExitCode.FAILED
@@ -72,11 +96,16 @@ class Report:
 
     def summary(self) -> list[str]:
         """The end-of-batch table, as lines for stderr."""
-        total = sum(self.counts.values())
         cells = [f"{s.value} {self.counts[s]}" for s in (Status.OK, Status.PARTIAL, Status.FAILED, Status.BLOCKED)]
-        lines = [f"{total} documents: " + ", ".join(cells) + (f" ({self.cached} from earlier runs)" if self.cached else "")]
+        lines = [f"{self.documents} documents: " + ", ".join(cells)
+                 + (f" ({self.cached} from earlier runs)" if self.cached else "")]
+        if self.counts[Status.SKIPPED]:
+            lines.append(f"{self.counts[Status.SKIPPED]} left to another run working on the same output")
+        if self.not_written:
+            lines.append(f"{self.not_written} result files could not be written (see problems)")
         if self.ungrounded or self.check_failed:
             lines.append(f"checks: {self.ungrounded} with ungrounded values, {self.check_failed} failing other checks")
+        lines.extend(self.notes)
         if self.failures:
             lines.append("problems:")
             lines.extend(f"  {line}" for line in self.failures[:20])

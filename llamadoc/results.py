@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # Pillow is only needed where pages are made.
     from PIL.Image import Image
 
-SCHEMA_VERSION = 1
+# 2: warnings beside errors; ModelInfo.device is None when the model was not needed; Status.SKIPPED for
+# documents another run was working on.
+SCHEMA_VERSION = 2
 
 
 class Status(str, Enum):
@@ -20,7 +22,7 @@ class Status(str, Enum):
     PARTIAL = "partial"  # documents: some pages failed or were blocked
     FAILED = "failed"
     BLOCKED = "blocked"  # the guard withheld the answer
-    SKIPPED = "skipped"  # pages: not sent to the model (blank, irrelevant, not selected)
+    SKIPPED = "skipped"  # pages: not sent to the model; documents: left to another run working on them
 
 
 @dataclass
@@ -79,7 +81,8 @@ class PageResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     skipped_reason: str | None = None
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what went wrong: the status says how badly
+    warnings: list[str] = field(default_factory=list)  # worth knowing, status unchanged (re-asked, flagged, cut)
 
 
 @dataclass
@@ -91,7 +94,7 @@ class ModelInfo:
     quantisation: str | None = None
     mmproj: str | None = None
     gpu_layers: int = 0
-    device: str = "CPU"
+    device: str | None = None  # None: no page needed the model (an embedded e-invoice, blank pages)
 
 
 @dataclass
@@ -113,6 +116,8 @@ class DocumentResult:
     options: dict[str, Any] = field(default_factory=dict)
     status: Status = Status.OK
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    skipped_reason: str | None = None  # status skipped: why this run did not do it
     timings_ms: dict[str, float] = field(default_factory=dict)
     cached: bool = False  # taken from the result store: an earlier run did the work
     duplicate_of: str | None = None  # the same bytes as this source, read earlier in the run

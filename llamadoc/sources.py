@@ -1,7 +1,9 @@
-"""Turn command-line arguments into documents: files, folders (recursive), globs, '-' for stdin.
+"""Turn arguments into documents: files, folders (recursive), globs, '-' for stdin.
 
 A document's type is sniffed from its first bytes, never from its name. Arguments
 that name nothing usable become failed sources (the batch goes on), not exceptions.
+Labels are printable whatever the file system holds: a name that is not UTF-8 keeps
+its bytes as escapes (``a\\xff.pdf``), and the file is still read by its real name.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +28,27 @@ DOCUMENT_SUFFIXES = frozenset(
     {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp"}
 )
 STDIN_LABEL = "<stdin>"
+STDIN_LIMIT = 2 << 30  # bytes a pipe may carry; past it the document fails (LLAMADOC_STDIN_LIMIT)
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Source:
     """One document to process, or an argument that named none (``error`` set)."""
 
-    label: str  # what the user typed, or the path found in a folder
+    label: str  # what the user typed, or the path found in a folder; printable
     path: Path | None = None
-    data: bytes | None = None  # stdin content
+    data: bytes | None = None  # content given in memory (the Python API)
     error: str | None = None
     rel: str = ""  # where its output goes below -o: the path below the folder given, or the name
+    spool: BinaryIO | None = None  # a pipe's content, spooled to an unnamed temporary file
 
     def read_bytes(self) -> bytes:
         if self.data is not None:
             return self.data
+        if self.spool is not None:
+            self.spool.seek(0)
+            return self.spool.read()
         assert self.path is not None
         return self.path.read_bytes()
 
@@ -45,12 +56,28 @@ class Source:
         digest = hashlib.sha256()
         if self.data is not None:
             digest.update(self.data)
-        else:
-            assert self.path is not None
-            with self.path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            return digest.hexdigest()
+        if self.spool is not None:
+            self.spool.seek(0)
+            stream: BinaryIO = self.spool
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+        assert self.path is not None
+        with self.path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(chunk)
         return digest.hexdigest()
+
+    @property
+    def shard_key(self) -> str:
+        """What sharding hashes: the same whatever the spelling of the path given."""
+        return self.rel or self.label
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (surrogate escapes) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def sniff(head: bytes) -> str | None:
@@ -70,70 +97,135 @@ def collect(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     stdin: BinaryIO | None = None,
+    stdin_limit: int = STDIN_LIMIT,
+    spool_dir: Path | None = None,
 ) -> list[Source]:
-    """Expand arguments in order; folders recurse, globs expand, '-' reads stdin once."""
+    """Expand arguments in order; folders recurse, globs expand, '-' reads stdin once.
+    Pipes (stdin, or a FIFO such as ``<(curl ...)``) are spooled to an unnamed temporary
+    file in ``spool_dir``, at most ``stdin_limit`` bytes."""
+    if list(args).count("-") > 1:
+        raise UsageError("'-' (stdin) can be given once")
     sources: list[Source] = []
     for arg in args:
-        sources.extend(_expand(arg, include, exclude, stdin))
+        sources.extend(_expand(arg, include, exclude, stdin, stdin_limit, spool_dir))
     return sources
 
 
-def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: BinaryIO | None) -> Iterator[Source]:
+def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: BinaryIO | None,
+            limit: int, spool_dir: Path | None) -> Iterator[Source]:
+    label = printable(arg)
     if arg == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
-        yield Source(label=STDIN_LABEL, data=stream.read(), rel="stdin")
+        yield _spooled(STDIN_LABEL, "stdin", stream, limit, spool_dir)
         return
     path = Path(arg).expanduser()
     if path.is_dir():
         found = [p for p in _walk(path) if _selected(p, path, include, exclude)]
         if not found:
             kinds = ", ".join(sorted(s.lstrip(".") for s in DOCUMENT_SUFFIXES))
-            yield Source(label=arg, error=f"folder {arg} holds no documents ({kinds})")
+            yield Source(label=label, error=f"folder {label} holds no documents ({kinds})")
         for p in found:
-            yield Source(label=str(p), path=p, rel=p.relative_to(path).as_posix())
+            yield Source(label=printable(str(p)), path=p, rel=printable(p.relative_to(path).as_posix()))
         return
     if path.is_file():
-        yield Source(label=arg, path=path, rel=path.name)
+        yield Source(label=label, path=path, rel=printable(path.name))
+        return
+    kind = _special(path)
+    if kind == "pipe":
+        with path.open("rb") as fh:
+            yield _spooled(label, printable(path.name), fh, limit, spool_dir)
+        return
+    if kind is not None:
+        yield Source(label=label, error=f"{label} is a {kind}, not a document file")
         return
     if glob.has_magic(arg):
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
         files = [m for m in _flatten(matches) if _selected(m, Path("."), include, exclude)]
         if not files:
-            yield Source(label=arg, error=f"no documents match {arg}")
+            yield Source(label=label, error=f"no documents match {label}")
         for m in files:
-            yield Source(label=str(m), path=m, rel=m.name)
+            yield Source(label=printable(str(m)), path=m, rel=printable(m.name))
         return
-    yield Source(label=arg, error=f"{arg} does not exist")
+    yield Source(label=label, error=f"{label} does not exist")
 
 
-def shard(sources: Sequence[Source], spec: str) -> list[Source]:
-    """The i-th of n deterministic slices ('2/4'): by a hash of each source's label, so
-    every process given the same arguments agrees, whatever the order of the list."""
+def _special(path: Path) -> str | None:
+    """'pipe' for a FIFO, the kind of any other non-regular file, None when nothing is there."""
     try:
-        index, count = (int(x) for x in spec.split("/"))
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def _spooled(label: str, rel: str, stream: BinaryIO, limit: int, spool_dir: Path | None) -> Source:
+    """A pipe's content in an unnamed temporary file (gone with the process, even after
+    kill -9), read up to ``limit`` bytes; past it, a failed source."""
+    if spool_dir is not None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+    spool = tempfile.TemporaryFile(dir=spool_dir)
+    size = 0
+    while chunk := stream.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            spool.close()
+            return Source(label=label, rel=rel, error=(
+                f"{label} holds more than {limit:,} bytes, the most llamadoc reads from a pipe "
+                "(save it to a file, or raise LLAMADOC_STDIN_LIMIT)"))
+        spool.write(chunk)
+    return Source(label=label, rel=rel, spool=spool)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The i-th of n deterministic slices of a batch ('2/4')."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 1 <= self.index <= self.count:
+            raise UsageError(f"--shard {self.index}/{self.count}: i must be between 1 and n",
+                             hint="e.g. --shard 1/4 ... --shard 4/4")
+
+    @classmethod
+    def parse(cls, spec: str) -> Shard:
+        try:
+            index, count = (int(x) for x in spec.split("/"))
+        except ValueError:
+            raise UsageError(f"--shard {spec!r} is not i/n", hint="e.g. --shard 1/4 ... --shard 4/4") from None
+        return cls(index, count)
+
+    def select(self, sources: Sequence[Source]) -> list[Source]:
+        """This slice: by a hash of each source's path below the input given (not of how
+        that input was spelled), so every process agrees, whatever the order of the list."""
+        def slot(s: Source) -> int:
+            return int.from_bytes(hashlib.sha1(s.shard_key.encode("utf-8")).digest()[:8], "big") % self.count
+
+        return [s for s in sources if slot(s) == self.index - 1]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def stdin_limit(env: dict[str, str] | None = None) -> int:
+    """LLAMADOC_STDIN_LIMIT (bytes), or the default."""
+    value = (env if env is not None else os.environ).get("LLAMADOC_STDIN_LIMIT", "")
+    if not value:
+        return STDIN_LIMIT
+    try:
+        limit = int(value)
     except ValueError:
-        raise UsageError(f"--shard {spec!r} is not i/n", hint="e.g. --shard 1/4 ... --shard 4/4") from None
-    if not 1 <= index <= count:
-        raise UsageError(f"--shard {spec!r}: i must be between 1 and n")
-    digest = (hashlib.sha1(s.label.encode("utf-8")).digest() for s in sources)
-    return [s for s, d in zip(sources, digest, strict=True) if int.from_bytes(d[:8], "big") % count == index - 1]
-
-
-def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
-    """label -> file name below -o. Sources that would share a name (a.pdf in two
-    folders given) get a suffix from their label, so parallel shards never clash."""
-    names: dict[str, str] = {}
-    taken: dict[str, int] = {}
-    for s in sources:
-        base = str(Path(s.rel or Path(s.label).name).with_suffix(extension))
-        taken[base] = taken.get(base, 0) + 1
-    for s in sources:
-        base = str(Path(s.rel or Path(s.label).name).with_suffix(extension))
-        if taken[base] > 1:
-            tag = hashlib.sha1(s.label.encode("utf-8")).hexdigest()[:8]
-            base = str(Path(base).with_name(f"{Path(base).stem}-{tag}{extension}"))
-        names[s.label] = base
-    return names
+        limit = 0
+    if limit < 1:
+        raise UsageError(f"LLAMADOC_STDIN_LIMIT={value!r} is not a number of bytes")
+    return limit
 
 
 def _flatten(paths: Iterable[Path]) -> Iterator[Path]:

@@ -5,8 +5,16 @@ CLI tests; this stand-in only answers what it is told to."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest
+from llamadoc.guard import Guard, GuardPolicy
+from llamadoc.options import RunOptions
+from llamadoc.pipeline import Pipeline
+from llamadoc.raster import RasterOptions
+from llamadoc.results import DocumentResult, ModelInfo
+from llamadoc.sources import collect
+from llamadoc.tasks import Task
 
 
 class ScriptedEngine:
@@ -53,10 +61,24 @@ class ScriptedGuard:
         words = text.split()
         return [" ".join(words[i : i + max_tokens]) for i in range(0, len(words), max_tokens)]
 
-    def judge(self, prompt: str, image: object = None) -> GuardOutput:
-        self.prompts.append(prompt)
-        text, p_unsafe = self.rule(prompt.split("<BEGIN CONVERSATION>")[1])
+    def judge(self, request: JudgeRequest) -> GuardOutput:
+        self.prompts.append(request.prompt)
+        text, p_unsafe = self.rule(request.prompt.split("<BEGIN CONVERSATION>")[1])
         return GuardOutput(text=text, p_unsafe=p_unsafe)
 
     def close(self) -> None:
         pass
+
+
+def guard_over(engine: ScriptedGuard, **policy: object) -> Guard:
+    """A Guard over a scripted engine, as the Reader makes one over a real engine."""
+    return Guard(load=lambda: engine, policy=GuardPolicy(**policy), name=engine.model_name)  # type: ignore[arg-type]
+
+
+def run_pipeline(engine: ScriptedEngine, task: Task, paths: Sequence[Path], options: RunOptions | None = None,
+                 guard: Guard | None = None) -> list[DocumentResult]:
+    """The pipeline over files, as the Reader runs it, with a scripted engine."""
+    model = ModelInfo(name="scripted", path="-", engine="scripted")
+    pipeline = Pipeline(lambda: engine, task, options or RunOptions(raster=RasterOptions(dpi=20)), lambda: model,
+                        guard=guard, batch=engine.max_batch)
+    return list(pipeline.run(collect([str(p) for p in paths])))

@@ -29,7 +29,7 @@ def test_ask_json_is_the_result_document(run_cli: Any, model_args: list[str], tm
                      "--format", "json", "--dpi", "30")
     assert result.exit_code == 0, result.stderr
     doc = parse_json(result.stdout)
-    assert doc["schema_version"] == 1 and doc["task"] == "ask" and doc["status"] == "ok"
+    assert doc["schema_version"] == 2 and doc["task"] == "ask" and doc["status"] == "ok"
     assert doc["page_count"] == 2 and doc["pages_read"] == [1, 2]
     assert doc["model"]["engine"] == "mtmd" and len(doc["model"]["sha256"]) == 64
     assert [p["text_layer"] for p in doc["pages"]] == ["Revenue 2024: 12", "Revenue 2025: 15"]
@@ -86,7 +86,7 @@ def test_output_folder_gets_one_file_per_document(run_cli: Any, model_args: list
     out = tmp_path / "out"
     result = run_cli("describe", str(docs), *model_args, "--max-tokens", "4", "-o", str(out), "--format", "json")
     assert result.exit_code == 0, result.stderr
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".llamadoc" not in p.parts)
     assert files == ["sub/x.json", "x.json"]  # the folder's layout, mirrored
     assert result.stdout == ""
     sources = {parse_json((out / f).read_text())["source"] for f in files}
@@ -125,7 +125,7 @@ def test_one_bad_document_does_not_stop_the_batch(run_cli: Any, model_args: list
     assert "does not exist" in errors[0] and "is empty" in errors[1] and "not a PDF or an image" in errors[2]
     assert lines[3] == f"llamadoc: wrote {out / 'good.txt'}"
     assert "4 documents: ok 1, partial 0, failed 3, blocked 0" in lines[4]  # the summary
-    assert [p.name for p in out.iterdir()] == ["good.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".llamadoc", "good.txt"]  # the result store, and the result
     assert "Traceback" not in result.stderr
 
 

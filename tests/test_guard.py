@@ -18,7 +18,7 @@ from llamadoc.gguf_header import gguf_metadata
 from llamadoc.results import Page
 from llamadoc.store import Store
 from tests.conftest import make_image, make_pdf, parse_json
-from tests.fakes import ScriptedGuard
+from tests.fakes import ScriptedGuard, guard_over
 
 INPUT_GOLDEN = (
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
@@ -90,7 +90,7 @@ def test_junk_is_an_error_verdict(junk: str) -> None:
 
 
 def guard_with(rule: Any, **policy: Any) -> Guard:
-    return Guard(engine=ScriptedGuard(rule), policy=GuardPolicy(**policy))
+    return guard_over(ScriptedGuard(rule), **policy)
 
 
 def test_policy_threshold_and_categories() -> None:
@@ -112,7 +112,7 @@ def test_policy_threshold_and_categories() -> None:
 def test_long_text_is_checked_in_chunks_and_images_are_not_pretended(tmp_path: Path) -> None:
     engine = ScriptedGuard(lambda convo: ("safe", 0.01))
     engine.n_ctx = 250  # room for about 140 words per chunk once the prompt is in
-    guard = Guard(engine=engine, policy=GuardPolicy())
+    guard = guard_over(engine)
     image = make_image(tmp_path / "i.png")
     from PIL import Image
 
@@ -128,7 +128,8 @@ def test_long_text_is_checked_in_chunks_and_images_are_not_pretended(tmp_path: P
 
 def test_real_guard_engine_and_cache(guard_model: Path, tmp_path: Path) -> None:
     engine = engines.load_guard_engine("llama", LoadOptions(model_path=str(guard_model), threads=1), "tiny-guard")
-    guard = Guard(engine=engine, policy=GuardPolicy(), store=Store(tmp_path / "cache"), identity="tiny")
+    guard = Guard(load=lambda: engine, policy=GuardPolicy(), name="tiny-guard", store=Store(tmp_path / "cache"),
+                  identity="tiny")
     try:
         first = guard.check_output("What is the total?", "402.00 GBP")
         assert first.error is None and first.safe in (True, False)
@@ -152,7 +153,7 @@ def scripted_guard(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         state["engine"] = ScriptedGuard(lambda convo: state["rule"](convo), model_name)
         return state["engine"]
 
-    monkeypatch.setattr("llamadoc.reader.load_guard_engine", load)
+    monkeypatch.setattr("llamadoc.engines.load_guard_engine", load)
     return state
 
 
@@ -215,7 +216,8 @@ def test_flag_writes_everything_with_the_verdict(run_cli: Any, model_args: list[
     assert result.exit_code == 0
     page = parse_json(result.stdout)["pages"][0]
     assert page["status"] == "ok" and page["answer"] is not None
-    assert page["guard_out"]["safe"] is False and any("flagged" in e for e in page["errors"])
+    assert page["guard_out"]["safe"] is False and "the answer was judged unsafe (S6); flagged" in page["warnings"]
+    assert page["errors"] == []
 
 
 def test_categories_and_threshold_decide(run_cli: Any, model_args: list[str], guard_model: Path,

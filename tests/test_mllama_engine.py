@@ -13,7 +13,7 @@ from tests.mllama_helpers import convert_fixture, fixture_image
 pytest.importorskip("llama_cpp")
 jsonschema = pytest.importorskip("jsonschema")
 
-from llamadoc.engines.base import GenerationRequest, LoadOptions, Sampling, VisionEngine  # noqa: E402
+from llamadoc.engines.base import GenerationRequest, JudgeRequest, LoadOptions, Sampling, VisionEngine  # noqa: E402
 from llamadoc.engines.mllama import ggml  # noqa: E402
 from llamadoc.engines.mllama.backend import (  # noqa: E402
     Device,
@@ -23,9 +23,9 @@ from llamadoc.engines.mllama.backend import (  # noqa: E402
 )
 from llamadoc.engines.base import GuardEngine  # noqa: E402
 from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardEngine  # noqa: E402
-from llamadoc.guard import build_prompt  # noqa: E402
+from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR, build_prompt  # noqa: E402
 from llamadoc.engines.mllama.memory import estimate_model_memory  # noqa: E402
-from llamadoc.errors import ModelError, UsageError  # noqa: E402
+from llamadoc.errors import ModelError, ResourceError, UsageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +80,20 @@ def test_sampling_options_reach_the_sampler(engine: MllamaEngine) -> None:
     assert engine.generate(req).text == engine.generate(req).text
 
 
+def judge_request(prompt: str, image: object) -> JudgeRequest:
+    return JudgeRequest(prompt=prompt, answer_prefix=ANSWER_PREFIX, grammar=VERDICT_GRAMMAR,
+                        max_tokens=MAX_VERDICT_TOKENS, unsafe_word="unsafe", image=image)  # type: ignore[arg-type]
+
+
 def test_vision_guard_judges_a_page_with_its_prompt(path: Path) -> None:
     guard = MllamaGuardEngine(LoadOptions(model_path=str(path), threads=1), "tiny-vision-guard")
     try:
         assert isinstance(guard, GuardEngine) and guard.sees_images
-        out = guard.judge(build_prompt(["Is this invoice paid?"], image=True), fixture_image("square"))
+        out = guard.judge(judge_request(build_prompt(["Is this invoice paid?"], image=True), fixture_image("square")))
         assert out.text == "safe" or out.text.startswith("unsafe\nS")  # decoded under the verdict grammar
         assert out.p_unsafe is not None and 0.0 <= out.p_unsafe <= 1.0
         with pytest.raises(UsageError, match="no <\\|image\\|> token"):
-            guard.judge(build_prompt(["no image token here"]), fixture_image("square"))
+            guard.judge(judge_request(build_prompt(["no image token here"]), fixture_image("square")))
         pieces = guard.split("word " * 50, 20)
         assert len(pieces) > 1 and "".join(pieces) == "word " * 50
     finally:
@@ -106,5 +111,5 @@ def test_backends_and_memory_estimate(path: Path) -> None:
     assert est.parts["CPU"]["weights"] > 0  # token embeddings stay on the CPU
     assert estimate_model_memory(path, n_gpu_layers=0).total("GPU") == 0
     small = Device(0, "CUDA0", "a small GPU", "GPU", memory_free=256 << 20, memory_total=1 << 30)
-    with pytest.raises(ModelError, match=r"needs \d+\.\d GiB on CUDA0 \(a small GPU\) .* 0\.2 GiB are free"):
+    with pytest.raises(ResourceError, match=r"needs \d+\.\d GiB on CUDA0 \(a small GPU\) .* 0\.2 GiB are free"):
         est.check(small)

@@ -8,22 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from llamadoc.engines.base import GenerationRequest
-from llamadoc.pipeline import Pipeline, RunOptions, document_status
-from llamadoc.raster import RasterOptions
+from llamadoc.pipeline import document_status
 from llamadoc.report import Report
-from llamadoc.results import ModelInfo, PageResult, Status
-from llamadoc.sources import collect
-from llamadoc.tasks import NOT_FOUND, Ask, Extract
+from llamadoc.results import DocumentResult, PageResult, Status
+from llamadoc.tasks import NOT_FOUND, Ask, Extract, Task
 from tests.conftest import make_pdf
-from tests.fakes import ScriptedEngine
+from tests.fakes import ScriptedEngine, run_pipeline
 
-MODEL = ModelInfo(name="scripted", path="-", engine="scripted")
-OPTIONS = RunOptions(raster=RasterOptions(dpi=20))
 FILLER = "\n".join(["lorem ipsum dolor sit amet"] * 12)
 
 
-def run(engine: ScriptedEngine, task: object, *paths: Path, options: RunOptions = OPTIONS) -> list:
-    return list(Pipeline(engine, task, options, MODEL).run(collect([str(p) for p in paths])))  # type: ignore[arg-type]
+def run(engine: ScriptedEngine, task: Task, *paths: Path) -> list[DocumentResult]:
+    return run_pipeline(engine, task, paths)
 
 
 def test_ask_combines_the_pages_that_answer_and_cites_them(tmp_path: Path) -> None:
@@ -49,8 +45,7 @@ def test_ask_skips_pages_the_text_layer_rules_out(tmp_path: Path) -> None:
     assert doc.pages_read == [1] and len(engine.requests) == 1
     assert [p.status for p in doc.pages] == [Status.OK, Status.SKIPPED, Status.SKIPPED]
     assert "shares no word" in (doc.pages[1].skipped_reason or "")
-    [doc] = run(engine, Ask("What is the quarterly revenue?"), pdf,
-                options=RunOptions(raster=RasterOptions(dpi=20), all_pages=True))
+    [doc] = run(engine, Ask("What is the quarterly revenue?", all_pages=True), pdf)
     assert doc.pages_read == [1, 2, 3]
 
 
@@ -61,14 +56,16 @@ def test_extract_reasks_once_then_records_the_failure(tmp_path: Path) -> None:
     [doc] = run(fixed, Extract(schema=schema), pdf)
     assert doc.status is Status.OK and doc.fields == {"n": 7}
     assert "previous answer did not match" in fixed.requests[1].prompt
-    assert doc.pages[0].errors and doc.pages[0].tokens["prompt"] == 20  # both calls counted
+    assert doc.pages[0].status is Status.OK and not doc.pages[0].errors
+    assert doc.pages[0].warnings == ["the first answer was asked again: n: 'seven' is not of type 'integer'"]
+    assert doc.pages[0].tokens["prompt"] == 20  # both calls counted
 
     stubborn = ScriptedEngine(lambda req, n: '{"n": "seven"}')
     [doc] = run(stubborn, Extract(schema=schema), pdf)
     assert len(stubborn.requests) == 2 and doc.status is Status.FAILED
     assert doc.pages[0].fields == {"n": "seven"}  # kept for inspection, marked failed
-    assert doc.pages[0].checks[0].status == "fail"
-    assert Report.problems(doc) and json.dumps(doc.pages[0].fields)
+    assert [(c.name, c.status) for c in doc.pages[0].checks] == [("schema", "fail")]
+    assert Report.problems(doc) == [f"{pdf}: page 1: n: 'seven' is not of type 'integer'"]
 
 
 def test_extract_merges_fields_across_pages(tmp_path: Path) -> None:
@@ -92,34 +89,55 @@ def test_failures_are_data_and_the_batch_goes_on(tmp_path: Path) -> None:
     report = Report()
     for d in docs:
         report.add(d)
-    assert int(report.exit_code()) == 1
+    assert int(report.exit_code) == 1
 
 
 def test_document_status() -> None:
+    from llamadoc.results import Verdict
+
     ok, failed, blocked = (PageResult(index=i, status=s) for i, s in
                            enumerate((Status.OK, Status.FAILED, Status.BLOCKED), 1))
     skipped = PageResult(index=9, status=Status.SKIPPED)
-    assert document_status([ok, skipped]) is Status.OK
-    assert document_status([ok, failed]) is Status.PARTIAL
-    assert document_status([failed, blocked]) is Status.FAILED
-    assert document_status([blocked, skipped]) is Status.BLOCKED
+
+    def status(*pages: PageResult, **doc: object) -> Status:
+        return document_status(DocumentResult(source="d", task="ask", pages=list(pages), **doc))  # type: ignore[arg-type]
+
+    assert status(ok, skipped) is Status.OK
+    assert status(ok, failed) is Status.PARTIAL
+    assert status(failed, blocked) is Status.FAILED
+    assert status(blocked, skipped) is Status.BLOCKED
+    withheld = Verdict(safe=False, categories=["S1"])
+    assert status(ok, guard_out=withheld) is Status.BLOCKED  # the combined answer was withheld
+    assert status(ok, guard_out=withheld, answer="flagged, kept") is Status.OK
+    assert status(ok, guard_out=Verdict(safe=None, error="junk")) is Status.FAILED
+    assert document_status(DocumentResult(source="d", task="ask"), opened=False) is Status.FAILED
 
 
 def test_pages_of_several_documents_decode_together(tmp_path: Path) -> None:
-    paths = [make_pdf(tmp_path / f"d{i}.pdf", [f"Invoice {i}-{p}" for p in range(1, 4)]) for i in range(3)]
+    import pymupdf
+
+    paths = []
+    for i in range(3):  # every page a different width, so an answer given to the wrong page shows
+        pdf = pymupdf.open()
+        for p in range(3):
+            pdf.new_page(width=300 + 40 * (3 * i + p), height=400).insert_text((20, 40), f"Invoice {i}-{p}")
+        pdf.save(str(tmp_path / f"d{i}.pdf"))
+        paths.append(tmp_path / f"d{i}.pdf")
 
     def answer(req: GenerationRequest, n: int) -> str:
         time.sleep(0.02)  # a model slower than rasterising, as real ones are: batches fill up
-        return json.dumps({"n": len(req.prompt)})  # depends on the request only, not on the order
+        return json.dumps({"n": req.images[0].width})  # what this page shows, whatever the order
 
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
-    one = run(ScriptedEngine(answer), Extract(schema=schema), *paths)
     batched_engine = ScriptedEngine(answer)
     batched_engine.max_batch = 4
     many = run(batched_engine, Extract(schema=schema), *paths)
     assert [d.source for d in many] == [str(p) for p in paths]  # documents come out in order
-    assert [(d.fields, d.status, [p.index for p in d.pages]) for d in many] == [
-        (d.fields, d.status, [p.index for p in d.pages]) for d in one]
+    assert [[p.index for p in d.pages] for d in many] == [[1, 2, 3]] * 3
+    widths = [p.width for d in many for p in d.pages]
+    assert len(set(widths)) == 9 and widths == sorted(widths)
+    assert [p.fields for d in many for p in d.pages] == [{"n": w} for w in widths]  # each page its own answer
+    assert all(d.status is Status.OK for d in many)
     assert len(batched_engine.requests) == 9 and max(batched_engine.batches) == 4
 
 

@@ -1,4 +1,4 @@
-"""Rendering results, and writing files atomically."""
+"""Rendering results: JSON, JSONL, Markdown, text."""
 
 from __future__ import annotations
 
@@ -32,17 +32,3 @@ def test_describe_markdown_separates_pages_and_marks_gaps() -> None:
     text = render.to_text(sample())
     assert "<!-- page 1 -->\n\n# One" in text and "---" in text
     assert "*Page 2 could not be read.*" in text
-
-
-def test_write_atomic_never_leaves_partial_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "out" / "doc.json"
-    render.write_atomic(target, "finished\n")
-
-    def broken_fsync(fd: int) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
-        render.write_atomic(target, "half")
-    assert target.read_text() == "finished\n"  # the finished file is untouched
-    assert sorted(p.name for p in target.parent.iterdir()) == ["doc.json"]  # no temp left

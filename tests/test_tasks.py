@@ -65,7 +65,10 @@ def test_extract_reads_json_and_reports_schema_errors() -> None:
     assert task.read('{"n": 3}').fields == {"n": 3} and task.read('{"n": 3}').error is None
     assert "not JSON" in (task.read("{oops").error or "")
     assert "required" in (task.read("{}").error or "")
-    assert "previous answer" in task.prompt(1, previous_error="n: required")
+    bad = task.read("{}")
+    assert bad.retry and [(c.name, c.status) for c in bad.checks] == [("schema", "fail")]
+    assert "previous answer did not match the schema: (root): 'n' is a required property" in task.prompt(1, previous=bad)
+    assert "previous answer" not in task.prompt(1)
 
 
 def test_merge_takes_first_page_with_a_value_and_joins_lists() -> None:

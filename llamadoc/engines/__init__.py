@@ -8,6 +8,18 @@ from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
 from llamadoc.errors import ModelError
 
 
+# Requests each engine decodes together (its max_batch), known before it loads.
+BATCH = {"mtmd": 1, "mllama": 8}
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """A UsageError when a JSON schema cannot become a grammar for constrained decoding:
+    checked once, before the first page, rather than failing every page with it."""
+    from llamadoc.engines.llamacpp import schema_grammar  # both engines decode with its grammar
+
+    schema_grammar(schema)
+
+
 def load_vision_engine(engine: str, options: LoadOptions, max_pixels: int) -> VisionEngine:
     if engine == "mtmd":
         from llamadoc.engines.mtmd import MtmdEngine

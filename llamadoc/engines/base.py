@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-
 @dataclass(frozen=True)
 class Sampling:
     """Greedy by default: documents want the same answer every time."""
@@ -80,10 +79,24 @@ class VisionEngine(Protocol):
 
 
 @dataclass(frozen=True)
+class JudgeRequest:
+    """A Llama Guard prompt as llamadoc.guard renders it, and how its verdict is read: the
+    engine forces ``answer_prefix``, reads P(``unsafe_word``) at the next token, then decodes
+    at most ``max_tokens`` under ``grammar`` (GBNF)."""
+
+    prompt: str
+    answer_prefix: str
+    grammar: str
+    max_tokens: int
+    unsafe_word: str
+    image: Image | None = None
+
+
+@dataclass(frozen=True)
 class GuardOutput:
     """What a guard engine returns for one prompt."""
 
-    text: str  # the verdict it generated, after llamadoc.guard.ANSWER_PREFIX
+    text: str  # the verdict it generated, after the request's answer_prefix
     p_unsafe: float | None  # P(first token of "unsafe") where the verdict starts
 
 
@@ -101,6 +114,6 @@ class GuardEngine(Protocol):
         """``text`` in pieces of at most ``max_tokens`` tokens."""
         ...
 
-    def judge(self, prompt: str, image: Image | None = None) -> GuardOutput: ...
+    def judge(self, request: JudgeRequest) -> GuardOutput: ...
 
     def close(self) -> None: ...

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import sys
 from typing import Any
 
 from llamadoc.engines.base import LoadOptions
-from llamadoc.errors import ModelError
+from llamadoc.errors import ModelError, UsageError
+from llamadoc.interrupt import called_from_c
 
-_quiet_callback: Any = None  # kept referenced: ctypes callbacks die with their Python object
+_callbacks: dict[bool, Any] = {}  # kept referenced: ctypes callbacks die with their Python object
 
 
 def set_logging(verbose: bool) -> None:
@@ -18,21 +21,30 @@ def set_logging(verbose: bool) -> None:
     ``Llama(verbose=False)`` does not silence libmtmd (about 40 lines per image), so
     every logger gets the same callback here.
     """
-    global _quiet_callback
     import llama_cpp
     import llama_cpp.mtmd_cpp as mtmd_cpp
     from llama_cpp import _logger
 
     _logger.set_verbose(verbose)
-    if verbose:
-        callback = _logger.llama_log_callback
-    else:
-        if _quiet_callback is None:
-            _quiet_callback = llama_cpp.llama_log_callback(lambda level, text, data: None)
-        callback = _quiet_callback
+    if verbose not in _callbacks:
+        _callbacks[verbose] = llama_cpp.llama_log_callback(_echo_log if verbose else _drop_log)
+    callback = _callbacks[verbose]
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     mtmd_cpp.mtmd_log_set(callback, ctypes.c_void_p(0))
     mtmd_cpp.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+
+
+# Our own callbacks, not llama-cpp-python's: a Ctrl-C landing in one is deferred, not
+# swallowed by ctypes (see llamadoc.interrupt).
+@called_from_c
+def _drop_log(level: int, text: bytes, data: Any) -> None:
+    return None
+
+
+@called_from_c
+def _echo_log(level: int, text: bytes, data: Any) -> None:
+    sys.stderr.write((text or b"").decode("utf-8", errors="replace"))
+    sys.stderr.flush()
 
 
 def gpu_available() -> bool:
@@ -84,3 +96,14 @@ def load_llama(options: LoadOptions, n_ctx: int, threads: int, what: str = "", *
 def gpu_layers(options: LoadOptions) -> int:
     """Layers to offload when a GPU is there: -1 means all of them."""
     return options.gpu_layers if options.gpu_layers >= 0 else 10_000
+
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as err:  # the converter raises several types on schemas it cannot express
+        raise UsageError(f"the JSON schema cannot be turned into a grammar: {err}",
+                         hint="simplify the schema (plain types, properties, items, enums)") from None

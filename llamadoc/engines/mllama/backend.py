@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from llamadoc.errors import EngineError, ModelError
+from llamadoc.errors import EngineError, ModelError, ResourceError
 
 from . import ggml
 from .ggml import lib
@@ -195,7 +195,7 @@ class Runtime:
                 self._pristine(graph)
                 ok = ok and lib.backend_sched_alloc_graph(self.sched, graph)
             if not ok:
-                raise EngineError(f"not enough memory for the computation on {self.device_label} "
+                raise ResourceError(f"not enough memory for the computation on {self.device_label} "
                                   f"({log.last or 'allocation failed'})")
             self._allocated = graph
         for t, value in inputs.items():

@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, LoadOptions
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest, LoadOptions
 from llamadoc.errors import UsageError
-from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR
 
 from . import ggml
 from .model import BatchItem, Completion, MllamaModel
 from .sampling import schema_grammar
-
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
 
 def _load(options: LoadOptions) -> MllamaModel:
     if options.mmproj_path:
@@ -84,9 +77,9 @@ class MllamaEngine:
 class MllamaGuardEngine:
     """Llama Guard 3 11B Vision (the same architecture) as llamadoc's image-aware guard.
 
-    The prompt comes rendered from llamadoc.guard; like the text guard, the verdict's
-    leading "\n\n" is forced, P(unsafe) is read from the next step's logits, and the
-    verdict is decoded under the grammar of its forms.
+    The prompt comes rendered from llamadoc.guard; like the text guard, the request's
+    answer prefix is forced, P(unsafe) is read from the next step's logits, and the
+    verdict is decoded under the request's grammar.
     """
 
     sees_images = True
@@ -95,9 +88,6 @@ class MllamaGuardEngine:
         self.model = _load(options)
         self.model_name = model_name
         self.n_ctx = self.model.n_ctx
-        tok = self.model.tokenizer
-        self._prefix = tok.encode(ANSWER_PREFIX)
-        self._unsafe = tok.encode("unsafe")[0]
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.encode(text, special=True))
@@ -107,15 +97,18 @@ class MllamaGuardEngine:
         ids = tok.encode(text)
         return [tok.decode(ids[i : i + max_tokens]) for i in range(0, len(ids), max_tokens)]
 
-    def judge(self, prompt: str, image: Image | None = None) -> GuardOutput:
+    def judge(self, request: JudgeRequest) -> GuardOutput:
         tok = self.model.tokenizer
-        ids = tok.encode(prompt, special=True) + self._prefix  # the template carries its control tokens
-        if image is not None and tok.image not in ids:
+        # The template carries its control tokens.
+        ids = tok.encode(request.prompt, special=True) + tok.encode(request.answer_prefix)
+        if request.image is not None and tok.image not in ids:
             raise UsageError("the guard prompt has no <|image|> token for its image")
-        out = self.model.generate(image, ids, max_tokens=MAX_VERDICT_TOKENS, grammar=VERDICT_GRAMMAR, keep_logits=1)
+        out = self.model.generate(request.image, ids, max_tokens=request.max_tokens, grammar=request.grammar,
+                                  keep_logits=1)
         z = out.logits[0].astype(np.float64)
         weights = np.exp(z - z.max())  # softmax, without overflow
-        return GuardOutput(text=out.text, p_unsafe=round(float(weights[self._unsafe] / weights.sum()), 6))
+        unsafe = tok.encode(request.unsafe_word)[0]
+        return GuardOutput(text=out.text, p_unsafe=round(float(weights[unsafe] / weights.sum()), 6))
 
     def close(self) -> None:
         self.model.close()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from llamadoc.interrupt import called_from_c
 from llamadoc.errors import EngineError
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -451,6 +452,9 @@ class LogCapture:
     @property
     def last(self) -> str:
         return self.lines[-1] if self.lines else ""
+
+
+called_from_c(LogCapture._log)  # a Ctrl-C landing in it is deferred, not swallowed by ctypes
 
 
 def quantize_rows(ggml_type: int, rows: np.ndarray) -> bytes:

@@ -1,6 +1,6 @@
 """Memory needed before loading: weights, KV cache, image K/V and compute buffers, per device.
 
-Checked against the GPU's free memory so a model that does not fit ends in a clear ModelError
+Checked against the GPU's free memory so a model that does not fit ends in a clear ResourceError
 instead of an out-of-memory failure halfway through loading.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from llamadoc.errors import ModelError
+from llamadoc.errors import ResourceError
 
 from . import ggml
 from .backend import Device
@@ -37,7 +37,7 @@ class MemoryEstimate:
         return sum(self.parts.get(device, {}).values())
 
     def check(self, gpu: Device | None, cpu: Device | None = None) -> None:
-        """A ModelError, before anything is allocated, when a device has too little free memory."""
+        """A ResourceError, before anything is allocated, when a device has too little free memory."""
         if gpu is not None:
             self._fits("GPU", gpu, self.parts.get("GPU", {}), "offload fewer layers (--gpu-layers N), or lower --ctx")
         if cpu is not None and cpu.memory_total:
@@ -50,7 +50,7 @@ class MemoryEstimate:
         need = sum(parts.values()) + HEADROOM
         if need > dev.memory_free:
             detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items())
-            raise ModelError(
+            raise ResourceError(
                 f"the model needs {need / GIB:.1f} GiB on {dev.label} ({detail} GiB), "
                 f"{dev.memory_free / GIB:.1f} GiB are free",
                 hint=hint)

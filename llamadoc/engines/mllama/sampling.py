@@ -14,22 +14,13 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from llamadoc.engines.llamacpp import schema_grammar
 from llamadoc.errors import UsageError
 
 from .tokenizer import Tokenizer, quiet_llama
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # struct llama_token_data
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
-
-
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as err:  # the converter raises several types on schemas it cannot express
-        raise UsageError(f"the JSON schema cannot be turned into a grammar: {err}") from None
 
 
 class Sampler:

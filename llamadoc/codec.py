@@ -1,0 +1,104 @@
+"""The result document as JSON data, both ways: to_dict for output files and the store,
+from_dict for reading the store back.
+
+from_dict accepts only what this version writes: every field present with its type,
+nothing more. An entry written by another version, cut short, or edited by hand is
+refused (ValueError), and the store treats that as a miss, never as a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from enum import Enum
+from functools import cache
+from typing import Any, Union
+
+from llamadoc.results import DocumentResult
+
+DERIVED = frozenset({"pages_read"})  # written for readers, recomputed on reading
+
+
+def to_dict(doc: DocumentResult) -> dict[str, Any]:
+    """The versioned result document; the key order is the one users read."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    body = plain(dataclasses.asdict(doc))
+    body["pages_read"] = doc.pages_read
+    order = ["schema_version", "source", "sha256", "task", "status", "errors", "warnings", "page_count", "pages_read"]
+    return {k: body[k] for k in order} | {k: v for k, v in body.items() if k not in order}
+
+
+def from_dict(body: Any) -> DocumentResult:
+    """The inverse of to_dict; a ValueError names the first thing that does not fit."""
+    try:
+        doc = _decode(DocumentResult, body, "result")
+    except RecursionError:
+        raise ValueError("result: nested too deeply") from None
+    assert isinstance(doc, DocumentResult)
+    return doc
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for option in args:
+            try:
+                return _decode(option, value, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: {value!r:.40} is not {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    elif origin is list:
+        if isinstance(value, list):
+            return [_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _record(tp, value, where)
+    raise ValueError(f"{where}: {value!r:.40} is not {getattr(tp, '__name__', tp)}")
+
+
+def _record(cls: type, value: Any, where: str) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: not an object")
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    given = set(value) - DERIVED
+    if given != names:
+        extra, missing = sorted(given - names), sorted(names - given)
+        raise ValueError(f"{where}: fields differ from this version's (extra {extra}, missing {missing})")
+    hints = _hints(cls)
+    return cls(**{name: _decode(hints[name], value[name], f"{where}.{name}") for name in names})

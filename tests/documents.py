@@ -1,0 +1,154 @@
+"""Documents the tests make on the spot: e-invoices (a CII XML, and a Factur-X PDF that embeds it).
+
+They cover what the shared corpus shows (tests that read ../shared/corpus are extra
+evidence and skip without it), so a user's clone tests every behaviour too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """The values a generated e-invoice carries, as strings exactly as its XML writes them."""
+
+    number: str = "FX-2026-0042"
+    issue_date: str = "20261103"  # CII format 102: YYYYMMDD
+    due_date: str = "20261203"
+    seller: str = "Moulin Rouge SARL"
+    seller_vat: str = "FR11999999998"
+    seller_street: str = "12 rue des Meuniers"
+    seller_city: tuple[str, str] = ("84340", "Malaucene")
+    buyer: str = "Boutique Lumiere"
+    buyer_vat: str = "FR19787878784"
+    currency: str = "EUR"
+    lines: tuple[InvoiceLine, ...] = field(default_factory=lambda: (
+        InvoiceLine("Flour, 25 kg sack", "4", "30.00", "120.00"),
+        InvoiceLine("Delivery", "1", "15.50", "15.50"),
+    ))
+    net: str = "135.50"
+    tax: str = "27.10"
+    gross: str = "162.60"
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """The record llamadoc reads from it, in the shape of examples/invoice.yaml."""
+        def iso(d: str) -> str:
+            return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+
+        return {
+            "invoice_number": self.number,
+            "issue_date": iso(self.issue_date),
+            "due_date": iso(self.due_date),
+            "seller": {"name": self.seller, "address": f"{self.seller_street}, {' '.join(self.seller_city)}, FR",
+                       "vat_id": self.seller_vat},
+            "buyer": {"name": self.buyer, "address": None, "vat_id": self.buyer_vat},
+            "currency": self.currency,
+            "line_items": [{"description": li.description, "quantity": float(li.quantity),
+                            "unit_price": float(li.unit_price), "amount": float(li.amount)} for li in self.lines],
+            "net_total": float(self.net),
+            "tax_total": float(self.tax),
+            "gross_total": float(self.gross),
+        }
+
+    @property
+    def text(self) -> list[str]:
+        """What the printed invoice shows (the PDF's text layer), one string per line."""
+        return [
+            f"INVOICE {self.number}", f"Date {self.issue_date[6:]}.{self.issue_date[4:6]}.{self.issue_date[:4]}",
+            f"Seller: {self.seller}, {self.seller_street}", f"VAT {self.seller_vat}", f"Buyer: {self.buyer}",
+            *(f"{li.description}  {li.quantity} x {li.unit_price} = {li.amount}" for li in self.lines),
+            f"Net {self.net}  VAT {self.tax}  Total {self.gross} {self.currency}",
+        ]
+
+
+def cii_xml(inv: Invoice = Invoice(), profile: str = "urn:factur-x.eu:1p0:en16931") -> bytes:
+    """A UN/CEFACT CII invoice (the syntax of ZUGFeRD 2.x, Factur-X and XRechnung-CII)."""
+    def x(value: str) -> str:
+        return escape(value)
+
+    lines = "".join(f"""
+    <ram:IncludedSupplyChainTradeLineItem>
+      <ram:AssociatedDocumentLineDocument><ram:LineID>{i}</ram:LineID></ram:AssociatedDocumentLineDocument>
+      <ram:SpecifiedTradeProduct><ram:Name>{x(li.description)}</ram:Name></ram:SpecifiedTradeProduct>
+      <ram:SpecifiedLineTradeAgreement>
+        <ram:NetPriceProductTradePrice><ram:ChargeAmount>{li.unit_price}</ram:ChargeAmount></ram:NetPriceProductTradePrice>
+      </ram:SpecifiedLineTradeAgreement>
+      <ram:SpecifiedLineTradeDelivery><ram:BilledQuantity unitCode="C62">{li.quantity}</ram:BilledQuantity></ram:SpecifiedLineTradeDelivery>
+      <ram:SpecifiedLineTradeSettlement>
+        <ram:SpecifiedTradeSettlementLineMonetarySummation><ram:LineTotalAmount>{li.amount}</ram:LineTotalAmount></ram:SpecifiedTradeSettlementLineMonetarySummation>
+      </ram:SpecifiedLineTradeSettlement>
+    </ram:IncludedSupplyChainTradeLineItem>""" for i, li in enumerate(inv.lines, 1))
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<rsm:CrossIndustryInvoice xmlns:rsm="urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
+    xmlns:ram="urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100"
+    xmlns:udt="urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100">
+  <rsm:ExchangedDocumentContext>
+    <ram:GuidelineSpecifiedDocumentContextParameter><ram:ID>{profile}</ram:ID></ram:GuidelineSpecifiedDocumentContextParameter>
+  </rsm:ExchangedDocumentContext>
+  <rsm:ExchangedDocument>
+    <ram:ID>{x(inv.number)}</ram:ID>
+    <ram:TypeCode>380</ram:TypeCode>
+    <ram:IssueDateTime><udt:DateTimeString format="102">{inv.issue_date}</udt:DateTimeString></ram:IssueDateTime>
+  </rsm:ExchangedDocument>
+  <rsm:SupplyChainTradeTransaction>{lines}
+    <ram:ApplicableHeaderTradeAgreement>
+      <ram:SellerTradeParty>
+        <ram:Name>{x(inv.seller)}</ram:Name>
+        <ram:PostalTradeAddress>
+          <ram:PostcodeCode>{inv.seller_city[0]}</ram:PostcodeCode>
+          <ram:LineOne>{x(inv.seller_street)}</ram:LineOne>
+          <ram:CityName>{x(inv.seller_city[1])}</ram:CityName>
+          <ram:CountryID>FR</ram:CountryID>
+        </ram:PostalTradeAddress>
+        <ram:SpecifiedTaxRegistration><ram:ID schemeID="VA">{inv.seller_vat}</ram:ID></ram:SpecifiedTaxRegistration>
+      </ram:SellerTradeParty>
+      <ram:BuyerTradeParty>
+        <ram:Name>{x(inv.buyer)}</ram:Name>
+        <ram:SpecifiedTaxRegistration><ram:ID schemeID="VA">{inv.buyer_vat}</ram:ID></ram:SpecifiedTaxRegistration>
+      </ram:BuyerTradeParty>
+    </ram:ApplicableHeaderTradeAgreement>
+    <ram:ApplicableHeaderTradeDelivery/>
+    <ram:ApplicableHeaderTradeSettlement>
+      <ram:InvoiceCurrencyCode>{inv.currency}</ram:InvoiceCurrencyCode>
+      <ram:SpecifiedTradePaymentTerms>
+        <ram:DueDateDateTime><udt:DateTimeString format="102">{inv.due_date}</udt:DateTimeString></ram:DueDateDateTime>
+      </ram:SpecifiedTradePaymentTerms>
+      <ram:SpecifiedTradeSettlementHeaderMonetarySummation>
+        <ram:LineTotalAmount>{inv.net}</ram:LineTotalAmount>
+        <ram:TaxBasisTotalAmount>{inv.net}</ram:TaxBasisTotalAmount>
+        <ram:TaxTotalAmount currencyID="{inv.currency}">{inv.tax}</ram:TaxTotalAmount>
+        <ram:GrandTotalAmount>{inv.gross}</ram:GrandTotalAmount>
+        <ram:DuePayableAmount>{inv.gross}</ram:DuePayableAmount>
+      </ram:SpecifiedTradeSettlementHeaderMonetarySummation>
+    </ram:ApplicableHeaderTradeSettlement>
+  </rsm:SupplyChainTradeTransaction>
+</rsm:CrossIndustryInvoice>
+""".encode()
+
+
+def make_einvoice_pdf(path: Path, inv: Invoice = Invoice(), xml: bytes | None = None,
+                      name: str = "factur-x.xml") -> Path:
+    """A printed invoice (with a text layer) that carries its XML as an attachment, as
+    Factur-X and ZUGFeRD PDFs do."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    for i, line in enumerate(inv.text):
+        page.insert_text((60, 80 + 22 * i), line, fontsize=11)
+    doc.embfile_add(name, xml if xml is not None else cii_xml(inv), filename=name)
+    doc.save(str(path))
+    doc.close()
+    return path
