@@ -143,7 +143,8 @@ def ask(
     files: Files,
     question: Annotated[str, typer.Option("--question", "-q", help="The question to answer.", show_default=False)],
     per_page: Annotated[bool, typer.Option("--per-page", help="Also print each page's own answer.")] = False,
-    all_pages: Annotated[bool, typer.Option("--all-pages", help="Read pages the text layer shows are irrelevant.")] = False,
+    all_pages: Annotated[bool, typer.Option(
+        "--all-pages", help="Read pages the text layer shows are irrelevant.")] = False,
     model: Model = None, mmproj: Mmproj = None, fmt: Format = "text", output: Output = None,
     pages: Pages = None, password: Password = None, dpi: Dpi = None, max_pixels: MaxPixels = None,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0, max_tokens: MaxTokens = 512,
@@ -182,7 +183,8 @@ def describe(
 @handles_errors
 def extract(
     files: Files,
-    schema: Annotated[str, typer.Option("--schema", "-s", help="JSON Schema (.json, or .yaml/.yml).", show_default=False)],
+    schema: Annotated[str, typer.Option(
+        "--schema", "-s", help="JSON Schema (.json, or .yaml/.yml).", show_default=False)],
     embedded: Annotated[str, typer.Option(
         "--embedded", help="A PDF's Factur-X/ZUGFeRD/XRechnung data: prefer it (no model), compare, or ignore.")
     ] = "prefer",

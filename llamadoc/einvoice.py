@@ -208,7 +208,7 @@ def _kind(tag: str) -> str | None:
 
 def _root_kind(data: bytes) -> str | None:
     """The kind of invoice an XML holds, from its first element only."""
-    parser: ET.XMLPullParser = ET.XMLPullParser(events=("start",))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start",))
     try:
         parser.feed(data[:65536])  # the root element comes long before this
         for event in parser.read_events():

@@ -55,9 +55,9 @@ def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
     """label -> file name below -o, over the whole batch (so shards agree)."""
     bases = {s.label: _safe(s.rel or Path(s.label).name, extension) for s in sources if not s.error}
     taken: dict[str, int] = {}
-    for base in bases.values():
-        taken[base] = taken.get(base, 0) + 1
-    folders = {str(parent) for base in bases.values() for parent in PurePosixPath(base).parents if str(parent) != "."}
+    for name in bases.values():
+        taken[name] = taken.get(name, 0) + 1
+    folders = {str(parent) for name in bases.values() for parent in PurePosixPath(name).parents if str(parent) != "."}
     names: dict[str, str] = {}
     for s in sources:
         base = bases.get(s.label)
@@ -67,8 +67,9 @@ def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
             real = os.path.realpath(s.path) if s.path is not None else s.label  # not the spelling given
             tag = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()[:8]
             stem = PurePosixPath(base)
-            base = str(stem.with_name(f"{stem.stem}-{tag}{extension}"))
-        names[s.label] = base
+            names[s.label] = str(stem.with_name(f"{stem.stem}-{tag}{extension}"))
+        else:
+            names[s.label] = base
     return names
 
 

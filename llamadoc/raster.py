@@ -48,7 +48,8 @@ class RasterOptions:
         if self.dpi is not None and not (math.isfinite(self.dpi) and low <= self.dpi <= high):
             raise UsageError(f"--dpi {self.dpi:g} is out of range", hint=f"use {low:g} to {high:g}")
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or self.max_pixels < MIN_PIXELS):
-            raise UsageError(f"--max-pixels {self.max_pixels} is too small", hint=f"use at least {MIN_PIXELS:,} (32 x 32)")
+            raise UsageError(f"--max-pixels {self.max_pixels} is too small",
+                             hint=f"use at least {MIN_PIXELS:,} (32 x 32)")
         if self.pages is not None:
             parse_pages(self.pages)
 
@@ -82,7 +83,8 @@ def parse_pages(spec: str) -> list[tuple[int, int | None]]:
             else:
                 first = last = int(part)
         except ValueError:
-            raise UsageError(f"--pages {spec!r} is not a page list", hint="use numbers and ranges like 1-3,7,10-") from None
+            raise UsageError(f"--pages {spec!r} is not a page list",
+                             hint="use numbers and ranges like 1-3,7,10-") from None
         if first < 1 or (last is not None and last < first):
             raise UsageError(f"--pages {spec!r} has an empty or zero range {part!r}", hint="pages count from 1")
         ranges.append((first, last))

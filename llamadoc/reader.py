@@ -28,7 +28,7 @@ from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
 from llamadoc.errors import GuardError, LlamadocError, UsageError
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.options import RunOptions
-from llamadoc.output import Claims, OutputSpec, Writer, WriteFailed, output_names
+from llamadoc.output import Claims, OutputSpec, WriteFailed, Writer, output_names
 from llamadoc.pipeline import Pipeline, run_options
 from llamadoc.raster import RasterOptions
 from llamadoc.render import EXTENSIONS
@@ -90,11 +90,11 @@ class Reader:
         self.guard_policy = guard or GuardPolicy()
         self.max_tokens = max_tokens
         self._model, self._mmproj, self._pull, self._notify = model, mmproj, pull, notify
-        self._load = {"gpu_layers": gpu_layers, "n_ctx": ctx, "max_tokens": max_tokens, "threads": threads,
-                      "verbose": verbose}
+        # How to load: the model's paths are filled in once it is resolved.
+        self._load = LoadOptions(model_path="", gpu_layers=gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
+                                 threads=threads, verbose=verbose)
         self._resolved: registry.ResolvedModel | None = None
         self._guard: Guard | None = None
-        self._prompt_tokens = LoadOptions(model_path="").prompt_tokens
         self._engine: VisionEngine | None = None
         self._lock = threading.RLock()
         self._sha256: str | None = None
@@ -118,8 +118,8 @@ class Reader:
     @property
     def load_options(self) -> LoadOptions:
         r = self.resolved
-        return LoadOptions(model_path=str(r.model_path), mmproj_path=str(r.mmproj_path) if r.mmproj_path else None,
-                           prompt_tokens=self._prompt_tokens, **self._load)
+        return replace(self._load, model_path=str(r.model_path),
+                       mmproj_path=str(r.mmproj_path) if r.mmproj_path else None)
 
     def vision_engine(self) -> VisionEngine:
         """The vision engine, loaded on the first call."""
@@ -152,8 +152,8 @@ class Reader:
                 f"the guard cannot run: {err.message}",
                 hint=f"run `llamadoc models pull {name}`, pass --guard-model PATH, or --guard off to go unscreened",
             ) from None
-        options = LoadOptions(model_path=str(resolved.model_path), gpu_layers=self._load["gpu_layers"],
-                              verbose=self._load["verbose"])
+        options = LoadOptions(model_path=str(resolved.model_path), gpu_layers=self._load.gpu_layers,
+                              verbose=self._load.verbose)
 
         def load() -> Any:
             try:
@@ -245,7 +245,7 @@ class Reader:
         if self._engine is None:
             # Size the context for this task's prompt: a schema can be thousands of
             # tokens. Bytes bound the tokens of any byte-level tokenizer.
-            self._prompt_tokens = max(1024, len(task.prompt(2).encode("utf-8")) + 256)
+            self._load = replace(self._load, prompt_tokens=max(1024, len(task.prompt(2).encode("utf-8")) + 256))
         checked = task.schema is None
 
         def engine() -> VisionEngine:
@@ -294,7 +294,7 @@ class Reader:
                 return report
         writer = Writer(output, names) if output.dir is not None else None
         self.prepare()
-        store = Store(output.state / "results") if output.state is not None else Store(self.settings.cache_dir / "results")
+        store = Store((output.state if output.state is not None else self.settings.cache_dir) / "results")
         for swept in (store, self.guard.store if self.guard is not None else None):
             if swept is not None:
                 swept.sweep()
@@ -351,7 +351,8 @@ class Reader:
     def describe(self, documents: Documents, **options: Any) -> list[DocumentResult]:
         return self._run_all(Describe(), documents, options)
 
-    def extract(self, documents: Documents, schema: str | Path | dict[str, Any], **options: Any) -> list[DocumentResult]:
+    def extract(self, documents: Documents, schema: str | Path | dict[str, Any],
+                **options: Any) -> list[DocumentResult]:
         if isinstance(schema, dict):
             task = Extract(schema=schema)
         else:

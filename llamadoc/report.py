@@ -19,11 +19,15 @@ def parse_fail_on(spec: str | None) -> frozenset[str]:
     """'failed,blocked' -> the outcomes that make the exit code non-zero."""
     if spec is None:
         return DEFAULT_FAIL_ON
-    chosen = frozenset(x.strip() for x in spec.split(",") if x.strip())
-    unknown = sorted(chosen - set(OUTCOMES))
+    return _checked(frozenset(x.strip() for x in spec.split(",") if x.strip()))
+
+
+def _checked(outcomes: frozenset[str]) -> frozenset[str]:
+    unknown = sorted(outcomes - set(OUTCOMES))
     if unknown:
-        raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}", hint=f"choose from {', '.join(OUTCOMES)}")
-    return chosen
+        raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}",
+                         hint=f"choose from {', '.join(OUTCOMES)}")
+    return outcomes
 
 
 @dataclass
@@ -40,9 +44,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # about the run, not one document: resuming off, ...
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.fail_on) - set(OUTCOMES))
-        if unknown:
-            raise UsageError(f"--fail-on: unknown outcome {', '.join(unknown)}", hint=f"choose from {', '.join(OUTCOMES)}")
+        _checked(frozenset(self.fail_on))
 
     @property
     def documents(self) -> int:

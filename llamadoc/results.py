@@ -6,7 +6,7 @@ Plain data, no logic: rendering lives in render.py, decisions in the stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Pillow is only needed where pages are made.
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # Pillow is only needed where pages are made.
 SCHEMA_VERSION = 2
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     PARTIAL = "partial"  # documents: some pages failed or were blocked
     FAILED = "failed"

@@ -19,7 +19,6 @@ from typing import Any
 from llamadoc.files import sweep_temp, write_atomic
 from llamadoc.results import SCHEMA_VERSION
 
-
 TMP = "tmp"  # where records are written before their rename: the one folder a sweep lists
 
 

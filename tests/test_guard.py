@@ -12,9 +12,9 @@ import pytest
 
 from llamadoc import engines
 from llamadoc.engines.base import GuardOutput, LoadOptions
-from llamadoc.guard import CATEGORIES, NOT_SCREENED, Guard, GuardPolicy, build_prompt, parse_categories, parse_verdict
 from llamadoc.errors import UsageError
 from llamadoc.gguf_header import gguf_metadata
+from llamadoc.guard import CATEGORIES, NOT_SCREENED, Guard, GuardPolicy, build_prompt, parse_categories, parse_verdict
 from llamadoc.results import Page
 from llamadoc.store import Store
 from tests.conftest import make_image, make_pdf, parse_json

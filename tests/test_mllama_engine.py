@@ -13,7 +13,14 @@ from tests.mllama_helpers import convert_fixture, fixture_image
 pytest.importorskip("llama_cpp")
 jsonschema = pytest.importorskip("jsonschema")
 
-from llamadoc.engines.base import GenerationRequest, JudgeRequest, LoadOptions, Sampling, VisionEngine  # noqa: E402
+from llamadoc.engines.base import (  # noqa: E402
+    GenerationRequest,
+    GuardEngine,  # noqa: E402
+    JudgeRequest,
+    LoadOptions,
+    Sampling,
+    VisionEngine,
+)
 from llamadoc.engines.mllama import ggml  # noqa: E402
 from llamadoc.engines.mllama.backend import (  # noqa: E402
     Device,
@@ -21,11 +28,10 @@ from llamadoc.engines.mllama.backend import (  # noqa: E402
     describe_backends,
     flash_attention_supported,
 )
-from llamadoc.engines.base import GuardEngine  # noqa: E402
 from llamadoc.engines.mllama.engine import MllamaEngine, MllamaGuardEngine  # noqa: E402
-from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR, build_prompt  # noqa: E402
 from llamadoc.engines.mllama.memory import estimate_model_memory  # noqa: E402
-from llamadoc.errors import ModelError, ResourceError, UsageError  # noqa: E402
+from llamadoc.errors import ResourceError, UsageError  # noqa: E402
+from llamadoc.guard import ANSWER_PREFIX, MAX_VERDICT_TOKENS, VERDICT_GRAMMAR, build_prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

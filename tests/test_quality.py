@@ -34,7 +34,7 @@ def _specks(image: Image.Image, count: int, largest: int, seed: int) -> Image.Im
     pixels = np.asarray(image).copy()
     h, w = pixels.shape[:2]
     for y, x, size in zip(rng.integers(0, h - largest, count), rng.integers(0, w - largest, count),
-                          rng.integers(1, largest + 1, count)):
+                          rng.integers(1, largest + 1, count), strict=True):
         pixels[y : y + size, x : x + size] = 0
     return Image.fromarray(pixels)
 

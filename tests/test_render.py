@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-
-import pytest
 
 from llamadoc import render
 from llamadoc.results import DocumentResult, PageResult, Status

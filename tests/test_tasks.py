@@ -67,7 +67,8 @@ def test_extract_reads_json_and_reports_schema_errors() -> None:
     assert "required" in (task.read("{}").error or "")
     bad = task.read("{}")
     assert bad.retry and [(c.name, c.status) for c in bad.checks] == [("schema", "fail")]
-    assert "previous answer did not match the schema: (root): 'n' is a required property" in task.prompt(1, previous=bad)
+    again = task.prompt(1, previous=bad)
+    assert "previous answer did not match the schema: (root): 'n' is a required property" in again
     assert "previous answer" not in task.prompt(1)
 
 

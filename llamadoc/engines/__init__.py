@@ -7,7 +7,6 @@ from typing import Any
 from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
 from llamadoc.errors import ModelError
 
-
 # Requests each engine decodes together (its max_batch), known before it loads.
 BATCH = {"mtmd": 1, "mllama": 8}
 

@@ -64,7 +64,7 @@ class LlamaGuardEngine:
             repeat_penalty=1.0,
             grammar=_grammar(request.grammar),
         )
-        return GuardOutput(text=out["choices"][0]["text"], p_unsafe=round(p_unsafe, 6))  # type: ignore[index]
+        return GuardOutput(text=out["choices"][0]["text"], p_unsafe=round(p_unsafe, 6))
 
     def close(self) -> None:
         self._llm.close()

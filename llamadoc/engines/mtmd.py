@@ -67,7 +67,7 @@ def projector_geometry(mmproj_path: str) -> Geometry:
 def _data_uri_handler() -> type:
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
-    class DataUriHandler(MTMDChatHandler):  # type: ignore[misc]
+    class DataUriHandler(MTMDChatHandler):
         """The stock handler would fetch any other URL with urllib; we never allow that."""
 
         @staticmethod
@@ -149,7 +149,7 @@ class MtmdEngine:
         started = time.perf_counter()
         try:
             out = self._llm.create_chat_completion(
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 max_tokens=request.max_tokens,
                 temperature=request.sampling.temperature,
                 top_p=request.sampling.top_p,
@@ -157,7 +157,7 @@ class MtmdEngine:
                 min_p=0.0,
                 repeat_penalty=1.0,  # a penalty would alter faithful copies of repeated figures
                 seed=request.sampling.seed,
-                response_format=response_format,  # type: ignore[arg-type]
+                response_format=response_format,
             )
         except ValueError as err:
             message = str(err)
@@ -168,8 +168,8 @@ class MtmdEngine:
                 ) from None
             raise EngineError(f"the model failed on this page: {message}") from None
         elapsed = (time.perf_counter() - started) * 1000
-        choice = out["choices"][0]  # type: ignore[index]
-        usage = out.get("usage", {})  # type: ignore[union-attr]
+        choice = out["choices"][0]
+        usage = out.get("usage", {})
         return GenerationResponse(
             text=choice["message"]["content"] or "",
             prompt_tokens=int(usage.get("prompt_tokens", 0)),

@@ -66,7 +66,7 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, not re-exported
 
     host = urlsplit(settings.hf_endpoint).netloc
     page = f"{settings.hf_endpoint}/{ref.repo_id}"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from llamadoc.config import ModelSpec, Settings
 from llamadoc.errors import ModelError
-from llamadoc.registry.download import Notify
 from llamadoc.gguf_header import gguf_architecture
+from llamadoc.registry.download import Notify
 from llamadoc.registry.locate import is_present, locate
 from llamadoc.registry.pull import pull_files
 

@@ -54,8 +54,13 @@ FollowUp = Callable[[str], FollowUpAnswer]
 
 
 class Task(Protocol):
-    name: str
-    schema: dict[str, Any] | None  # constrains decoding when set
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """A JSON Schema that constrains decoding, or None."""
+        ...
 
     def options(self) -> dict[str, Any]:
         """The task's options that shape an answer, as every result records them."""

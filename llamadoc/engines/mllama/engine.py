@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+
 import numpy as np
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest, LoadOptions
@@ -13,7 +14,8 @@ from llamadoc.errors import UsageError
 
 from . import ggml
 from .model import BatchItem, Completion, MllamaModel
-from .sampling import schema_grammar
+from ..llamacpp import schema_grammar
+
 
 def _load(options: LoadOptions) -> MllamaModel:
     if options.mmproj_path:

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from llamadoc.interrupt import called_from_c
 from llamadoc.errors import EngineError
+from llamadoc.interrupt import called_from_c
 
 LLAMA_CPP_VERSION = "0.3.36"
 _FIX = f"install llama-cpp-python=={LLAMA_CPP_VERSION}, the build this engine's ggml bindings match"

@@ -8,13 +8,10 @@ llama.cpp's own decoding does.
 from __future__ import annotations
 
 import ctypes
-import json
-from typing import Any
 
 import llama_cpp
 import numpy as np
 
-from llamadoc.engines.llamacpp import schema_grammar
 from llamadoc.errors import UsageError
 
 from .tokenizer import Tokenizer, quiet_llama
