@@ -12,8 +12,8 @@ from tests.mllama_helpers import convert_fixture, fixture_image
 pytest.importorskip("llama_cpp")
 jsonschema = pytest.importorskip("jsonschema")
 
-from llamadoc.engines.mllama.model import BatchItem, MllamaModel  # noqa: E402
 from llamadoc.engines.llamacpp import schema_grammar  # noqa: E402
+from llamadoc.engines.mllama.model import BatchItem, MllamaModel  # noqa: E402
 from llamadoc.errors import PageError  # noqa: E402
 
 SCHEMA = {"type": "object", "required": ["paid", "currency"],

@@ -12,9 +12,9 @@ import numpy as np
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest, LoadOptions
 from llamadoc.errors import UsageError
 
+from ..llamacpp import schema_grammar
 from . import ggml
 from .model import BatchItem, Completion, MllamaModel
-from ..llamacpp import schema_grammar
 
 
 def _load(options: LoadOptions) -> MllamaModel:
