@@ -167,18 +167,25 @@ def _special(path: Path) -> str | None:
 def _spooled(label: str, rel: str, stream: BinaryIO, limit: int, spool_dir: Path | None) -> Source:
     """A pipe's content in an unnamed temporary file (gone with the process, even after
     kill -9), read up to ``limit`` bytes; past it, a failed source."""
-    if spool_dir is not None:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-    spool = tempfile.TemporaryFile(dir=spool_dir)
+    try:
+        if spool_dir is not None:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.TemporaryFile(dir=spool_dir)
+    except OSError:  # LLAMADOC_HOME read-only: the system's temporary folder will do
+        spool = tempfile.TemporaryFile()
     size = 0
-    while chunk := stream.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            spool.close()
-            return Source(label=label, rel=rel, error=(
-                f"{label} holds more than {limit:,} bytes, the most llamadoc reads from a pipe "
-                "(save it to a file, or raise LLAMADOC_STDIN_LIMIT)"))
-        spool.write(chunk)
+    try:
+        while chunk := stream.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                spool.close()
+                return Source(label=label, rel=rel, error=(
+                    f"{label} holds more than {limit:,} bytes, the most llamadoc reads from a pipe "
+                    "(save it to a file, or raise LLAMADOC_STDIN_LIMIT)"))
+            spool.write(chunk)
+    except OSError as err:
+        spool.close()
+        return Source(label=label, rel=rel, error=f"cannot keep {label} for reading: {err.strerror or err}")
     return Source(label=label, rel=rel, spool=spool)
 
 

@@ -6,6 +6,7 @@ import ctypes
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from llamadoc.engines.base import LoadOptions
@@ -102,8 +103,25 @@ def schema_grammar(schema: dict[str, Any]) -> str:
     """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    remote = next(_remote_refs(schema), None)
+    if remote is not None:  # the converter would fetch it over the network
+        raise UsageError(f"the JSON schema refers to {remote!r}, and llamadoc never fetches schemas",
+                         hint="put that definition into the schema's $defs and refer to it as #/$defs/...")
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as err:  # the converter raises several types on schemas it cannot express
-        raise UsageError(f"the JSON schema cannot be turned into a grammar: {err}",
+        reason = " ".join(str(err).split())
+        raise UsageError(f"the JSON schema cannot be turned into a grammar: {reason[:160]}",
                          hint="simplify the schema (plain types, properties, items, enums)") from None
+
+
+def _remote_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            yield ref
+        for value in node.values():
+            yield from _remote_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _remote_refs(value)

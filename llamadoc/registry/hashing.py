@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
+
+from llamadoc.files import write_atomic
 
 _CHUNK = 8 << 20
 
 
 _NAMED_BY_DIGEST = re.compile(r"(?:sha256-)?([0-9a-f]{64})")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def file_sha256(path: Path, cache_dir: Path) -> str:
@@ -29,7 +31,7 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
     if key not in known:
         known[key] = _hash(path)
         _save(cache_dir, known)
-    return str(known[key])
+    return known[key]
 
 
 def fresh_sha256(path: Path, cache_dir: Path) -> str:
@@ -55,19 +57,18 @@ def _hash(path: Path) -> str:
 
 
 def _load(cache_dir: Path) -> dict[str, str]:
+    """The remembered digests; anything that is not a sha256 (a damaged or edited file) is forgotten."""
     try:
         known = json.loads((cache_dir / "file-hashes.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return known if isinstance(known, dict) else {}
+    if not isinstance(known, dict):
+        return {}
+    return {k: v for k, v in known.items() if isinstance(k, str) and isinstance(v, str) and _DIGEST.fullmatch(v)}
 
 
 def _save(cache_dir: Path, known: dict[str, str]) -> None:
-    cache = cache_dir / "file-hashes.json"
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
+        write_atomic(cache_dir / "file-hashes.json", json.dumps(known))
     except OSError:
-        pass  # a cache we cannot write only costs time
+        pass  # a cache we cannot write only costs time (and leaves no temporary file behind)
