@@ -89,6 +89,7 @@ def test_a_hub_model_is_downloaded_verified_and_resolved(tmp_path, served, regis
         served["model"]
     )
     assert not list(s.models_dir.rglob("*.partial"))
+    assert not list(s.models_dir.rglob("*.lock"))  # each lock goes away with its holder
     assert registry.is_present(s, s.model("tiny-hf"))
     # Once here, it is never fetched again.
     before = len(registry_server.seen)
@@ -381,6 +382,7 @@ def test_concurrent_pulls_download_each_file_once(tmp_path, served, registry_ser
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
     for data in (served["model"], served["mmproj"], served["vision"]):
         assert len(registry_server.requests("cdn", digest(data))) == 1
+    assert not list(s.models_dir.rglob("*.lock"))
 
 
 def test_progress_bars_appear_only_on_a_terminal(monkeypatch):
@@ -458,3 +460,27 @@ def test_content_addressed_blobs_are_not_hashed_again(tmp_path):
     plain = tmp_path / "plain.gguf"
     plain.write_bytes(b"model bytes")
     assert registry.file_sha256(plain, tmp_path / "cache") == hashlib.sha256(b"model bytes").hexdigest()
+
+
+def test_a_lock_file_goes_away_with_its_holder_and_a_waiter_takes_a_live_one(tmp_path):
+    import threading
+
+    target = tmp_path / "m.gguf"
+    lock = download.lock_path(target)
+    lock.write_text("")  # left behind by an older llamadoc
+    told: list[str] = []
+    release = threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        with download.locked(target, "waiting for the first", told.append):
+            seen.append(lock.exists())  # the waiter holds a lock file that is at the path, not the deleted one
+
+    with download.locked(target, "waiting", told.append):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        release.wait(0.3)  # the waiter is blocked on the same file meanwhile
+        assert waiter.is_alive()
+    waiter.join(10)
+    assert told == ["waiting for the first"] and seen == [True]
+    assert not lock.exists()

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
-
-from filelock import FileLock, Timeout
 
 from llamadoc import __version__
 from llamadoc.errors import DownloadError
@@ -108,20 +107,76 @@ def ensure_space(folder: Path, needed: int, label: str) -> None:
 
 @contextmanager
 def locked(target: Path, waiting: str, notify: Notify) -> Iterator[None]:
-    """Hold <target>.lock: one process at a time downloads, moves or deletes a file."""
-    lock = FileLock(str(lock_path(target)))
+    """Hold <target>.lock: one process at a time downloads, moves or deletes a file.
+
+    The lock file goes away with the lock, so no ``*.lock`` is left beside the models.
+    """
+    path = lock_path(target)
     try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            notify(waiting)
-            lock.acquire()
+        fd = _acquire(path, waiting, notify)
     except OSError as err:
         raise write_error(err, target.parent) from None
     try:
         yield
     finally:
-        lock.release()
+        _release(path, fd)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _acquire(path: Path, waiting: str, notify: Notify) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        told = False
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return fd
+            except OSError:
+                if not told:
+                    notify(waiting)
+                    told = True
+                time.sleep(0.2)
+
+    def _release(path: Path, fd: int) -> None:
+        os.close(fd)  # Windows refuses to delete an open file; the next holder or `models rm` does it
+        try:
+            path.unlink()
+        except OSError:
+            pass  # another process has it open: it deletes it when done
+
+else:
+    import fcntl
+
+    def _acquire(path: Path, waiting: str, notify: Notify) -> int:
+        told = False
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    notify(waiting)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The holder before us deleted the file it locked: a lock on that inode guards
+            # nothing any more, since a newcomer creates a new file. Take the one at the path.
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            os.close(fd)
+
+    def _release(path: Path, fd: int) -> None:
+        try:
+            path.unlink()  # while still held, so that whoever waits on it sees it is gone and retries
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def http_error(status: int, label: str, hints: Mapping[int, str]) -> DownloadError:
