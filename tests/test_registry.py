@@ -179,12 +179,15 @@ def test_not_found_is_one_clear_error(tmp_path, served, source, words):
 
 def test_a_gated_repository_needs_a_token(tmp_path, served, registry_server):
     s = settings(tmp_path)
-    with pytest.raises(DownloadError, match=r"gated repository.*HTTP 401") as caught:
+    page = f"{registry_server.url}/meta/gated"
+    # The user's to fix (exit 2), in one line that survives being wrapped: no hint to lose.
+    with pytest.raises(ModelError, match="meta/gated is gated") as caught:
         registry.pull(s, s.model("gated-hf"))
-    assert "HF_TOKEN" in str(caught.value)
-    with pytest.raises(DownloadError, match="HTTP 403") as caught:
+    assert f"accept the licence at {page}" in caught.value.message and "hf auth login" in caught.value.message
+    assert caught.value.hint is None and caught.value.exit_code == ExitCode.USAGE
+    with pytest.raises(ModelError, match="your Hugging Face token was refused") as caught:
         registry.pull(settings(tmp_path, HF_TOKEN="hf_wrong"), s.model("gated-hf"))
-    assert "accept the licence" in str(caught.value)
+    assert page in caught.value.message
 
     registry.pull(settings(tmp_path, HF_TOKEN="hf_secret"), s.model("gated-hf"))
     assert registry.is_present(s, s.model("gated-hf"))
@@ -206,7 +209,7 @@ def test_unreachable_servers_are_one_clear_error(tmp_path, served):
 def test_offline_mode_never_touches_the_network(tmp_path, served, registry_server, variable):
     s = settings(tmp_path, **{variable: "1"})
     for name in ("tiny-hf", "tiny-vision"):
-        with pytest.raises(DownloadError, match=f"model {name} is not downloaded and offline mode is on"):
+        with pytest.raises(ModelError, match=f"model {name} is not downloaded and offline mode is on"):
             registry.resolve(s, name, pull_missing=True)
     assert registry_server.seen == []
     registry.pull(settings(tmp_path), s.model("tiny-hf"))
@@ -216,7 +219,7 @@ def test_offline_mode_never_touches_the_network(tmp_path, served, registry_serve
 def test_a_full_disk_is_refused_before_downloading(tmp_path, served, registry_server, monkeypatch):
     monkeypatch.setattr(download.shutil, "disk_usage", lambda _path: _Usage(free=1000))
     s = settings(tmp_path)
-    with pytest.raises(DownloadError, match="not enough disk space") as caught:
+    with pytest.raises(ModelError, match="not enough disk space") as caught:
         registry.pull(s, s.model("tiny-hf"))
     assert "LLAMADOC_HOME" in str(caught.value)
     assert registry_server.requests("cdn") == []

@@ -156,11 +156,12 @@ def test_rm_deletes_llamadocs_copies(config):
 
 def test_errors_are_one_line_with_what_to_do(config, registry_server, monkeypatch):
     assert "unknown model 'nope'" in one_error_line(run("pull", "nope", "--config", str(config)), 2)
-    assert "give it a name in your models.toml" in one_error_line(run("pull", "ollama://library/x:1b"), 2)
+    assert "cannot download the manifest of ollama://library/x:1b: HTTP 404" in one_error_line(
+        run("pull", "ollama://library/x:1b"), 1)
     registry_server.corrupt.update(registry_server.hf_files.values())
     assert "failed verification" in one_error_line(run("pull", "tiny", "--config", str(config)), 1)
     monkeypatch.setenv("LLAMADOC_OFFLINE", "1")
-    line = one_error_line(run("pull", "tiny", "--config", str(config)), 1)
+    line = one_error_line(run("pull", "tiny", "--config", str(config)), 2)
     assert "offline mode is on" in line and "unset LLAMADOC_OFFLINE" in line
     monkeypatch.setenv("LLAMADOC_OFFLINE", "perhaps")
     assert "LLAMADOC_OFFLINE must be 1 or 0" in one_error_line(run("list"), 2)

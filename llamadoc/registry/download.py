@@ -26,7 +26,7 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from llamadoc import __version__
-from llamadoc.errors import DownloadError
+from llamadoc.errors import DownloadError, ModelError
 from llamadoc.registry.progress import Bar, human_size, progress_bar
 
 Notify = Callable[[str], None]
@@ -50,6 +50,10 @@ class Remote:
     size: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # for url's host only: dropped on redirects
     hints: Mapping[int, str] = field(default_factory=dict)  # HTTP status -> what the user can do
+
+
+class NotFound(DownloadError):
+    """The server has no such model or file (HTTP 404): a model with another source tries that one."""
 
 
 class _Dropped(Exception):
@@ -98,7 +102,8 @@ def ensure_space(folder: Path, needed: int, label: str) -> None:
     except OSError:
         return  # unknown free space: the write itself will say if the disk fills up
     if free < needed:
-        raise DownloadError(
+        # The user's to change (free space, or another LLAMADOC_HOME), not a transfer to retry.
+        raise ModelError(
             f"not enough disk space for {label}: it needs {human_size(needed)} in {folder}, "
             f"{human_size(free)} free",
             hint="free some space, or set LLAMADOC_HOME to a folder on a larger disk",
@@ -113,6 +118,7 @@ def locked(target: Path, waiting: str, notify: Notify) -> Iterator[None]:
     """
     path = lock_path(target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, waiting, notify)
     except OSError as err:
         raise write_error(err, target.parent) from None
@@ -189,7 +195,8 @@ def http_error(status: int, label: str, hints: Mapping[int, str]) -> DownloadErr
     hint = hints.get(status) or generic.get(status)
     if hint is None and status >= 500:
         hint = "the server failed: try again later"
-    return DownloadError(f"cannot download {label}: HTTP {status}", hint=hint)
+    kind = NotFound if status == 404 else DownloadError
+    return kind(f"cannot download {label}: HTTP {status}", hint=hint)
 
 
 def network_error(err: BaseException, url: str, label: str) -> DownloadError:
