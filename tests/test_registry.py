@@ -38,9 +38,9 @@ files.model = "hf://meta/gated/guard.gguf"
 engine = "mllama"
 files.model = "ollama://library/tiny-vision:1b"
 
-[models.old-vision]
-engine = "mllama"
-files.model = "ollama://library/tiny-vision:old"
+[models.tiny-llava]
+engine = "mtmd"
+files.model = "ollama://library/tiny-vision:llava"
 """
 
 
@@ -57,13 +57,14 @@ def served(registry_server: FakeRegistry, model_env, tmp_path: Path) -> dict[str
     registry_server.add_hf_file("test/tiny", "tiny-Q8_0.gguf", files["model"])
     registry_server.add_hf_file("test/tiny", "mmproj-tiny.gguf", files["mmproj"])
     registry_server.add_hf_file("meta/gated", "guard.gguf", files["guard"], token="hf_secret")
-    # Ollama's current Llama 3.2 Vision: one model layer; and an older manifest with a projector layer.
+    # Ollama's current Llama 3.2 Vision: one model layer; and a LLaVA-style model + projector pair.
     template = b"{{ .Prompt }}"
     registry_server.add_ollama_model(
-        "library/tiny-vision:1b", {"model": files["vision"], "template": template, "params": b'{"temperature":0}'}
+        "library/tiny-vision:1b", {"model": files["vision"], "template": template, "params": b'{"temperature":0}'},
+        family="mllama",
     )
     registry_server.add_ollama_model(
-        "library/tiny-vision:old", {"model": files["vision"], "projector": files["projector"]}
+        "library/tiny-vision:llava", {"model": files["vision"], "projector": files["projector"]}, family="llama"
     )
     (tmp_path / "models.toml").write_text(MODELS)
     return files
@@ -267,9 +268,10 @@ def test_an_ollama_model_comes_as_its_manifest_and_blobs(tmp_path, served, regis
     assert accept == "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def test_an_older_manifest_with_a_projector_layer_gives_the_projector_too(tmp_path, served, registry_server):
+def test_a_manifest_with_a_projector_layer_gives_the_projector_too(tmp_path, served, registry_server):
     s = settings(tmp_path)
-    resolved = registry.resolve(s, "old-vision", pull_missing=True)
+    resolved = registry.resolve(s, "tiny-llava", pull_missing=True)
+    assert resolved.engine == "mtmd"
     assert resolved.mmproj_path is not None and resolved.mmproj_path.read_bytes() == served["projector"]
     # The model layer both tags share was downloaded once.
     vision = digest(served["vision"])
@@ -311,6 +313,7 @@ def test_an_incomplete_ollama_store_is_not_used(tmp_path, served, ollama_store):
     s = settings(tmp_path)
     registry.pull(s, s.model("tiny-vision"))
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
+    assert registry.resolve(s, "tiny-vision").revision.startswith("sha256:")  # the manifest's digest
 
 
 def test_the_hugging_face_cache_is_used_in_place(tmp_path, served, registry_server):
@@ -348,7 +351,7 @@ def test_verify_finds_a_damaged_file_and_deletes_llamadocs_copy(tmp_path, served
 def test_remove_deletes_llamadocs_files_but_not_those_another_model_uses(tmp_path, served):
     (tmp_path / "models.toml").write_text(MODELS + '[models.alias]\nengine = "mllama"\nfiles.model = "ollama://tiny-vision:1b"\n')
     s = settings(tmp_path)
-    for name in ("tiny-hf", "tiny-vision", "old-vision"):
+    for name in ("tiny-hf", "tiny-vision", "tiny-llava"):
         registry.pull(s, s.model(name))
     removal = registry.remove(s, s.model("tiny-hf"))
     assert {p.name for p in removal.removed} >= {"tiny-Q8_0.gguf", "tiny-Q8_0.gguf.sha256", "mmproj-tiny.gguf"}
@@ -356,7 +359,7 @@ def test_remove_deletes_llamadocs_files_but_not_those_another_model_uses(tmp_pat
     assert not registry.is_present(s, s.model("tiny-hf"))
 
     assert registry.remove(s, s.model("tiny-vision")).removed == []  # 'alias' still uses it
-    removal = registry.remove(s, s.model("old-vision"))
+    removal = registry.remove(s, s.model("tiny-llava"))
     # Its projector goes; the model layer it shares with tiny-vision:1b stays.
     assert any(p.name == f"sha256-{digest(served['projector'])}" for p in removal.removed)
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
