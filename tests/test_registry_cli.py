@@ -65,7 +65,9 @@ def test_list_shows_every_model_with_its_facts_and_presence(config):
     assert result.exit_code == 0, result.output
     assert "llama3.2-vision:11b (default)" in result.stdout and "llama-guard3:1b (default guard)" in result.stdout
     tiny = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
-    assert tiny.split() == ["tiny", "mtmd", "vision", "F32", "600.0", "kB", "4,096", "1", "GB", "no"]
+    assert tiny.split() == ["tiny", "mtmd", "vision", "F32", "600.0", "kB", "4,096", "1", "GB", "hf", "(unchecked)", "no"]
+    guard = next(line for line in result.stdout.splitlines() if line.startswith("llama-guard3:11b-vision"))
+    assert guard.split()[-2:] == ["meta", "no"]  # Meta's checkpoint, checked, not here
     assert "models folder:" in result.stdout and "(0 B used)" in result.stdout
 
     assert run("pull", "tiny", "--config", str(config)).exit_code == 0

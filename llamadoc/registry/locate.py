@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings
+from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, SourceSpec
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import partial_path
 
@@ -82,10 +82,23 @@ def locate(settings: Settings, spec: ModelSpec, quant: str | None = None) -> lis
     return found
 
 
-def is_present(settings: Settings, spec: ModelSpec) -> bool:
-    """Whether every file models.toml names for ``spec`` is on this machine."""
+def complete(settings: Settings, spec: ModelSpec, quant: str | None = None) -> bool:
+    """Whether every file models.toml names for ``spec``'s first source is on this machine."""
     roles = {f.role for f in spec.files}
-    return all(f.present for f in locate(settings, spec) if f.role in roles)
+    return all(f.present for f in locate(settings, spec, quant) if f.role in roles)
+
+
+def present_source(settings: Settings, spec: ModelSpec, quant: str | None = None) -> SourceSpec | None:
+    """The first of ``spec``'s sources whose files are all here."""
+    for candidate in spec.sources:
+        if complete(settings, spec.with_source(candidate.name), quant):
+            return candidate
+    return None
+
+
+def is_present(settings: Settings, spec: ModelSpec) -> bool:
+    """Whether the files of one of ``spec``'s sources are all on this machine."""
+    return present_source(settings, spec) is not None
 
 
 def _hf_file(settings: Settings, ref: HfRef, role: str, source: str, pinned: str | None) -> LocalFile:

@@ -14,9 +14,8 @@ from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, So
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import Notify, locked, partial_path
 from llamadoc.registry.hashing import fresh_sha256
-from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate
+from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate, present_source
 from llamadoc.registry.progress import human_size
-from llamadoc.registry.pull import present_source
 
 _OWNERS = {OLLAMA: "in Ollama's store", HF_CACHE: "in the Hugging Face cache", USER_PATH: "your own file"}
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, SourceSpec, parse_source
+from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, parse_source
 from llamadoc.errors import ModelError
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import NotFound, Notify
-from llamadoc.registry.locate import LocalFile, locate
+from llamadoc.registry.locate import LocalFile, complete, locate, present_source
 
 OFFLINE_HINT = "unset LLAMADOC_OFFLINE and HF_HUB_OFFLINE to download it, or put its files in place"
 
@@ -29,19 +29,6 @@ def pull(
     """Download what is missing of ``spec``; returns the local path of each of its files."""
     files = pull_files(settings, spec, notify, source=source, quant=quant, keep_source=keep_source)
     return [f.path for f in files if f.path is not None]
-
-
-def present_source(settings: Settings, spec: ModelSpec, quant: str | None = None) -> SourceSpec | None:
-    """The first of ``spec``'s sources whose files are all here."""
-    for candidate in spec.sources:
-        if _complete(settings, spec.with_source(candidate.name), quant):
-            return candidate
-    return None
-
-
-def _complete(settings: Settings, spec: ModelSpec, quant: str | None) -> bool:
-    roles = {f.role for f in spec.files}
-    return all(f.present for f in locate(settings, spec, quant) if f.role in roles)
 
 
 def pull_files(
@@ -64,7 +51,7 @@ def pull_files(
         here = present_source(settings, spec, quant)
         if here is not None:
             return locate(settings, spec.with_source(here.name), quant)
-    elif _complete(settings, spec.with_source(source), quant):
+    elif complete(settings, spec.with_source(source), quant):
         return locate(settings, spec.with_source(source), quant)
     if settings.offline:
         raise ModelError(f"model {spec.name} is not downloaded and offline mode is on", hint=OFFLINE_HINT)

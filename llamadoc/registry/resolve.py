@@ -13,8 +13,8 @@ from llamadoc.gguf_header import gguf_architecture
 from llamadoc.registry import checkpoint, known_blobs, ollama
 from llamadoc.registry.download import Notify
 from llamadoc.registry.hashing import known_sha256
-from llamadoc.registry.locate import LocalFile
-from llamadoc.registry.pull import present_source, pull_files
+from llamadoc.registry.locate import LocalFile, present_source
+from llamadoc.registry.pull import pull_files
 
 GUARD_KINDS = ("guard", "vision-guard")
 
