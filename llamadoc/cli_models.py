@@ -127,6 +127,13 @@ def models_pull(
             print(target)
             continue
         chosen = target.with_source(source) if source else target
+        if quant and not chosen.sources[0].converts:
+            converting = [s.name for s in target.sources if s.converts]
+            raise UsageError(
+                f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.sources[0].name} "
+                "is a ready GGUF",
+                hint=f"add --source {converting[0]}" if converting else "drop --quant",
+            )
         if (complete(settings, chosen, quant) if source or quant else registry.is_present(settings, target)):
             say(f"model {name} is already here")
         for path in registry.pull(settings, target, notify=say, source=source, quant=quant, keep_source=keep_source):

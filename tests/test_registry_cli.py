@@ -162,6 +162,8 @@ def test_errors_are_one_line_with_what_to_do(config, registry_server, monkeypatc
         run("pull", "ollama://library/x:1b"), 1)
     registry_server.corrupt.update(registry_server.hf_files.values())
     assert "failed verification" in one_error_line(run("pull", "tiny", "--config", str(config)), 1)
+    line = one_error_line(run("pull", "llama3.2-vision:11b", "--quant", "Q8_0", "--config", str(config)), 2)
+    assert "--quant applies to a checkpoint converted on pull" in line and "add --source meta" in line
     monkeypatch.setenv("LLAMADOC_OFFLINE", "1")
     line = one_error_line(run("pull", "tiny", "--config", str(config)), 2)
     assert "offline mode is on" in line and "unset LLAMADOC_OFFLINE" in line

@@ -229,3 +229,21 @@ def test_the_converters_quantisations_are_the_registrys(hub):
     from llamadoc.engines.mllama.convert import QUANTS
 
     assert set(QUANTS) == set(checkpoint.QUANTS)
+
+
+def test_a_complete_snapshot_in_the_hub_cache_is_converted_in_place_and_kept(hub, registry_server):
+    cache = Path(os.environ["HF_HOME"]) / "hub" / f"models--{GUARD_REPO.replace('/', '--')}"
+    for item in CHECKPOINT.iterdir():
+        blob = cache / "blobs" / hashlib.sha256(item.read_bytes()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(item.read_bytes())
+        link = cache / "snapshots" / COMMIT / item.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../../blobs") / blob.name)
+    s = settings(HF_TOKEN=TOKEN)
+    told: list[str] = []
+    [path] = registry.pull(s, s.model("llama-guard3:11b-vision"), notify=told.append)
+    assert read_header(path).architecture == "mllama"
+    assert any("the copy of meta-llama/Llama-Guard-3-11B-Vision in the Hugging Face cache" in m for m in told)
+    assert registry_server.requests("cdn", weights(registry_server)) == []  # nothing downloaded
+    assert (cache / "snapshots" / COMMIT / "model.safetensors").is_file()  # another tool's copy stays
