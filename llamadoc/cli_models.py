@@ -13,10 +13,14 @@ from llamadoc.errors import UsageError
 models_app = typer.Typer(help="List, download, inspect, check and delete models.", no_args_is_help=True)
 
 ModelName = Annotated[
-    str, typer.Argument(help="A model name from `models list`, an hf:// or ollama:// address, or a .gguf path.",
-                        show_default=False)]
+    str,
+    typer.Argument(help="A model name from `models list`, an hf:// or ollama:// address, or a .gguf path.",
+                   show_default=False),
+]
 ModelNames = Annotated[
-    list[str], typer.Argument(help="Model names from `models list`, or hf:// / ollama:// addresses.", show_default=False)]
+    list[str],
+    typer.Argument(help="Model names from `models list`, or hf:// / ollama:// addresses.", show_default=False),
+]
 PATH_ROLES = ("model", "mmproj", "template", "params")
 
 

@@ -228,7 +228,9 @@ def address_spec(address: str, kind: str = "") -> ModelSpec:
     except ValueError as err:
         raise ConfigError(f"{address!r} is not a model address", hint=str(err)) from None
     if isinstance(ref, Path):
-        raise ConfigError(f"{address!r} is not a model address", hint="use hf://, ollama://, or a path without a scheme")
+        raise ConfigError(
+            f"{address!r} is not a model address", hint="use hf://, ollama://, or a path without a scheme"
+        )
     name = {HfRef: "hf", HfRepoRef: "hf", OllamaRef: "ollama"}[type(ref)]
     return ModelSpec(
         name=address,
@@ -408,7 +410,8 @@ def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: A
         sha256 = sha256.lower()
         if not _SHA256.fullmatch(sha256):
             raise ConfigError(f"{origin}: {key}.sha256 must be 64 hex digits")
-    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"), checked=body.get("checked", False))
+    checked = body.get("checked", False)
+    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"), checked=checked)
 
 
 def _parse_files(origin: str, base_dir: Path | None, prefix: str, body: Any) -> list[FileSource]:

@@ -15,9 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
-
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from llamadoc.config import ENGINE_FROM_FILE, OllamaRef, Settings
 from llamadoc.errors import DownloadError, ModelError

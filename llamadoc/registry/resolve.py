@@ -205,7 +205,9 @@ def _projector(settings: Settings, mmproj: str | None, pull_missing: bool, notif
     except ValueError as err:
         raise ModelError(f"--mmproj {mmproj!r} is not an address", hint=str(err)) from None
     if not isinstance(ref, HfRef):
-        raise ModelError(f"--mmproj {mmproj!r}: a projector is one file", hint="use hf://OWNER/REPO/FILE.gguf or a path")
+        raise ModelError(
+            f"--mmproj {mmproj!r}: a projector is one file", hint="use hf://OWNER/REPO/FILE.gguf or a path"
+        )
     spec = address_spec(mmproj)
     files = _local_files(settings, spec, "projector", pull_missing, notify, False)
     found = files[0].path
