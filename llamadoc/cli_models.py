@@ -12,8 +12,15 @@ from llamadoc.errors import UsageError
 
 models_app = typer.Typer(help="List, download, inspect, check and delete models.", no_args_is_help=True)
 
-ModelName = Annotated[str, typer.Argument(help="A model name from `models list`, or a .gguf path.", show_default=False)]
-ModelNames = Annotated[list[str], typer.Argument(help="Model names from `models list`.", show_default=False)]
+ModelName = Annotated[
+    str,
+    typer.Argument(help="A model name from `models list`, an hf:// or ollama:// address, or a .gguf path.",
+                   show_default=False),
+]
+ModelNames = Annotated[
+    list[str],
+    typer.Argument(help="Model names from `models list`, or hf:// / ollama:// addresses.", show_default=False),
+]
 PATH_ROLES = ("model", "mmproj", "template", "params")
 
 
@@ -30,6 +37,13 @@ def _model_or_path(settings: Any, name: str) -> Any:
     return settings.model(name)
 
 
+def _source_of(settings: Any, spec: Any) -> Any:
+    """The source a model's files are here from, else the one a pull would take first."""
+    from llamadoc.registry.locate import present_source
+
+    return present_source(settings, spec) or spec.sources[0]
+
+
 def _presence(spec: Any, files: list[Any]) -> str:
     from llamadoc.registry.progress import human_size
 
@@ -44,7 +58,7 @@ def _presence(spec: Any, files: list[Any]) -> str:
 @models_app.command("list")
 @handles_errors
 def models_list(config: Config = None) -> None:
-    """The models llamadoc knows: engine, size, memory, and whether they are here."""
+    """The models llamadoc knows: engine, size, memory, the source they come from, and whether they are here."""
     from rich.console import Console
     from rich.table import Table
 
@@ -55,12 +69,13 @@ def models_list(config: Config = None) -> None:
 
     settings = load_settings(config)
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "engine", "kind", "quant", "size", "context", "memory", "local"):
+    for column in ("name", "engine", "kind", "quant", "size", "context", "memory", "source", "local"):
         table.add_column(column)
     shared: dict[Path, int] = {}
     defaults = {settings.default_vision: " (default)", settings.default_guard: " (default guard)"}
     for name, spec in sorted(settings.models.items()):
-        files = registry.locate(settings, spec)
+        source = _source_of(settings, spec)
+        files = registry.locate(settings, spec.with_source(source.name))
         shared.update({f.path: f.size for f in files if f.present and f.place in (OLLAMA, HF_CACHE) and f.path})
         table.add_row(
             name + defaults.get(name, ""),
@@ -70,7 +85,8 @@ def models_list(config: Config = None) -> None:
             human_size(spec.size_bytes),
             f"{spec.context:,}" if spec.context else "?",
             f"{spec.min_memory_gb:g} GB" if spec.min_memory_gb else "?",
-            _presence(spec, files),
+            source.name + ("" if source.checked else " (unchecked)"),
+            _presence(spec.with_source(source.name), files),
         )
     Console(width=200).print(table)
     print(f"models folder: {settings.models_dir} ({human_size(_disk_used(settings.models_dir))} used)")
@@ -85,10 +101,27 @@ def _disk_used(folder: Path) -> int:
 
 @models_app.command("pull")
 @handles_errors
-def models_pull(names: ModelNames, config: Config = None) -> None:
-    """Download models' files (resumable, verified) into LLAMADOC_HOME; prints their paths."""
+def models_pull(
+    names: ModelNames,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Which of a model's sources to pull from (e.g. meta).")
+    ] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="For a checkpoint converted on pull: Q4_K_M, Q8_0, F16 or F32.")
+    ] = None,
+    keep_source: Annotated[
+        bool, typer.Option("--keep-source", help="Keep a converted checkpoint's download (deleted by default).")
+    ] = False,
+    config: Config = None,
+) -> None:
+    """Download models' files (resumable, verified) into LLAMADOC_HOME; prints their paths.
+
+    A checkpoint (Meta's safetensors) is converted to one GGUF here. A model whose
+    first source answers 404 is pulled from its next one.
+    """
     from llamadoc import registry
     from llamadoc.config import load_settings
+    from llamadoc.registry.locate import complete
 
     settings = load_settings(config)
     for name in names:
@@ -97,9 +130,17 @@ def models_pull(names: ModelNames, config: Config = None) -> None:
             say(f"{target} is a local file: nothing to download")
             print(target)
             continue
-        if registry.is_present(settings, target):
+        chosen = target.with_source(source) if source else target
+        if quant and not chosen.sources[0].converts:
+            converting = [s.name for s in target.sources if s.converts]
+            raise UsageError(
+                f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.sources[0].name} "
+                "is a ready GGUF",
+                hint=f"add --source {converting[0]}" if converting else "drop --quant",
+            )
+        if (complete(settings, chosen, quant) if source or quant else registry.is_present(settings, target)):
             say(f"model {name} is already here")
-        for path in registry.pull(settings, target, notify=say):
+        for path in registry.pull(settings, target, notify=say, source=source, quant=quant, keep_source=keep_source):
             print(path)
 
 
@@ -146,7 +187,7 @@ def models_path(
     if isinstance(target, Path):
         print(target.absolute())
         return
-    files = {f.role: f for f in registry.locate(settings, target)}
+    files = {f.role: f for f in registry.locate(settings, target.with_source(_source_of(settings, target).name))}
     file = files.get(role)
     if file is None:
         raise ModelError(f"model {name} has no {role} file")
@@ -184,7 +225,14 @@ def models_info(name: ModelName, config: Config = None) -> None:
             ("max pixels", f"{spec.max_pixels:,}" if spec.max_pixels else "the default"),
             ("defined in", spec.origin),
         ])
-        for file in registry.locate(settings, spec):
+        here = _source_of(settings, spec)
+        for candidate in spec.sources:
+            note = "checked" if candidate.checked else "unchecked"
+            if candidate.converts:
+                note += ", a checkpoint converted to GGUF on pull"
+            used = " <- its files are here" if candidate is here and registry.is_present(settings, spec) else ""
+            rows.append(("source", f"{candidate.name} ({note}){used}"))
+        for file in registry.locate(settings, spec.with_source(here.name)):
             rows.append((file.role, file.source))
             if not file.present or file.path is None:
                 partial = f" ({human_size(file.partial)} of an interrupted download kept)" if file.partial else ""
@@ -193,6 +241,8 @@ def models_info(name: ModelName, config: Config = None) -> None:
             rows.append(("  path", f"{file.path} ({file.place}, {human_size(file.size)})"))
             if file.sha256:
                 rows.append(("  sha256", file.sha256))
+            if file.revision:
+                rows.append(("  revision", file.revision))
             if file.role in ("model", "mmproj"):
                 try:
                     rows.extend(("  " + key, value) for key, value in _gguf_rows(registry.gguf_summary(file.path)))
@@ -237,7 +287,8 @@ def models_verify(
 
     settings = load_settings(config)
     targets = [_model_or_path(settings, n) for n in names] if names else [
-        spec for spec in settings.models.values() if any(f.present for f in registry.locate(settings, spec))
+        spec for spec in settings.models.values()
+        if any(f.present for source in spec.sources for f in registry.locate(settings, spec.with_source(source.name)))
     ]
     if not targets:
         say("no downloaded models to verify")

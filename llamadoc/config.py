@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from llamadoc.errors import ConfigError
 
 ENGINES = ("mtmd", "mllama", "llama")
+# An address given without a models.toml entry: the engine is read from the file once it is here.
+ENGINE_FROM_FILE = "from-file"
 KINDS = ("vision", "guard", "vision-guard")
 FILE_ROLES = ("model", "mmproj")
 DEFAULT_OLLAMA_REGISTRY = "https://registry.ollama.ai"
@@ -35,8 +37,10 @@ _MODEL_KEYS = {
     "min_memory_gb": float,
     "max_pixels": int,
     "files": dict,
+    "sources": dict,
 }
-_FILE_KEYS = {"source": str, "sha256": str, "size": int}
+_FILE_KEYS = {"source": str, "sha256": str, "size": int, "checked": bool}
+_SOURCE_KEYS = {"files": dict}
 _DEFAULT_KEYS = {"vision": str, "guard": str}
 _DEFAULT_KINDS = {"vision": ("vision",), "guard": ("guard", "vision-guard")}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true or false",
@@ -61,6 +65,18 @@ class HfRef:
 
 
 @dataclass(frozen=True)
+class HfRepoRef:
+    """A Hugging Face checkpoint (safetensors + config + tokenizer), converted to GGUF on pull: hf://owner/repo[@revision]."""
+
+    repo_id: str
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        at = "" if self.revision == "main" else f"@{self.revision}"
+        return f"hf://{self.repo_id}{at}"
+
+
+@dataclass(frozen=True)
 class OllamaRef:
     """A model in an Ollama registry: ollama://[namespace/]name[:tag]."""
 
@@ -72,7 +88,7 @@ class OllamaRef:
         return f"ollama://{self.namespace}/{self.name}:{self.tag}"
 
 
-SourceRef = HfRef | OllamaRef | Path
+SourceRef = HfRef | HfRepoRef | OllamaRef | Path
 
 
 def parse_source(source: str) -> SourceRef:
@@ -84,8 +100,10 @@ def parse_source(source: str) -> SourceRef:
         owner, _, after_owner = rest.partition("/")
         repo_at, _, filename = after_owner.partition("/")
         repo, _, revision = repo_at.partition("@")
+        if owner and repo and not filename and not repo.endswith(".gguf") and "@" not in owner:
+            return HfRepoRef(repo_id=f"{owner}/{repo}", revision=revision or "main")
         if not (owner and repo and filename):
-            raise ValueError("use hf://owner/repo/path/to/file.gguf (or owner/repo@revision/...)")
+            raise ValueError("use hf://owner/repo/path/to/file.gguf, or hf://owner/repo for a checkpoint to convert")
         return HfRef(repo_id=f"{owner}/{repo}", filename=filename, revision=revision or "main")
     if scheme == "ollama":
         path, _, tag = rest.partition(":")
@@ -104,10 +122,28 @@ class FileSource:
     source: str  # hf://owner/repo/path, ollama://library/name:tag, or a local path
     sha256: str | None = None  # pins the file: a download that does not match is rejected
     size: int | None = None  # bytes as published: informational, the server's own figure is checked
+    checked: bool = False  # confirmed against the published page (models.toml says how, beside it)
 
     @property
     def ref(self) -> SourceRef:
         return parse_source(self.source)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One place a model's files come from; a model may have several, tried in order."""
+
+    name: str  # "ollama", "hf", "path" for files.*, or the key of sources.NAME
+    files: tuple[FileSource, ...]
+
+    @property
+    def checked(self) -> bool:
+        return all(f.checked for f in self.files)
+
+    @property
+    def converts(self) -> bool:
+        """A checkpoint that a pull converts to GGUF, rather than files fetched as they are."""
+        return any(isinstance(f.ref, HfRepoRef) for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -121,11 +157,33 @@ class ModelSpec:
     context: int | None = None
     min_memory_gb: float | None = None
     max_pixels: int | None = None  # the raster budget that suits the model's vision input
-    files: tuple[FileSource, ...] = ()
+    sources: tuple[SourceSpec, ...] = ()  # in the order a pull tries them
     origin: str = ""  # the file that defined it, for messages
+
+    @property
+    def files(self) -> tuple[FileSource, ...]:
+        """The files of the first source: what locate, pull and resolve work on."""
+        return self.sources[0].files if self.sources else ()
+
+    @property
+    def address(self) -> bool:
+        """An hf:// or ollama:// address given as it is, with no models.toml entry."""
+        return self.engine == ENGINE_FROM_FILE
 
     def file(self, role: str) -> FileSource | None:
         return next((f for f in self.files if f.role == role), None)
+
+    def source(self, name: str) -> SourceSpec:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources)
+        raise ConfigError(f"model {self.name} has no source {name!r}", hint=f"its sources: {known}")
+
+    def with_source(self, name: str) -> ModelSpec:
+        """This model with source ``name`` first: the one locate, pull and resolve then use."""
+        chosen = self.source(name)
+        return replace(self, sources=(chosen, *(s for s in self.sources if s is not chosen)))
 
 
 @dataclass(frozen=True)
@@ -150,14 +208,38 @@ class Settings:
         return self.home / "cache"
 
     def model(self, name: str) -> ModelSpec:
-        try:
+        """The models.toml entry ``name``, or the entry an hf:// or ollama:// address stands for."""
+        if name in self.models:
             return self.models[name]
-        except KeyError:
-            if "://" in name:
-                hint = f"give it a name in your models.toml: [models.NAME] with files.model = {name!r}"
-            else:
-                hint = f"known models: {', '.join(sorted(self.models)) or 'none'}; or pass a path to a .gguf file"
-            raise ConfigError(f"unknown model {name!r}", hint=hint) from None
+        if "://" in name:
+            return address_spec(name)
+        hint = f"known models: {', '.join(sorted(self.models)) or 'none'}; or pass a path to a .gguf file"
+        raise ConfigError(f"unknown model {name!r}", hint=hint)
+
+
+def address_spec(address: str, kind: str = "") -> ModelSpec:
+    """A model known only by its address (hf://owner/repo/file.gguf, hf://owner/repo, ollama://name:tag).
+
+    Its engine comes from the file once it is here; ``kind`` says what the caller wants of
+    it ("vision" or "guard"), so that a pull can refuse what cannot serve before downloading.
+    """
+    try:
+        ref = parse_source(address)
+    except ValueError as err:
+        raise ConfigError(f"{address!r} is not a model address", hint=str(err)) from None
+    if isinstance(ref, Path):
+        raise ConfigError(
+            f"{address!r} is not a model address", hint="use hf://, ollama://, or a path without a scheme"
+        )
+    name = {HfRef: "hf", HfRepoRef: "hf", OllamaRef: "ollama"}[type(ref)]
+    return ModelSpec(
+        name=address,
+        engine=ENGINE_FROM_FILE,
+        kind=kind,
+        quantisation="Q4_K_M" if isinstance(ref, HfRepoRef) else None,
+        sources=(SourceSpec(name, (FileSource("model", str(ref)),)),),
+        origin="the address given",
+    )
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -319,11 +401,81 @@ def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: A
         raise ConfigError(
             f"{origin}: {key}.sha256 does not apply to an Ollama source", hint="its layers are named by their digests"
         )
+    if sha256 is not None and isinstance(ref, HfRepoRef):
+        raise ConfigError(
+            f"{origin}: {key}.sha256 does not apply to a checkpoint",
+            hint="the GGUF is made on this machine; its digest is recorded when it is",
+        )
     if sha256 is not None:
         sha256 = sha256.lower()
         if not _SHA256.fullmatch(sha256):
             raise ConfigError(f"{origin}: {key}.sha256 must be 64 hex digits")
-    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"))
+    checked = body.get("checked", False)
+    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"), checked=checked)
+
+
+def _parse_files(origin: str, base_dir: Path | None, prefix: str, body: Any) -> list[FileSource]:
+    files = []
+    for role, fbody in _table(origin, prefix, body).items():
+        if role not in FILE_ROLES:
+            raise _unknown_key(origin, f"{prefix}.{role}", FILE_ROLES)
+        files.append(_parse_file(origin, base_dir, f"{prefix}.{role}", role, fbody))
+    return files
+
+
+def _merged(files: tuple[FileSource, ...], new: list[FileSource]) -> tuple[FileSource, ...]:
+    roles = {f.role for f in new}
+    return tuple([f for f in files if f.role not in roles] + new)
+
+
+def _scheme_name(file: FileSource) -> str:
+    ref = file.ref
+    return "path" if isinstance(ref, Path) else "ollama" if isinstance(ref, OllamaRef) else "hf"
+
+
+def _parse_sources(
+    origin: str, base_dir: Path | None, prefix: str, body: dict[str, Any], base: ModelSpec | None
+) -> tuple[SourceSpec, ...]:
+    """files.* (one source, named by its scheme) and sources.NAME.files.*, merged into the base's by name."""
+    sources = list(base.sources) if base else []
+    if "files" in body:
+        new = _parse_files(origin, base_dir, f"{prefix}.files", body["files"])
+        model = next((f for f in new if f.role == "model"), None)
+        name = _scheme_name(model) if model else (sources[0].name if sources else "")
+        old = next((s for s in sources if s.name == name), None)
+        merged = SourceSpec(name, _merged(old.files if old else (), new))
+        sources = [merged, *(s for s in sources if s is not old)]  # files.* comes first: it is what a pull takes
+    for name, sbody in _table(origin, f"{prefix}.sources", body.get("sources", {})).items():
+        key = f"{prefix}.sources.{name}"
+        table = _table(origin, key, sbody)
+        for k, v in table.items():
+            _check_type(origin, f"{key}.{k}", v, _SOURCE_KEYS)
+        new = _parse_files(origin, base_dir, f"{key}.files", table.get("files", {}))
+        at = next((i for i, s in enumerate(sources) if s.name == name), None)
+        merged = SourceSpec(name, _merged(sources[at].files if at is not None else (), new))
+        if at is None:
+            sources.append(merged)
+        else:
+            sources[at] = merged
+    return tuple(sources)
+
+
+def _check_source(origin: str, prefix: str, engine: str, source: SourceSpec) -> None:
+    model = next((f for f in source.files if f.role == "model"), None)
+    where = f"{prefix} (source {source.name})" if source.name not in ("ollama", "hf", "path") else prefix
+    if model is None:
+        raise ConfigError(f"{origin}: {where} has no files.model")
+    if isinstance(model.ref, HfRepoRef):
+        if engine != "mllama":
+            raise ConfigError(
+                f"{origin}: {where}: a checkpoint ({model.source}) is converted by the mllama engine's converter",
+                hint='set engine = "mllama", or name a .gguf file: hf://owner/repo/FILE.gguf',
+            )
+        if any(f.role == "mmproj" for f in source.files):
+            raise ConfigError(f"{origin}: {where}: a converted checkpoint is one file; drop files.mmproj")
+    # An Ollama manifest carries its own projector layer; any other libmtmd model needs one named.
+    if engine == "mtmd" and not isinstance(model.ref, OllamaRef) and not any(f.role == "mmproj" for f in source.files):
+        raise ConfigError(f"{origin}: {where} (engine mtmd) needs files.mmproj, its vision projector")
 
 
 def _parse_model(
@@ -332,29 +484,22 @@ def _parse_model(
     prefix = f"models.{name}"
     for key, value in body.items():
         _check_type(origin, f"{prefix}.{key}", value, _MODEL_KEYS)
-    files = list(base.files) if base else []
-    for role, fbody in body.get("files", {}).items():
-        if role not in FILE_ROLES:
-            raise _unknown_key(origin, f"{prefix}.files.{role}", FILE_ROLES)
-        files = [f for f in files if f.role != role]
-        files.append(_parse_file(origin, base_dir, f"{prefix}.files.{role}", role, fbody))
+    sources = _parse_sources(origin, base_dir, prefix, body, base)
     engine = body.get("engine", base.engine if base else None)
     if engine not in ENGINES:
         raise ConfigError(f"{origin}: {prefix}.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     kind = body.get("kind", base.kind if base else "vision")
     if kind not in KINDS:
         raise ConfigError(f"{origin}: {prefix}.kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    model = next((f for f in files if f.role == "model"), None)
-    if model is None:
+    if not sources:
         raise ConfigError(f"{origin}: {prefix} has no files.model")
-    # An Ollama manifest carries its own projector layer; any other libmtmd model needs one named.
-    if engine == "mtmd" and not isinstance(model.ref, OllamaRef) and not any(f.role == "mmproj" for f in files):
-        raise ConfigError(f"{origin}: {prefix} (engine mtmd) needs files.mmproj, its vision projector")
+    for source in sources:
+        _check_source(origin, prefix, engine, source)
     inherited: dict[str, Any] = {
         k: getattr(base, k)
         for k in ("description", "quantisation", "size_bytes", "context", "min_memory_gb", "max_pixels")
     } if base else {}
-    inherited.update({k: v for k, v in body.items() if k not in ("files", "engine", "kind")})
+    inherited.update({k: v for k, v in body.items() if k not in ("files", "sources", "engine", "kind")})
     if inherited.get("min_memory_gb") is not None:
         inherited["min_memory_gb"] = float(inherited["min_memory_gb"])
-    return ModelSpec(name=name, engine=engine, kind=kind, files=tuple(files), origin=origin, **inherited)
+    return ModelSpec(name=name, engine=engine, kind=kind, sources=sources, origin=origin, **inherited)

@@ -3,7 +3,9 @@
 It serves the subset llamadoc talks to: Ollama's distribution API (manifests, blobs
 redirected to a CDN, as registry.ollama.ai does) and the Hub's
 /<repo>/resolve/<revision>/<file> (a HEAD answered with the Hub's metadata headers
-and a redirect to the CDN). The CDN is a second server, another origin, so a test
+and a redirect to the CDN) and /api/models/<repo>[/revision/<rev>] (the repository's
+commit, gate and file list, as HfApi.model_info reads them; public even for a gated
+repository, whose files alone want a token, as on the Hub). The CDN is a second server, another origin, so a test
 can see that tokens never follow a redirect. Blobs honour Range requests, and can be
 cut off mid-transfer, corrupted or slowed down; every request is recorded.
 """
@@ -42,6 +44,7 @@ class FakeRegistry:
     manifests: dict[tuple[str, str, str], bytes] = field(default_factory=dict)  # (namespace, name, tag)
     hf_files: dict[tuple[str, str], str] = field(default_factory=dict)  # (repo_id, filename) -> blob hex
     tokens: dict[str, str] = field(default_factory=dict)  # repo_id -> the token a gated repository wants
+    commits: dict[str, str] = field(default_factory=dict)  # repo_id -> the commit its main is at
     cuts: dict[str, list[int]] = field(default_factory=dict)  # hex -> byte counts after which to drop, in turn
     corrupt: set[str] = field(default_factory=set)  # hex served with one byte changed
     status: dict[str, int] = field(default_factory=dict)  # path -> forced HTTP status
@@ -71,12 +74,18 @@ class FakeRegistry:
         self.blobs[digest] = data
         return digest
 
-    def add_ollama_model(self, ref: str, layers: dict[str, bytes]) -> dict[str, str]:
-        """Serve ``namespace/name:tag`` with one layer per kind (model, projector, template, ...)."""
+    def add_ollama_model(self, ref: str, layers: dict[str, bytes], family: str | None = None) -> dict[str, str]:
+        """Serve ``namespace/name:tag`` with one layer per kind (model, projector, template, ...).
+
+        ``family``: model_family / model_families of the config blob, as Ollama writes it.
+        """
         path, _, tag = ref.partition(":")
         namespace, _, name = path.rpartition("/")
         digests = {kind: self.add_blob(data) for kind, data in layers.items()}
-        config = self.add_blob(b'{"model_format":"gguf"}')
+        config_doc: dict[str, object] = {"model_format": "gguf"}
+        if family:
+            config_doc.update(model_family=family, model_families=[family], file_type="Q4_K_M")
+        config = self.add_blob(json.dumps(config_doc).encode())
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -94,6 +103,13 @@ class FakeRegistry:
         if token:
             self.tokens[repo_id] = token
         return digest
+
+    def add_hf_repo(self, repo_id: str, folder: Path, token: str | None = None, commit: str = COMMIT) -> dict[str, str]:
+        """Serve every file of ``folder`` (a checkpoint) as repository ``repo_id``; returns name -> sha256."""
+        digests = {p.name: self.add_hf_file(repo_id, p.name, p.read_bytes(), token) for p in sorted(folder.iterdir())
+                   if p.is_file()}
+        self.commits[repo_id] = commit
+        return digests
 
     def requests(self, server: str | None = None, path: str = "") -> list[Seen]:
         return [s for s in self.seen if (server is None or s.server == server) and path in s.path]
@@ -133,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._redirect(f"{fake.cdn_url}/blobs/{match.group(1)}")
         if match := re.fullmatch(r"/blobs/([0-9a-f]{64})", self.path):
             return self._blob(match.group(1))
+        if match := re.fullmatch(r"/api/models/([^/]+/[^/?]+)(?:/revision/([^/?]+))?(?:\?.*)?", self.path):
+            return self._model_info(match.group(1))
         if match := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path):
             return self._resolve(*match.groups())
         self._reply(404, b"no such route")
@@ -143,6 +161,21 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
             return self._reply(404, body.encode(), "application/json")
         self._reply(200, raw, "application/vnd.docker.distribution.manifest.v2+json")
+
+    def _model_info(self, repo_id: str) -> None:
+        fake = self.server.fake
+        files = {name: digest for (repo, name), digest in fake.hf_files.items() if repo == repo_id}
+        if not files:
+            return self._reply(404, b"", headers={"X-Error-Code": "RepoNotFound"})
+        siblings = [
+            {"rfilename": name, "size": len(fake.blobs[digest]), "blobId": digest[:40],
+             **({"lfs": {"sha256": digest, "size": len(fake.blobs[digest]), "pointerSize": 134}}
+                if name.endswith((".safetensors", ".gguf")) else {})}
+            for name, digest in sorted(files.items())
+        ]
+        info = {"id": repo_id, "sha": fake.commits.get(repo_id, COMMIT), "private": False,
+                "gated": "manual" if repo_id in fake.tokens else False, "siblings": siblings}
+        self._reply(200, json.dumps(info).encode(), "application/json")
 
     def _resolve(self, repo_id: str, revision: str, filename: str) -> None:
         fake = self.server.fake

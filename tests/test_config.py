@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llamadoc.config import HfRef, OllamaRef, load_settings, parse_source
+from llamadoc.config import HfRef, HfRepoRef, OllamaRef, load_settings, parse_source
 from llamadoc.errors import ConfigError, ExitCode
 
 ENGINES = {"mtmd", "mllama", "llama"}
@@ -35,10 +35,19 @@ def test_the_shipped_registry_has_the_mission_models_with_their_facts(tmp_path):
         "llama-guard3:1b": ("llama", "guard"),
         "llama-guard3:11b-vision": ("mllama", "vision-guard"),
     }
+    meta = {
+        "llama3.2-vision:11b": "meta-llama/Llama-3.2-11B-Vision-Instruct",
+        "llama3.2-vision:90b": "meta-llama/Llama-3.2-90B-Vision-Instruct",
+        "llama-guard3:11b-vision": "meta-llama/Llama-Guard-3-11B-Vision",
+    }
     for name, (engine, kind) in expected.items():
         spec = settings.model(name)
         assert (spec.engine, spec.kind) == (engine, kind)
-        assert spec.file("model").ref == OllamaRef("library", *name.split(":"))
+        if name != "llama-guard3:11b-vision":  # Ollama's library has no vision guard: only Meta's checkpoint
+            assert spec.file("model").ref == OllamaRef("library", *name.split(":"))
+        if name in meta:  # Meta's checkpoint, converted on pull, as the last (or only) source
+            assert spec.sources[-1].name == "meta"
+            assert spec.sources[-1].files[0].ref == HfRepoRef(meta[name])
     for spec in settings.models.values():
         assert spec.engine in ENGINES
         assert spec.quantisation and spec.size_bytes and spec.context and spec.min_memory_gb, spec.name

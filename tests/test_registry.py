@@ -38,9 +38,9 @@ files.model = "hf://meta/gated/guard.gguf"
 engine = "mllama"
 files.model = "ollama://library/tiny-vision:1b"
 
-[models.old-vision]
-engine = "mllama"
-files.model = "ollama://library/tiny-vision:old"
+[models.tiny-llava]
+engine = "mtmd"
+files.model = "ollama://library/tiny-vision:llava"
 """
 
 
@@ -57,13 +57,14 @@ def served(registry_server: FakeRegistry, model_env, tmp_path: Path) -> dict[str
     registry_server.add_hf_file("test/tiny", "tiny-Q8_0.gguf", files["model"])
     registry_server.add_hf_file("test/tiny", "mmproj-tiny.gguf", files["mmproj"])
     registry_server.add_hf_file("meta/gated", "guard.gguf", files["guard"], token="hf_secret")
-    # Ollama's current Llama 3.2 Vision: one model layer; and an older manifest with a projector layer.
+    # Ollama's current Llama 3.2 Vision: one model layer; and a LLaVA-style model + projector pair.
     template = b"{{ .Prompt }}"
     registry_server.add_ollama_model(
-        "library/tiny-vision:1b", {"model": files["vision"], "template": template, "params": b'{"temperature":0}'}
+        "library/tiny-vision:1b", {"model": files["vision"], "template": template, "params": b'{"temperature":0}'},
+        family="mllama",
     )
     registry_server.add_ollama_model(
-        "library/tiny-vision:old", {"model": files["vision"], "projector": files["projector"]}
+        "library/tiny-vision:llava", {"model": files["vision"], "projector": files["projector"]}, family="llama"
     )
     (tmp_path / "models.toml").write_text(MODELS)
     return files
@@ -89,6 +90,7 @@ def test_a_hub_model_is_downloaded_verified_and_resolved(tmp_path, served, regis
         served["model"]
     )
     assert not list(s.models_dir.rglob("*.partial"))
+    assert not list(s.models_dir.rglob("*.lock"))  # each lock goes away with its holder
     assert registry.is_present(s, s.model("tiny-hf"))
     # Once here, it is never fetched again.
     before = len(registry_server.seen)
@@ -178,12 +180,15 @@ def test_not_found_is_one_clear_error(tmp_path, served, source, words):
 
 def test_a_gated_repository_needs_a_token(tmp_path, served, registry_server):
     s = settings(tmp_path)
-    with pytest.raises(DownloadError, match=r"gated repository.*HTTP 401") as caught:
+    page = f"{registry_server.url}/meta/gated"
+    # The user's to fix (exit 2), in one line that survives being wrapped: no hint to lose.
+    with pytest.raises(ModelError, match="meta/gated is gated") as caught:
         registry.pull(s, s.model("gated-hf"))
-    assert "HF_TOKEN" in str(caught.value)
-    with pytest.raises(DownloadError, match="HTTP 403") as caught:
+    assert f"accept the licence at {page}" in caught.value.message and "hf auth login" in caught.value.message
+    assert caught.value.hint is None and caught.value.exit_code == ExitCode.USAGE
+    with pytest.raises(ModelError, match="your Hugging Face token was refused") as caught:
         registry.pull(settings(tmp_path, HF_TOKEN="hf_wrong"), s.model("gated-hf"))
-    assert "accept the licence" in str(caught.value)
+    assert page in caught.value.message
 
     registry.pull(settings(tmp_path, HF_TOKEN="hf_secret"), s.model("gated-hf"))
     assert registry.is_present(s, s.model("gated-hf"))
@@ -205,7 +210,7 @@ def test_unreachable_servers_are_one_clear_error(tmp_path, served):
 def test_offline_mode_never_touches_the_network(tmp_path, served, registry_server, variable):
     s = settings(tmp_path, **{variable: "1"})
     for name in ("tiny-hf", "tiny-vision"):
-        with pytest.raises(DownloadError, match=f"model {name} is not downloaded and offline mode is on"):
+        with pytest.raises(ModelError, match=f"model {name} is not downloaded and offline mode is on"):
             registry.resolve(s, name, pull_missing=True)
     assert registry_server.seen == []
     registry.pull(settings(tmp_path), s.model("tiny-hf"))
@@ -215,7 +220,7 @@ def test_offline_mode_never_touches_the_network(tmp_path, served, registry_serve
 def test_a_full_disk_is_refused_before_downloading(tmp_path, served, registry_server, monkeypatch):
     monkeypatch.setattr(download.shutil, "disk_usage", lambda _path: _Usage(free=1000))
     s = settings(tmp_path)
-    with pytest.raises(DownloadError, match="not enough disk space") as caught:
+    with pytest.raises(ModelError, match="not enough disk space") as caught:
         registry.pull(s, s.model("tiny-hf"))
     assert "LLAMADOC_HOME" in str(caught.value)
     assert registry_server.requests("cdn") == []
@@ -263,9 +268,10 @@ def test_an_ollama_model_comes_as_its_manifest_and_blobs(tmp_path, served, regis
     assert accept == "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def test_an_older_manifest_with_a_projector_layer_gives_the_projector_too(tmp_path, served, registry_server):
+def test_a_manifest_with_a_projector_layer_gives_the_projector_too(tmp_path, served, registry_server):
     s = settings(tmp_path)
-    resolved = registry.resolve(s, "old-vision", pull_missing=True)
+    resolved = registry.resolve(s, "tiny-llava", pull_missing=True)
+    assert resolved.engine == "mtmd"
     assert resolved.mmproj_path is not None and resolved.mmproj_path.read_bytes() == served["projector"]
     # The model layer both tags share was downloaded once.
     vision = digest(served["vision"])
@@ -307,6 +313,7 @@ def test_an_incomplete_ollama_store_is_not_used(tmp_path, served, ollama_store):
     s = settings(tmp_path)
     registry.pull(s, s.model("tiny-vision"))
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
+    assert registry.resolve(s, "tiny-vision").revision.startswith("sha256:")  # the manifest's digest
 
 
 def test_the_hugging_face_cache_is_used_in_place(tmp_path, served, registry_server):
@@ -344,7 +351,7 @@ def test_verify_finds_a_damaged_file_and_deletes_llamadocs_copy(tmp_path, served
 def test_remove_deletes_llamadocs_files_but_not_those_another_model_uses(tmp_path, served):
     (tmp_path / "models.toml").write_text(MODELS + '[models.alias]\nengine = "mllama"\nfiles.model = "ollama://tiny-vision:1b"\n')
     s = settings(tmp_path)
-    for name in ("tiny-hf", "tiny-vision", "old-vision"):
+    for name in ("tiny-hf", "tiny-vision", "tiny-llava"):
         registry.pull(s, s.model(name))
     removal = registry.remove(s, s.model("tiny-hf"))
     assert {p.name for p in removal.removed} >= {"tiny-Q8_0.gguf", "tiny-Q8_0.gguf.sha256", "mmproj-tiny.gguf"}
@@ -352,7 +359,7 @@ def test_remove_deletes_llamadocs_files_but_not_those_another_model_uses(tmp_pat
     assert not registry.is_present(s, s.model("tiny-hf"))
 
     assert registry.remove(s, s.model("tiny-vision")).removed == []  # 'alias' still uses it
-    removal = registry.remove(s, s.model("old-vision"))
+    removal = registry.remove(s, s.model("tiny-llava"))
     # Its projector goes; the model layer it shares with tiny-vision:1b stays.
     assert any(p.name == f"sha256-{digest(served['projector'])}" for p in removal.removed)
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
@@ -381,6 +388,7 @@ def test_concurrent_pulls_download_each_file_once(tmp_path, served, registry_ser
     assert registry.resolve(s, "tiny-vision").model_path.read_bytes() == served["vision"]
     for data in (served["model"], served["mmproj"], served["vision"]):
         assert len(registry_server.requests("cdn", digest(data))) == 1
+    assert not list(s.models_dir.rglob("*.lock"))
 
 
 def test_progress_bars_appear_only_on_a_terminal(monkeypatch):
@@ -458,3 +466,27 @@ def test_content_addressed_blobs_are_not_hashed_again(tmp_path):
     plain = tmp_path / "plain.gguf"
     plain.write_bytes(b"model bytes")
     assert registry.file_sha256(plain, tmp_path / "cache") == hashlib.sha256(b"model bytes").hexdigest()
+
+
+def test_a_lock_file_goes_away_with_its_holder_and_a_waiter_takes_a_live_one(tmp_path):
+    import threading
+
+    target = tmp_path / "m.gguf"
+    lock = download.lock_path(target)
+    lock.write_text("")  # left behind by an older llamadoc
+    told: list[str] = []
+    release = threading.Event()
+    seen: list[bool] = []
+
+    def second() -> None:
+        with download.locked(target, "waiting for the first", told.append):
+            seen.append(lock.exists())  # the waiter holds a lock file that is at the path, not the deleted one
+
+    with download.locked(target, "waiting", told.append):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        release.wait(0.3)  # the waiter is blocked on the same file meanwhile
+        assert waiter.is_alive()
+    waiter.join(10)
+    assert told == ["waiting for the first"] and seen == [True]
+    assert not lock.exists()

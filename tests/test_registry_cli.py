@@ -65,7 +65,9 @@ def test_list_shows_every_model_with_its_facts_and_presence(config):
     assert result.exit_code == 0, result.output
     assert "llama3.2-vision:11b (default)" in result.stdout and "llama-guard3:1b (default guard)" in result.stdout
     tiny = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
-    assert tiny.split() == ["tiny", "mtmd", "vision", "F32", "600.0", "kB", "4,096", "1", "GB", "no"]
+    assert tiny.split() == ["tiny", "mtmd", "vision", "F32", "600.0", "kB", "4,096", "1", "GB", "hf", "(unchecked)", "no"]
+    guard = next(line for line in result.stdout.splitlines() if line.startswith("llama-guard3:11b-vision"))
+    assert guard.split()[-2:] == ["meta", "no"]  # Meta's checkpoint, checked, not here
     assert "models folder:" in result.stdout and "(0 B used)" in result.stdout
 
     assert run("pull", "tiny", "--config", str(config)).exit_code == 0
@@ -156,11 +158,14 @@ def test_rm_deletes_llamadocs_copies(config):
 
 def test_errors_are_one_line_with_what_to_do(config, registry_server, monkeypatch):
     assert "unknown model 'nope'" in one_error_line(run("pull", "nope", "--config", str(config)), 2)
-    assert "give it a name in your models.toml" in one_error_line(run("pull", "ollama://library/x:1b"), 2)
+    assert "cannot download the manifest of ollama://library/x:1b: HTTP 404" in one_error_line(
+        run("pull", "ollama://library/x:1b"), 1)
     registry_server.corrupt.update(registry_server.hf_files.values())
     assert "failed verification" in one_error_line(run("pull", "tiny", "--config", str(config)), 1)
+    line = one_error_line(run("pull", "llama3.2-vision:11b", "--quant", "Q8_0", "--config", str(config)), 2)
+    assert "--quant applies to a checkpoint converted on pull" in line and "add --source meta" in line
     monkeypatch.setenv("LLAMADOC_OFFLINE", "1")
-    line = one_error_line(run("pull", "tiny", "--config", str(config)), 1)
+    line = one_error_line(run("pull", "tiny", "--config", str(config)), 2)
     assert "offline mode is on" in line and "unset LLAMADOC_OFFLINE" in line
     monkeypatch.setenv("LLAMADOC_OFFLINE", "perhaps")
     assert "LLAMADOC_OFFLINE must be 1 or 0" in one_error_line(run("list"), 2)

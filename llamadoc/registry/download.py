@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,10 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from filelock import FileLock, Timeout
-
 from llamadoc import __version__
-from llamadoc.errors import DownloadError
+from llamadoc.errors import DownloadError, ModelError
 from llamadoc.registry.progress import Bar, human_size, progress_bar
 
 Notify = Callable[[str], None]
@@ -51,6 +50,10 @@ class Remote:
     size: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # for url's host only: dropped on redirects
     hints: Mapping[int, str] = field(default_factory=dict)  # HTTP status -> what the user can do
+
+
+class NotFound(DownloadError):
+    """The server has no such model or file (HTTP 404): a model with another source tries that one."""
 
 
 class _Dropped(Exception):
@@ -99,7 +102,8 @@ def ensure_space(folder: Path, needed: int, label: str) -> None:
     except OSError:
         return  # unknown free space: the write itself will say if the disk fills up
     if free < needed:
-        raise DownloadError(
+        # The user's to change (free space, or another LLAMADOC_HOME), not a transfer to retry.
+        raise ModelError(
             f"not enough disk space for {label}: it needs {human_size(needed)} in {folder}, "
             f"{human_size(free)} free",
             hint="free some space, or set LLAMADOC_HOME to a folder on a larger disk",
@@ -108,20 +112,77 @@ def ensure_space(folder: Path, needed: int, label: str) -> None:
 
 @contextmanager
 def locked(target: Path, waiting: str, notify: Notify) -> Iterator[None]:
-    """Hold <target>.lock: one process at a time downloads, moves or deletes a file."""
-    lock = FileLock(str(lock_path(target)))
+    """Hold <target>.lock: one process at a time downloads, moves or deletes a file.
+
+    The lock file goes away with the lock, so no ``*.lock`` is left beside the models.
+    """
+    path = lock_path(target)
     try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            notify(waiting)
-            lock.acquire()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path, waiting, notify)
     except OSError as err:
         raise write_error(err, target.parent) from None
     try:
         yield
     finally:
-        lock.release()
+        _release(path, fd)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _acquire(path: Path, waiting: str, notify: Notify) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        told = False
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return fd
+            except OSError:
+                if not told:
+                    notify(waiting)
+                    told = True
+                time.sleep(0.2)
+
+    def _release(path: Path, fd: int) -> None:
+        os.close(fd)  # Windows refuses to delete an open file; the next holder or `models rm` does it
+        try:
+            path.unlink()
+        except OSError:
+            pass  # another process has it open: it deletes it when done
+
+else:
+    import fcntl
+
+    def _acquire(path: Path, waiting: str, notify: Notify) -> int:
+        told = False
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    notify(waiting)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The holder before us deleted the file it locked: a lock on that inode guards
+            # nothing any more, since a newcomer creates a new file. Take the one at the path.
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            os.close(fd)
+
+    def _release(path: Path, fd: int) -> None:
+        try:
+            path.unlink()  # while still held, so that whoever waits on it sees it is gone and retries
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def http_error(status: int, label: str, hints: Mapping[int, str]) -> DownloadError:
@@ -134,7 +195,8 @@ def http_error(status: int, label: str, hints: Mapping[int, str]) -> DownloadErr
     hint = hints.get(status) or generic.get(status)
     if hint is None and status >= 500:
         hint = "the server failed: try again later"
-    return DownloadError(f"cannot download {label}: HTTP {status}", hint=hint)
+    kind = NotFound if status == 404 else DownloadError
+    return kind(f"cannot download {label}: HTTP {status}", hint=hint)
 
 
 def network_error(err: BaseException, url: str, label: str) -> DownloadError:

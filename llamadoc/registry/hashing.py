@@ -34,6 +34,17 @@ def file_sha256(path: Path, cache_dir: Path) -> str:
     return known[key]
 
 
+def known_sha256(path: Path, cache_dir: Path) -> str | None:
+    """The file's sha256 when it is known without reading the file: its store name, or the cache."""
+    named = _NAMED_BY_DIGEST.fullmatch(path.resolve().name)
+    if named:
+        return named.group(1)
+    try:
+        return _load(cache_dir).get(_key(path))
+    except OSError:
+        return None
+
+
 def fresh_sha256(path: Path, cache_dir: Path) -> str:
     """The file's sha256 read anew (bit rot keeps size and mtime), then remembered."""
     digest = _hash(path)

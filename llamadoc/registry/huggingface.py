@@ -7,13 +7,16 @@ errors; download.py moves the bytes, so a rerun resumes and every file is verifi
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from llamadoc import __version__
 from llamadoc.config import HfRef, Settings
-from llamadoc.errors import DownloadError
+from llamadoc.errors import DownloadError, ModelError
 from llamadoc.registry import download
 from llamadoc.registry.download import Notify
 
@@ -26,6 +29,33 @@ def store_path(settings: Settings, ref: HfRef) -> Path:
     if ref.revision != "main":
         folder = folder / f"@{ref.revision}"
     return folder / ref.filename
+
+
+def provenance_path(path: Path) -> Path:
+    """<file>.source.json: where a downloaded or converted file came from, and at which revision."""
+    return path.with_name(path.name + ".source.json")
+
+
+def write_provenance(path: Path, record: dict[str, object]) -> None:
+    try:
+        provenance_path(path).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise download.write_error(err, path.parent) from None
+
+
+def revision(path: Path) -> str | None:
+    """The source revision (a commit) a file was fetched or converted from, when it is known."""
+    try:
+        record = json.loads(provenance_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("revision"), str):
+        return str(record["revision"])
+    # A file in the Hub's cache sits in snapshots/<commit>/.
+    parent = path.parent
+    if parent.parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", parent.name):
+        return parent.name
+    return None
 
 
 def sidecar_path(path: Path) -> Path:
@@ -53,11 +83,31 @@ def known_sha256(path: Path) -> str | None:
     return digest if _SHA256.fullmatch(digest) else None
 
 
-def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, notify: Notify) -> Path:
-    """Download one file of a repository to ``target``, verified against its sha256."""
+def gated_error(settings: Settings, repo_id: str, refused: bool) -> ModelError:
+    """One line for a gated repository: where to accept the licence, and how to log in."""
+    page = f"{settings.hf_endpoint}/{repo_id}"
+    if refused:
+        return ModelError(
+            f"{repo_id} is gated and your Hugging Face token was refused: accept the licence at {page} "
+            "with that token's account (access can take a while to be granted), or log in anew with `hf auth login`"
+        )
+    return ModelError(
+        f"{repo_id} is gated: accept the licence at {page}, then log in with `hf auth login` (or set HF_TOKEN)"
+    )
+
+
+def token(settings: Settings) -> str | None:
+    """The token a request would carry: HF_TOKEN, or the one `hf auth login` saved."""
+    from huggingface_hub import get_token
+
+    return settings.hf_token or get_token()
+
+
+@contextmanager
+def hub_errors(settings: Settings, repo_id: str, what: str, url: str) -> Iterator[None]:
+    """huggingface_hub's errors -> llamadoc's, each one line that says what to do."""
     # Imported here: huggingface_hub (and httpx2, the HTTP client it depends on) load only for Hub downloads.
     import httpx2
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -66,48 +116,47 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, not re-exported
+
+    host = urlsplit(settings.hf_endpoint).netloc
+    page = f"{settings.hf_endpoint}/{repo_id}"
+    try:
+        yield
+    except GatedRepoError as err:
+        raise gated_error(settings, repo_id, refused=err.response.status_code == 403) from None
+    except RepositoryNotFoundError as err:
+        raise download.NotFound(
+            f"repository {repo_id} was not found on {host}, or it is private (HTTP {err.response.status_code})",
+            hint=f"check the source in models.toml; for a private repository {_LOGIN}",
+        ) from None
+    except RevisionNotFoundError:
+        raise download.NotFound(
+            f"that revision of {repo_id} was not found", hint="check the @revision in models.toml"
+        ) from None
+    except RemoteEntryNotFoundError:
+        raise download.NotFound(f"{repo_id} has no file {what!r}", hint=f"check the file name against {page}") from None
+    except HfHubHTTPError as err:
+        raise download.http_error(err.response.status_code, f"{what} from {host}", _hints(page)) from None
+    except OfflineModeIsEnabled:
+        raise DownloadError(
+            f"cannot download {what}: huggingface_hub is in offline mode", hint="unset HF_HUB_OFFLINE"
+        ) from None
+    except httpx2.TransportError as err:
+        raise download.network_error(err, url, what) from None
+
+
+def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, notify: Notify) -> Path:
+    """Download one file of a repository to ``target``, verified against its sha256."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # public, lazily exported
 
     host = urlsplit(settings.hf_endpoint).netloc
     page = f"{settings.hf_endpoint}/{ref.repo_id}"
     url = hf_hub_url(ref.repo_id, ref.filename, revision=ref.revision, endpoint=settings.hf_endpoint)
-    token = settings.hf_token  # None: huggingface_hub reads HF_TOKEN or its saved login
-    try:
+    hf_token = settings.hf_token  # None: huggingface_hub reads HF_TOKEN or its saved login
+    with hub_errors(settings, ref.repo_id, ref.filename, url):
         meta = get_hf_file_metadata(
-            url, token=token, endpoint=settings.hf_endpoint, library_name="llamadoc", library_version=__version__
+            url, token=hf_token, endpoint=settings.hf_endpoint, library_name="llamadoc", library_version=__version__
         )
-    except GatedRepoError as err:
-        status = err.response.status_code
-        hint = (
-            f"accept the licence at {page} with the account of your token, and wait until access is granted"
-            if status == 403
-            else f"accept the licence at {page}, then {_LOGIN}"
-        )
-        raise DownloadError(
-            f"{ref.repo_id} is a gated repository and access was refused (HTTP {status})", hint=hint
-        ) from None
-    except RepositoryNotFoundError as err:
-        raise DownloadError(
-            f"repository {ref.repo_id} was not found on {host}, or it is private (HTTP {err.response.status_code})",
-            hint=f"check the source in models.toml; for a private repository {_LOGIN}",
-        ) from None
-    except RevisionNotFoundError:
-        raise DownloadError(
-            f"revision {ref.revision!r} of {ref.repo_id} was not found", hint="check the @revision in models.toml"
-        ) from None
-    except RemoteEntryNotFoundError:
-        raise DownloadError(
-            f"{ref.repo_id} has no file {ref.filename!r}", hint=f"check the file name in models.toml against {page}"
-        ) from None
-    except HfHubHTTPError as err:
-        status = err.response.status_code
-        raise download.http_error(status, f"{ref.filename} from {host}", _hints(page)) from None
-    except OfflineModeIsEnabled:
-        raise DownloadError(
-            f"cannot download {ref.filename}: huggingface_hub is in offline mode", hint="unset HF_HUB_OFFLINE"
-        ) from None
-    except httpx2.TransportError as err:
-        raise download.network_error(err, url, f"{ref.filename}") from None
 
     expected = pinned
     if meta.etag and _SHA256.fullmatch(meta.etag):
@@ -117,7 +166,7 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
                 hint="the file changed upstream: update the sha256, or pin a revision (hf://owner/repo@commit/file)",
             )
         expected = meta.etag  # the Hub names large files by their sha256
-    private = build_hf_headers(token=token, library_name="llamadoc", library_version=__version__)
+    private = build_hf_headers(token=hf_token, library_name="llamadoc", library_version=__version__)
     if _origin(meta.location) != _origin(url):
         private.pop("authorization", None)  # a signed CDN URL carries its own authority
     if known_sha256(target) not in (None, expected):
@@ -140,7 +189,10 @@ def fetch(settings: Settings, ref: HfRef, target: Path, pinned: str | None, noti
         headers=private,
         hints=_hints(page),
     )
-    return download.fetch(remote, target, notify)
+    download.fetch(remote, target, notify)
+    if meta.commit_hash:
+        write_provenance(target, {"source": str(ref), "revision": meta.commit_hash})
+    return target
 
 
 def _hints(page: str) -> dict[int, str]:

@@ -6,14 +6,15 @@ deleted: llamadoc only says where they are.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamadoc.config import HfRef, ModelSpec, OllamaRef, Settings, SourceRef, parse_source
-from llamadoc.registry import huggingface, ollama
+from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, SourceRef, parse_source
+from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import Notify, locked, partial_path
 from llamadoc.registry.hashing import fresh_sha256
-from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate
+from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate, present_source
 from llamadoc.registry.progress import human_size
 
 _OWNERS = {OLLAMA: "in Ollama's store", HF_CACHE: "in the Hugging Face cache", USER_PATH: "your own file"}
@@ -39,29 +40,52 @@ class Check:
 
 
 def remove(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None) -> Removal:
-    """Delete llamadoc's own copies of ``spec``'s files, unless another model still uses them."""
+    """Delete llamadoc's own copies of ``spec``'s files (every source), unless another model still uses them."""
     done = Removal()
     users = _refs_in_use(settings, spec)
-    for file in locate(settings, spec):
-        ref = parse_source(file.source)
-        if file.shared:
-            if file.present and file.path is not None:
-                done.kept.append((file.path, f"it is {_OWNERS[file.place]}, which llamadoc never deletes from"))
-        elif ref in users:
-            if file.present and file.path is not None:
-                done.kept.append((file.path, f"model {users[ref]} uses it too"))
-        elif isinstance(ref, HfRef) and file.path is not None:
-            _delete(file.path, [file.path, partial_path(file.path), huggingface.sidecar_path(file.path)], done, notify)
-    for ref in {parse_source(f.source) for f in spec.files}:
-        if isinstance(ref, OllamaRef) and ref not in users:
-            _remove_manifest(settings, ref, done, notify)
+    for source in spec.sources:
+        one = spec.with_source(source.name)
+        for file in locate(settings, one):
+            ref = parse_source(file.source)
+            if file.shared:
+                if file.present and file.path is not None:
+                    done.kept.append((file.path, f"it is {_OWNERS[file.place]}, which llamadoc never deletes from"))
+            elif ref in users:
+                if file.present and file.path is not None:
+                    done.kept.append((file.path, f"model {users[ref]} uses it too"))
+            elif isinstance(ref, HfRef) and file.path is not None:
+                _delete(file.path, _with_sidecars(file.path), done, notify)
+            elif isinstance(ref, HfRepoRef):
+                for quant in checkpoint.QUANTS:
+                    path = checkpoint.gguf_path(settings, ref, quant)
+                    _delete(path, [*_with_sidecars(path), path.with_name(path.name + ".part")], done, notify)
+                _delete_tree(checkpoint.staging_dir(settings, ref), done)
+        for ref in {parse_source(f.source) for f in one.files}:
+            if isinstance(ref, OllamaRef) and ref not in users:
+                _remove_manifest(settings, ref, done, notify)
     return done
+
+
+def _with_sidecars(path: Path) -> list[Path]:
+    return [path, partial_path(path), huggingface.sidecar_path(path), huggingface.provenance_path(path)]
+
+
+def _delete_tree(folder: Path, done: Removal) -> None:
+    """A checkpoint's download folder: its files count as freed."""
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        if path.is_file():
+            done.freed += path.stat().st_size
+    shutil.rmtree(folder)
+    done.removed.append(folder)
 
 
 def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None) -> list[Check]:
     """Hash every present file of ``spec`` anew and compare it with the digest it must have."""
     checks = []
-    for file in locate(settings, spec):
+    here = present_source(settings, spec)
+    for file in locate(settings, spec.with_source(here.name) if here else spec):
         if not file.present or file.path is None:
             continue
         notify(f"checking {file.path.name} ({human_size(file.size)})")
@@ -77,12 +101,12 @@ def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None
 
 def _refs_in_use(settings: Settings, spec: ModelSpec) -> dict[SourceRef, str]:
     """Sources of ``spec`` that other models name too: source -> one such model."""
-    mine = {parse_source(f.source) for f in spec.files}
+    mine = {parse_source(f.source) for source in spec.sources for f in source.files}
     return {
         ref: other.name
         for other in settings.models.values()
         if other.name != spec.name
-        for ref in (parse_source(f.source) for f in other.files)
+        for ref in (parse_source(f.source) for source in other.sources for f in source.files)
         if ref in mine
     }
 

@@ -9,16 +9,18 @@ of an existing Ollama installation are used in place, never copied.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llamadoc.config import OllamaRef, Settings
-from llamadoc.errors import DownloadError
-from llamadoc.registry import download
+from llamadoc.config import ENGINE_FROM_FILE, OllamaRef, Settings
+from llamadoc.errors import DownloadError, ModelError
+from llamadoc.registry import download, known_blobs
 from llamadoc.registry.download import Notify
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -59,6 +61,50 @@ class Manifest:
 
     def layer(self, kind: str) -> Layer | None:
         return next((layer for layer in self.layers if layer.kind == kind), None)
+
+    @property
+    def digest(self) -> str:
+        """sha256:<hex> of the manifest as stored: what Ollama shows as a model's ID."""
+        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the engine that will load a model needs of its manifest, checked before any blob is fetched."""
+
+    engine: str  # mllama, mtmd, llama, or ENGINE_FROM_FILE for an address
+    kind: str  # vision, guard, vision-guard, or "" when not known (models pull ADDRESS)
+    projector_named: bool = False  # files.mmproj or --mmproj supplies one
+
+    def check(self, ref: OllamaRef, manifest: Manifest, config: dict[str, Any]) -> None:
+        """Refuse, in one line, a manifest whose layers this engine cannot load."""
+        label = f"ollama://{ref.namespace}/{ref.name}:{ref.tag}"
+        model, projector = manifest.layer("model"), manifest.layer("projector")
+        if model is None:
+            raise ModelError(f"{label} has no model layer, so nothing llamadoc can load", hint="check the name and tag")
+        known_blobs.check(model.hex, label)
+        families = config.get("model_families") or [config.get("model_family")]
+        families = [f for f in families if isinstance(f, str)]
+        mllama = "mllama" in families
+        if mllama and projector is not None:
+            # Ollama itself refuses this layout since 0.7 (server/routes.go: mllama with projectors).
+            raise ModelError(
+                f"{label} is Ollama's old two-file Llama 3.2 Vision (a model and a projector layer, Ollama 0.4-0.6), "
+                "which llamadoc's mllama engine does not read; the registry should serve the one-file version "
+                "(check LLAMADOC_OLLAMA_REGISTRY), or use Meta's checkpoint with --source meta"
+            )
+        if self.engine == "mllama" and families and not mllama:
+            raise ModelError(
+                f"{label} is a '{families[0]}' model, not Llama 3.2 Vision ('mllama')",
+                hint='fix its engine in models.toml (mtmd for a model with a projector, llama for a text guard)',
+            )
+        wants_projector = self.engine == "mtmd" or (self.engine == ENGINE_FROM_FILE and self.kind == "vision")
+        if wants_projector and not mllama and families and projector is None and not self.projector_named:
+            raise ModelError(
+                f"{label} has no projector layer: as '{families[0]}' it is a text model to llama.cpp "
+                "(Ollama's newer vision models keep the encoder inside the model, which libmtmd cannot read)",
+                hint="pick a model with a projector layer, or pass --mmproj PATH",
+            )
 
 
 def parse_manifest(raw: bytes) -> Manifest:
@@ -144,21 +190,35 @@ def find(settings: Settings, ref: OllamaRef) -> tuple[Store, Manifest] | None:
     return None
 
 
-def pull(settings: Settings, ref: OllamaRef, notify: Notify) -> tuple[Store, Manifest]:
-    """Download ``ref``'s manifest and every blob it names into llamadoc's store."""
+def read_config(store: Store, manifest: Manifest) -> dict[str, Any]:
+    """The manifest's config blob (model_family, file_type, ...), or {} when it is absent or not JSON."""
+    if manifest.config is None:
+        return {}
+    try:
+        data = json.loads(store.blob_path(manifest.config).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pull(
+    settings: Settings, ref: OllamaRef, notify: Notify, expect: Expectation | None = None
+) -> tuple[Store, Manifest]:
+    """Download ``ref``'s manifest and every blob it names into llamadoc's store.
+
+    The config blob (a few hundred bytes) comes first: with the layer list it tells
+    whether the engine can load the model, before gigabytes are fetched for nothing.
+    """
     manifest = fetch_manifest(settings, ref)
     store = own_store(settings)
+    if manifest.config is not None and not store.has(manifest.config):
+        _fetch_blob(settings, ref, store, manifest.config, notify)
+    if expect is not None:
+        expect.check(ref, manifest, read_config(store, manifest))
     missing = [blob for blob in manifest.blobs if not store.has(blob)]
     download.ensure_space(store.root, sum(blob.size for blob in missing), f"{ref.name}:{ref.tag}")
     for blob in missing:
-        remote = download.Remote(
-            url=_url(settings, ref, f"blobs/{blob.digest}"),
-            label=f"{ref.name}:{ref.tag} {blob.kind} layer",
-            sha256=blob.hex,
-            size=blob.size,
-            hints=_hints(ref),
-        )
-        download.fetch(remote, store.blob_path(blob), notify)
+        _fetch_blob(settings, ref, store, blob, notify)
     # The manifest goes last: a model whose manifest is in place has all its blobs.
     path = store.manifest_path(registry_host(settings), ref)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -169,6 +229,17 @@ def pull(settings: Settings, ref: OllamaRef, notify: Notify) -> tuple[Store, Man
     except OSError as err:
         raise download.write_error(err, path.parent) from None
     return store, manifest
+
+
+def _fetch_blob(settings: Settings, ref: OllamaRef, store: Store, blob: Layer, notify: Notify) -> None:
+    remote = download.Remote(
+        url=_url(settings, ref, f"blobs/{blob.digest}"),
+        label=f"{ref.name}:{ref.tag} {blob.kind} layer",
+        sha256=blob.hex,
+        size=blob.size,
+        hints=_hints(ref),
+    )
+    download.fetch(remote, store.blob_path(blob), notify)
 
 
 def fetch_manifest(settings: Settings, ref: OllamaRef) -> Manifest:

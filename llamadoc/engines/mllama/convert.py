@@ -383,17 +383,8 @@ class ConversionReport:
     bytes: int = 0
 
 
-def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], quant: str = "F16",
-            on_tensor: Callable[[str, int, int], None] | None = None) -> ConversionReport:
-    """Convert a Hugging Face Mllama checkpoint folder to one GGUF (``llamadoc models convert``).
-
-    quant: F32, F16, Q8_0 or Q4_K_M. ``on_tensor(name, index, count)`` reports progress.
-    The output appears only when complete (written to OUT.part, then renamed).
-    """
-    quant = quant.upper()
-    if quant not in QUANTS:
-        raise UsageError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANTS)}")
-    hf = Path(hf_dir)
+def _prepare(hf: Path, quant: str) -> tuple[dict[str, Any], list[PlannedTensor], dict[str, int]]:
+    """The checkpoint's engine metadata, the tensors to write and their types; nothing is converted yet."""
     cfg_path = hf / "config.json"
     if not cfg_path.is_file():
         raise ModelError(f"{hf}: config.json is missing (a Hugging Face model folder is expected)")
@@ -405,19 +396,58 @@ def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], qu
         config = hf_config(cfg)
     except KeyError as err:
         raise ModelError(f"{cfg_path}: missing setting {err}") from None
-    metadata = {"general.name": hf.name, "general.file_type": QUANTS[quant], "general.quantization_version": 2,
+    metadata = {"general.file_type": QUANTS[quant], "general.quantization_version": 2,
                 **config.gguf_metadata(), **_tokenizer_metadata(hf)}
     tensors = _plan_tensors(_read_safetensors(hf), cfg)
-    types = choose_types(tensors, quant)
+    return metadata, tensors, choose_types(tensors, quant)
+
+
+def _quant(quant: str) -> str:
+    quant = quant.upper()
+    if quant not in QUANTS:
+        raise UsageError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANTS)}")
+    return quant
+
+
+def planned_size(hf_dir: str | os.PathLike[str], quant: str = "F16") -> int:
+    """About how many bytes ``convert`` writes: every tensor at its type, plus the tokenizer's metadata.
+
+    For a disk-space check before converting; reads only the checkpoint's headers.
+    """
+    hf = Path(hf_dir)
+    _metadata, tensors, types = _prepare(hf, _quant(quant))
+    align = 32  # GGUF's default alignment
+    data = sum(-(-_tensor_bytes(types[t.name], t.shape) // align) * align for t in tensors)
+    tokenizer = hf / "tokenizer.json"
+    return data + (tokenizer.stat().st_size if tokenizer.is_file() else 0) + (1 << 20)
+
+
+def _tensor_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    return int(ggml.lib.row_size(ggml_type, shape[-1])) * math.prod(shape[:-1])
+
+
+def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], quant: str = "F16",
+            on_tensor: Callable[[str, int, int], None] | None = None, name: str | None = None) -> ConversionReport:
+    """Convert a Hugging Face Mllama checkpoint folder to one GGUF (``llamadoc models convert``).
+
+    quant: F32, F16, Q8_0 or Q4_K_M. ``on_tensor(name, index, count)`` reports progress.
+    ``name`` goes in general.name (the folder's name by default).
+    The output appears only when complete (written to OUT.part, then renamed; an exception
+    removes the part file, and a rerun overwrites one that a killed process left).
+    """
+    quant = _quant(quant)
+    hf = Path(hf_dir)
+    metadata, tensors, types = _prepare(hf, quant)
+    metadata = {"general.name": name or hf.name, **metadata}
     report = ConversionReport(Path(out_path), quant, len(tensors))
     writer = GGUFWriter(out_path, metadata)
     for index, t in enumerate(tensors):
         ggml_type = types[t.name]
-        name = ggml.type_name(ggml_type)
-        report.types[name] = report.types.get(name, 0) + 1
+        type_name = ggml.type_name(ggml_type)
+        report.types[type_name] = report.types.get(type_name, 0) + 1
         if quant == "Q4_K_M" and t.kind == "matmul" and not t.name.startswith(("v.", "mm.")) \
                 and ggml_type not in (ggml.Q4_K, ggml.Q6_K):
-            report.fallbacks.append(f"{t.name} -> {name}")
+            report.fallbacks.append(f"{t.name} -> {type_name}")
 
         def chunks(t: PlannedTensor = t, ggml_type: int = ggml_type, index: int = index) -> Iterable[bytes]:
             if on_tensor:
@@ -430,4 +460,3 @@ def convert(hf_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], qu
         writer.add_tensor(t.name, ggml_type, tuple(reversed(t.shape)), chunks)
     report.bytes = writer.write()
     return report
-
