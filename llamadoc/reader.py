@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from llamadoc import engines, registry
 from llamadoc.config import Settings, load_settings
 from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
-from llamadoc.errors import GuardError, LlamadocError, UsageError
+from llamadoc.errors import DownloadError, GuardError, LlamadocError, UsageError
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.options import RunOptions
 from llamadoc.output import Claims, OutputSpec, WriteFailed, Writer, output_names
@@ -147,10 +147,14 @@ class Reader:
         name = self.guard_policy.model or self.settings.default_guard
         try:
             resolved = registry.resolve_guard(self.settings, name, pull_missing=self._pull, notify=self._notify)
+        except DownloadError:
+            raise  # a download that failed may work on a retry (exit 1), as for the vision model
         except LlamadocError as err:
+            unscreened = "or --guard off to go unscreened"
             raise GuardError(
                 f"the guard cannot run: {err.message}",
-                hint=f"run `llamadoc models pull {name}`, pass --guard-model PATH, or --guard off to go unscreened",
+                hint=f"{err.hint}; {unscreened}" if err.hint
+                else f"run `llamadoc models pull {name}`, pass --guard-model PATH, {unscreened}",
             ) from None
         options = LoadOptions(model_path=str(resolved.model_path), gpu_layers=self._load.gpu_layers,
                               verbose=self._load.verbose)
@@ -189,6 +193,8 @@ class Reader:
             engine=self.resolved.engine,
             sha256=self.model_sha256,
             quantisation=spec.quantisation if spec else None,
+            source=self.resolved.source,
+            revision=self.resolved.revision,
             mmproj=str(self.resolved.mmproj_path) if self.resolved.mmproj_path else None,
             gpu_layers=engine.gpu_layers if engine is not None else 0,
             device=engine.device if engine is not None else None,

@@ -92,6 +92,8 @@ class ModelInfo:
     engine: str
     sha256: str | None = None
     quantisation: str | None = None
+    source: str | None = None  # where the file came from: hf://..., ollama://...; None for a file given as a path
+    revision: str | None = None  # the source's commit (Hub) or manifest digest (Ollama)
     mmproj: str | None = None
     gpu_layers: int = 0
     device: str | None = None  # None: no page needed the model (an embedded e-invoice, blank pages)

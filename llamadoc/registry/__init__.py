@@ -15,12 +15,12 @@ from __future__ import annotations
 from llamadoc.gguf_header import GgufSummary, gguf_architecture, gguf_summary
 from llamadoc.registry.hashing import file_sha256, fresh_sha256
 from llamadoc.registry.locate import LocalFile, is_present, locate
-from llamadoc.registry.maintain import Check, Removal, remove, verify
+from llamadoc.registry.maintain import FileCheck, Removal, remove, verify
 from llamadoc.registry.pull import pull, pull_files
 from llamadoc.registry.resolve import ResolvedModel, looks_like_path, resolve, resolve_guard
 
 __all__ = [
-    "Check",
+    "FileCheck",
     "GgufSummary",
     "LocalFile",
     "Removal",

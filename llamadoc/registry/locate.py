@@ -57,7 +57,7 @@ def locate(settings: Settings, spec: ModelSpec, quant: str | None = None) -> lis
     one already converted is taken when that one is not here).
     """
     found: list[LocalFile] = []
-    manifests: dict[OllamaRef, tuple[ollama.Store, ollama.Manifest] | None] = {}
+    manifests: dict[OllamaRef, tuple[ollama.OllamaStore, ollama.Manifest] | None] = {}
     for file in spec.files:
         ref = file.ref
         if isinstance(ref, Path):
@@ -126,7 +126,7 @@ def _converted(
 
 
 def _ollama_file(
-    found: tuple[ollama.Store, ollama.Manifest] | None, role: str, source: str, pinned: str | None
+    found: tuple[ollama.OllamaStore, ollama.Manifest] | None, role: str, source: str, pinned: str | None
 ) -> LocalFile:
     if found is None:
         return LocalFile(role, source, None, False, LLAMADOC, pinned)
@@ -137,5 +137,5 @@ def _ollama_file(
     return LocalFile(role, source, store.blob_path(layer), True, _place(store), pinned or layer.hex, manifest.digest)
 
 
-def _place(store: ollama.Store) -> str:
+def _place(store: ollama.OllamaStore) -> str:
     return OLLAMA if store.shared else LLAMADOC

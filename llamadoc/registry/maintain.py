@@ -28,7 +28,7 @@ class Removal:
 
 
 @dataclass(frozen=True)
-class Check:
+class FileCheck:
     file: LocalFile
     actual: str
     deleted: bool = False  # a bad copy in llamadoc's folder is deleted, so that a pull fetches it again
@@ -81,7 +81,7 @@ def _delete_tree(folder: Path, done: Removal) -> None:
     done.removed.append(folder)
 
 
-def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None) -> list[Check]:
+def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None) -> list[FileCheck]:
     """Hash every present file of ``spec`` anew and compare it with the digest it must have."""
     checks = []
     here = present_source(settings, spec)
@@ -95,7 +95,7 @@ def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None
             with locked(file.path, f"waiting for another llamadoc process using {file.path.name}", notify):
                 file.path.unlink(missing_ok=True)
             deleted = True
-        checks.append(Check(file, actual, deleted))
+        checks.append(FileCheck(file, actual, deleted))
     return checks
 
 

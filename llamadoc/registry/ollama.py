@@ -131,7 +131,7 @@ def _layer(item: object) -> Layer:
 
 
 @dataclass(frozen=True)
-class Store:
+class OllamaStore:
     """A folder in Ollama's layout: llamadoc's own, or an Ollama installation's (shared)."""
 
     root: Path
@@ -172,15 +172,15 @@ def registry_host(settings: Settings) -> str:
     return urlsplit(settings.ollama_registry).netloc
 
 
-def own_store(settings: Settings) -> Store:
-    return Store(settings.models_dir / "ollama", shared=False)
+def own_store(settings: Settings) -> OllamaStore:
+    return OllamaStore(settings.models_dir / "ollama", shared=False)
 
 
-def stores(settings: Settings) -> list[Store]:
-    return [own_store(settings)] + [Store(root, shared=True) for root in settings.ollama_stores if root.is_dir()]
+def stores(settings: Settings) -> list[OllamaStore]:
+    return [own_store(settings)] + [OllamaStore(root, shared=True) for root in settings.ollama_stores if root.is_dir()]
 
 
-def find(settings: Settings, ref: OllamaRef) -> tuple[Store, Manifest] | None:
+def find(settings: Settings, ref: OllamaRef) -> tuple[OllamaStore, Manifest] | None:
     """The first store holding ``ref`` with every layer llamadoc reads; never touches the network."""
     host = registry_host(settings)
     for store in stores(settings):
@@ -190,7 +190,7 @@ def find(settings: Settings, ref: OllamaRef) -> tuple[Store, Manifest] | None:
     return None
 
 
-def read_config(store: Store, manifest: Manifest) -> dict[str, Any]:
+def read_config(store: OllamaStore, manifest: Manifest) -> dict[str, Any]:
     """The manifest's config blob (model_family, file_type, ...), or {} when it is absent or not JSON."""
     if manifest.config is None:
         return {}
@@ -203,7 +203,7 @@ def read_config(store: Store, manifest: Manifest) -> dict[str, Any]:
 
 def pull(
     settings: Settings, ref: OllamaRef, notify: Notify, expect: Expectation | None = None
-) -> tuple[Store, Manifest]:
+) -> tuple[OllamaStore, Manifest]:
     """Download ``ref``'s manifest and every blob it names into llamadoc's store.
 
     The config blob (a few hundred bytes) comes first: with the layer list it tells
@@ -231,7 +231,7 @@ def pull(
     return store, manifest
 
 
-def _fetch_blob(settings: Settings, ref: OllamaRef, store: Store, blob: Layer, notify: Notify) -> None:
+def _fetch_blob(settings: Settings, ref: OllamaRef, store: OllamaStore, blob: Layer, notify: Notify) -> None:
     remote = download.Remote(
         url=_url(settings, ref, f"blobs/{blob.digest}"),
         label=f"{ref.name}:{ref.tag} {blob.kind} layer",

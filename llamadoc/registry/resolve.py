@@ -129,7 +129,8 @@ def _local_files(
     elif pull_missing:
         converts = spec.sources[0].converts
         doing = "downloading and converting it once" if converts else "downloading it once"
-        notify(f"{what} {spec.name} is not here yet; {doing} into {settings.models_dir}")
+        if not settings.offline:  # offline, pull_files says why it cannot
+            notify(f"{what} {spec.name} is not here yet; {doing} into {settings.models_dir}")
         files = pull_files(settings, spec, notify, projector_named=projector_named)
     else:
         raise ModelError(f"{what} {spec.name} is not downloaded", hint=f"run: llamadoc models pull {spec.name}")
