@@ -90,7 +90,7 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
     from llamadoc.report import parse_fail_on
     from llamadoc.sources import Shard as ShardSpec
 
-    interrupt.install()
+    interrupt.install()  # main() did, unless the app runs in-process (tests)
     # Everything the user typed is checked before a model is resolved (or downloaded).
     output = OutputSpec(dir=o["output"], format=o["fmt"])
     options = RunOptions(
@@ -204,9 +204,18 @@ def extract(
 
 
 def main(argv: Iterable[str] | None = None) -> None:
+    from llamadoc import interrupt
+
+    interrupt.install()  # first of all: a Ctrl-C from now on ends in exit 130 and a message
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # an abort in ggml should not dump gdb output
     try:
         app(args=list(argv) if argv is not None else None, prog_name="llamadoc")
+    except KeyboardInterrupt:  # before a command started, or after it ended
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except SystemExit:
+        if interrupt.requested():
+            interrupt.exiting()  # a second Ctrl-C while Python shuts down must not kill it by signal
+        raise
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

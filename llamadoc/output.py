@@ -75,7 +75,7 @@ def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
 
 def _safe(rel: str, extension: str) -> str:
     """A relative path that stays below -o: no root, no '..', no empty parts."""
-    parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p not in ("", ".", "..", "/")]
+    parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".", "..", "/")]
     path = PurePosixPath(*parts) if parts else PurePosixPath("document")
     return str(path.with_suffix(extension))
 
