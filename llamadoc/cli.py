@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llamadoc.cli_common import Config, handles_errors, say
+from llamadoc.cli_common import Config, handles_errors, say, set_traceback
 from llamadoc.cli_models import doctor, models_app
 from llamadoc.errors import ExitCode
 
@@ -41,6 +41,7 @@ def root(
         "--traceback", help="Show the Python traceback of an error (also: LLAMADOC_RAISE_ERRORS=1).")] = False,
 ) -> None:
     """Read documents with local vision models: answers, Markdown, JSON."""
+    set_traceback(traceback)
 
 
 # Options shared by ask, describe and extract.

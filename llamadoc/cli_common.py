@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from llamadoc.errors import ExitCode, LlamadocError
 
 F = TypeVar("F", bound=Callable[..., Any])
 RAISE_ENV = "LLAMADOC_RAISE_ERRORS"
+_root = {"traceback": False}  # set by the root command on every run, so one run never leaks into the next
 
 Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
 
@@ -30,13 +30,14 @@ def say(message: str) -> None:
     print(f"llamadoc: {message}", file=sys.stderr, flush=True)
 
 
+def set_traceback(on: bool) -> None:
+    """The root option --traceback, for this run."""
+    _root["traceback"] = on
+
+
 def raise_errors() -> bool:
     """True under `llamadoc --traceback ...` or LLAMADOC_RAISE_ERRORS=1."""
-    if os.environ.get(RAISE_ENV, "") not in ("", "0"):
-        return True
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    return bool(root is not None and root.params.get("traceback"))
+    return _root["traceback"] or os.environ.get(RAISE_ENV, "") not in ("", "0")
 
 
 def handles_errors(fn: F) -> F:
@@ -46,7 +47,7 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.ClickException, BrokenPipeError):
+        except (typer.Exit, typer.Abort, BrokenPipeError):
             raise
         except LlamadocError as err:
             if raise_errors():

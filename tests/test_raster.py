@@ -75,7 +75,22 @@ def test_bad_files_get_one_line_errors(tmp_path: Path, content: bytes, message: 
     assert "\n" not in str(err.value)
 
 
-def test_truncated_real_pdf(tmp_path: Path) -> None:
+def test_a_pdf_cut_before_its_cross_reference_is_repaired(tmp_path: Path) -> None:
+    whole = make_pdf(tmp_path / "whole.pdf", ["page one text", "page two text", "page three"]).read_bytes()
+    cut = tmp_path / "cut.pdf"
+    cut.write_bytes(whole[: whole.rfind(b"startxref")])  # the pages are there, the table to find them is not
+    assert [p.text for p in pages_of(cut, dpi=36)] == ["page one text", "page two text", "page three"]
+
+
+def test_a_pdf_cut_to_its_header_is_damaged(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pdf"
+    cut.write_bytes(make_pdf(tmp_path / "whole.pdf", ["text"]).read_bytes()[:20])
+    with pytest.raises(DocumentError, match=r"cut.pdf is not a readable PDF \(.+\); is it truncated or damaged"):
+        pages_of(cut, dpi=36)
+
+
+@pytest.mark.skipif(not (CORPUS / "invoice2data").is_dir(), reason=f"the shared corpus is not at {CORPUS}")
+def test_a_real_pdf_cut_short_fails_or_renders_real_pages(tmp_path: Path) -> None:
     real = (CORPUS / "invoice2data" / "AmazonWebServices.pdf").read_bytes()
     cut = tmp_path / "cut.pdf"
     cut.write_bytes(real[: len(real) // 3])
@@ -142,6 +157,17 @@ def test_pages_beyond_the_end(tmp_path: Path) -> None:
         pages_of(pdf, pages="5-6")
 
 
+def test_invoice_pdfs_render_within_the_budget(tmp_path: Path) -> None:
+    from tests.documents import Invoice
+
+    pdf = make_pdf(tmp_path / "invoice.pdf", ["\n".join(Invoice().text), "Terms and conditions"], image_page=1)
+    pages = pages_of(pdf, max_pixels=300_000)
+    assert len(pages) == 2 and all(p.image.width * p.image.height <= 300_000 for p in pages)
+    assert pages[0].text is not None and "INVOICE FX-2026-0042" in pages[0].text and pages[0].graphics
+    assert pages[1].text == "Terms and conditions" and not pages[1].graphics
+
+
+@pytest.mark.skipif(not (CORPUS / "invoice2data").is_dir(), reason=f"the shared corpus is not at {CORPUS}")
 def test_corpus_pdfs_render(tmp_path: Path) -> None:
     for name in ("AmazonWebServices.pdf", "saeco.pdf"):
         pages = pages_of(CORPUS / "invoice2data" / name, max_pixels=300_000)
