@@ -24,9 +24,10 @@ from llamadoc.errors import UsageError
 
 # Suffixes looked at when walking folders; a file named on the command line is
 # sniffed whatever its name.
-DOCUMENT_SUFFIXES = frozenset(
-    {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp"}
-)
+DOCUMENT_SUFFIXES = frozenset({
+    ".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp", ".heic", ".heif", ".avif",
+    ".jp2", ".j2k", ".jpf", ".jpx", ".pnm", ".ppm", ".pgm", ".pbm",
+})
 STDIN_LABEL = "<stdin>"
 STDIN_LIMIT = 2 << 30  # bytes a pipe may carry; past it the document fails (LLAMADOC_STDIN_LIMIT)
 _CHUNK = 1 << 20
@@ -78,18 +79,6 @@ class Source:
 def printable(name: str) -> str:
     """A file name as text: bytes that are not UTF-8 (surrogate escapes) become \\xNN."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def sniff(head: bytes) -> str | None:
-    """The document kind from its first bytes: 'pdf', 'image', or None."""
-    if head[:1024].find(b"%PDF-") != -1:  # PDF allows junk before the header
-        return "pdf"
-    signatures = (
-        b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a", b"BM",
-    )
-    if head.startswith(signatures) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    return None
 
 
 def collect(

@@ -5,18 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from llamadoc.sources import collect, sniff
+from llamadoc.sources import collect
 from tests.conftest import make_image, make_pdf
-
-
-def test_sniff_reads_content_not_names() -> None:
-    assert sniff(b"%PDF-1.7\n...") == "pdf"
-    assert sniff(b"junk before\n%PDF-1.4") == "pdf"  # PDF allows leading junk
-    assert sniff(b"\x89PNG\r\n\x1a\n....") == "image"
-    assert sniff(b"\xff\xd8\xff\xe0") == "image"
-    assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image"
-    assert sniff(b"II*\x00") == "image"
-    assert sniff(b"hello, world") is None
 
 
 def test_folder_recurses_sorted_and_skips_hidden(tmp_path: Path) -> None:
