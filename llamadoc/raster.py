@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from llamadoc import einvoice, textpage
 from llamadoc.errors import DocumentError, UsageError
 from llamadoc.results import Page
 from llamadoc.sniff import HEAD, KINDS, signature
@@ -183,6 +184,7 @@ class Document:
         self.page_count = 0
         self._pdf: Any = None
         self._image: Image.Image | None = None
+        self._xml: tuple[str, bytes] | None = None  # (name, XML) of a standalone e-invoice
         self._info: dict[int, tuple[str | None, bool]] = {}  # page_info, read once per page
         self._open()
 
@@ -223,6 +225,8 @@ class Document:
         self.kind = kind
         if kind == "pdf":
             self._open_pdf(data)
+        elif kind == "xml":
+            self._open_xml(data)
         else:
             self._open_image(data, name)
 
@@ -254,6 +258,17 @@ class Document:
         self._pdf = pdf
         self.page_count = count
 
+    def _open_xml(self, data: bytes) -> None:
+        """An e-invoice XML of its own: its pages are the invoice rendered as text, for the
+        tasks that read pages (extract takes its fields from the XML itself)."""
+        name = self.label.rpartition("#")[2].rpartition("/")[2]  # the file's name, in a container too
+        try:
+            invoice = einvoice.parse(data, self.label)
+        except DocumentError as err:
+            raise DocumentError(err.message, hint="llamadoc reads XML that is a CII or UBL e-invoice") from None
+        self._xml = (name, data)
+        self._open_pdf(textpage.render_html(textpage.invoice_html(invoice, name)))
+
     def _open_image(self, data: bytes, name: str) -> None:
         if name == "HEIF":
             _register_heif()
@@ -276,9 +291,15 @@ class Document:
         # An MPO (what phone cameras write as .jpg) keeps a second, smaller view after the photo.
         self.page_count = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
+    def e_invoice(self) -> tuple[str, bytes] | None:
+        """The e-invoice XML (name, bytes) this document is, or that a PDF carries; None when none."""
+        if self._xml is not None:
+            return self._xml
+        return einvoice.find(self.embedded_files())
+
     def embedded_files(self) -> dict[str, bytes]:
-        """Files attached to a PDF (e-invoice XML lives here); empty for images."""
-        if self._pdf is None:
+        """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""
+        if self._pdf is None or self._xml is not None:
             return {}
         try:
             return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}

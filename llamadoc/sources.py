@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from llamadoc.einvoice import root_kind
 from llamadoc.errors import UsageError
 
-# Suffixes looked at when walking folders; a file named on the command line is
-# sniffed whatever its name.
+# Suffixes looked at when walking folders (and .xml files that hold an e-invoice); a file
+# named on the command line is sniffed whatever its name.
 DOCUMENT_SUFFIXES = frozenset({
     ".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp", ".heic", ".heif", ".avif",
     ".jp2", ".j2k", ".jpf", ".jpx", ".pnm", ".ppm", ".pgm", ".pbm",
@@ -231,8 +232,20 @@ def _walk(folder: Path) -> Iterator[Path]:
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES:
+        if p.is_file() and (p.suffix.lower() in DOCUMENT_SUFFIXES or _e_invoice_xml(p)):
             yield p
+
+
+def _e_invoice_xml(path: Path) -> bool:
+    """An .xml file in a folder is a document when it is an e-invoice (a folder of them often
+    holds other XML too: configuration, exports)."""
+    if path.suffix.lower() != ".xml":
+        return False
+    try:
+        with path.open("rb") as fh:
+            return root_kind(fh.read(65536)) is not None
+    except OSError:
+        return True  # a document we cannot read fails as one, with the reason
 
 
 def _selected(path: Path, root: Path, include: Sequence[str], exclude: Sequence[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Documents the tests make on the spot: e-invoices (a CII XML, and a Factur-X PDF that embeds it).
+"""Documents the tests make on the spot: e-invoices (a CII or a UBL XML, and a Factur-X PDF that embeds one).
 
 They cover what the shared corpus shows (tests that read ../shared/corpus are extra
 evidence and skip without it), so a user's clone tests every behaviour too.
@@ -137,6 +137,75 @@ def cii_xml(inv: Invoice = Invoice(), profile: str = "urn:factur-x.eu:1p0:en1693
     </ram:ApplicableHeaderTradeSettlement>
   </rsm:SupplyChainTradeTransaction>
 </rsm:CrossIndustryInvoice>
+""".encode()
+
+
+def ubl_xml(inv: Invoice = Invoice(), kind: str = "Invoice",
+            customization: str = "urn:cen.eu:en16931:2017#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0") -> bytes:
+    """An OASIS UBL 2.1 Invoice or CreditNote (the syntax of XRechnung-UBL and Peppol BIS 3)
+    with the same values as ``cii_xml(inv)``."""
+    def x(value: str) -> str:
+        return escape(value)
+
+    def iso(d: str) -> str:
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+
+    line_tag, quantity_tag = ("InvoiceLine", "InvoicedQuantity") if kind == "Invoice" else (
+        "CreditNoteLine", "CreditedQuantity")
+    cur = inv.currency
+    lines = "".join(f"""
+  <cac:{line_tag}>
+    <cbc:ID>{i}</cbc:ID>
+    <cbc:{quantity_tag} unitCode="C62">{li.quantity}</cbc:{quantity_tag}>
+    <cbc:LineExtensionAmount currencyID="{cur}">{li.amount}</cbc:LineExtensionAmount>
+    <cac:Item><cbc:Name>{x(li.description)}</cbc:Name>
+      <cac:ClassifiedTaxCategory><cbc:ID>S</cbc:ID><cbc:Percent>20</cbc:Percent><cac:TaxScheme><cbc:ID>VAT</cbc:ID></cac:TaxScheme></cac:ClassifiedTaxCategory>
+    </cac:Item>
+    <cac:Price><cbc:PriceAmount currencyID="{cur}">{li.unit_price}</cbc:PriceAmount></cac:Price>
+  </cac:{line_tag}>""" for i, li in enumerate(inv.lines, 1))
+    due = f"<cbc:DueDate>{iso(inv.due_date)}</cbc:DueDate>" if kind == "Invoice" else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<{kind} xmlns="urn:oasis:names:specification:ubl:schema:xsd:{kind}-2"
+    xmlns:cac="urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+    xmlns:cbc="urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2">
+  <cbc:CustomizationID>{customization}</cbc:CustomizationID>
+  <cbc:ProfileID>urn:fdc:peppol.eu:2017:poacc:billing:01:1.0</cbc:ProfileID>
+  <cbc:ID>{x(inv.number)}</cbc:ID>
+  <cbc:IssueDate>{iso(inv.issue_date)}</cbc:IssueDate>
+  {due}
+  <cbc:{kind}TypeCode>{"380" if kind == "Invoice" else "381"}</cbc:{kind}TypeCode>
+  <cbc:DocumentCurrencyCode>{cur}</cbc:DocumentCurrencyCode>
+  <cbc:BuyerReference>04011000-12345-03</cbc:BuyerReference>
+  <cac:AccountingSupplierParty><cac:Party>
+    <cac:PostalAddress>
+      <cbc:StreetName>{x(inv.seller_street)}</cbc:StreetName>
+      <cbc:CityName>{x(inv.seller_city[1])}</cbc:CityName>
+      <cbc:PostalZone>{inv.seller_city[0]}</cbc:PostalZone>
+      <cac:Country><cbc:IdentificationCode>FR</cbc:IdentificationCode></cac:Country>
+    </cac:PostalAddress>
+    <cac:PartyTaxScheme><cbc:CompanyID>{inv.seller_vat}</cbc:CompanyID><cac:TaxScheme><cbc:ID>VAT</cbc:ID></cac:TaxScheme></cac:PartyTaxScheme>
+    <cac:PartyLegalEntity><cbc:RegistrationName>{x(inv.seller)}</cbc:RegistrationName></cac:PartyLegalEntity>
+  </cac:Party></cac:AccountingSupplierParty>
+  <cac:AccountingCustomerParty><cac:Party>
+    <cac:PartyTaxScheme><cbc:CompanyID>{inv.buyer_vat}</cbc:CompanyID><cac:TaxScheme><cbc:ID>VAT</cbc:ID></cac:TaxScheme></cac:PartyTaxScheme>
+    <cac:PartyLegalEntity><cbc:RegistrationName>{x(inv.buyer)}</cbc:RegistrationName></cac:PartyLegalEntity>
+  </cac:Party></cac:AccountingCustomerParty>
+  {"" if kind == "Invoice" else f"<cac:PaymentMeans><cbc:PaymentMeansCode>58</cbc:PaymentMeansCode><cbc:PaymentDueDate>{iso(inv.due_date)}</cbc:PaymentDueDate></cac:PaymentMeans>"}
+  <cac:TaxTotal>
+    <cbc:TaxAmount currencyID="{cur}">{inv.tax}</cbc:TaxAmount>
+    <cac:TaxSubtotal>
+      <cbc:TaxableAmount currencyID="{cur}">{inv.net}</cbc:TaxableAmount>
+      <cbc:TaxAmount currencyID="{cur}">{inv.tax}</cbc:TaxAmount>
+      <cac:TaxCategory><cbc:ID>S</cbc:ID><cbc:Percent>20</cbc:Percent><cac:TaxScheme><cbc:ID>VAT</cbc:ID></cac:TaxScheme></cac:TaxCategory>
+    </cac:TaxSubtotal>
+  </cac:TaxTotal>
+  <cac:LegalMonetaryTotal>
+    <cbc:LineExtensionAmount currencyID="{cur}">{inv.net}</cbc:LineExtensionAmount>
+    <cbc:TaxExclusiveAmount currencyID="{cur}">{inv.net}</cbc:TaxExclusiveAmount>
+    <cbc:TaxInclusiveAmount currencyID="{cur}">{inv.gross}</cbc:TaxInclusiveAmount>
+    <cbc:PayableAmount currencyID="{cur}">{inv.gross}</cbc:PayableAmount>
+  </cac:LegalMonetaryTotal>{lines}
+</{kind}>
 """.encode()
 
 

@@ -45,3 +45,13 @@ def test_stdin_is_read_once(tmp_path: Path) -> None:
     [source] = collect(["-"], stdin=io.BytesIO(data))
     assert source.label == "<stdin>" and source.read_bytes() == data
     assert len(source.sha256()) == 64
+
+
+def test_folders_take_xml_files_that_are_e_invoices(tmp_path: Path) -> None:
+    from tests.documents import cii_xml, ubl_xml
+
+    (tmp_path / "a-rechnung.xml").write_bytes(ubl_xml())
+    (tmp_path / "b-factur-x.XML").write_bytes(cii_xml())
+    (tmp_path / "config.xml").write_bytes(b"<?xml version='1.0'?><settings><a>1</a></settings>")
+    (tmp_path / "broken.xml").write_bytes(b"<not xml")
+    assert [Path(s.label).name for s in collect([str(tmp_path)])] == ["a-rechnung.xml", "b-factur-x.XML"]
