@@ -36,11 +36,15 @@ _MAIL_HEADERS = frozenset({b"from", b"to", b"cc", b"subject", b"date", b"message
 
 def signature(head: bytes) -> str | None:
     """The format the first bytes announce, or None for anything llamadoc does not know."""
-    if head[:1024].find(b"%PDF-") != -1:  # PDF allows junk before the header
-        return "PDF"
     for prefix, name in _PREFIXES:
         if head.startswith(prefix):
             return name
+    if _tar(head) or (head[:2] == b"\x1f\x8b" and _tar(_gunzip(head))):
+        return "TAR"
+    # PDF allows junk before its header: looked for after the signatures at fixed places, as a
+    # ZIP or TAR that holds a PDF has one near its start.
+    if head[:1024].find(b"%PDF-") != -1:
+        return "PDF"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADERS:
@@ -49,8 +53,6 @@ def signature(head: bytes) -> str | None:
         return _iso_image(head)
     if _PNM.match(head):
         return "PNM"
-    if _tar(head) or (head[:2] == b"\x1f\x8b" and _tar(_gunzip(head))):
-        return "TAR"
     if _is_mail(head):
         return "E-mail"
     if _XML.match(head) and not re.match(rb"(\xef\xbb\xbf)?\s*<(!doctype\s+)?html", head, re.IGNORECASE):

@@ -223,3 +223,64 @@ def make_einvoice_pdf(path: Path, inv: Invoice = Invoice(), xml: bytes | None = 
     doc.save(str(path))
     doc.close()
     return path
+
+
+def make_mail(attachments: list[tuple[str, bytes]], *, subject: str = "Invoices for October",
+              text: str = "Please find our invoices attached.", html: str | None = None) -> bytes:
+    """An e-mail as a mail program sends it: text (and HTML) alternatives, then the attachments."""
+    import mimetypes
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "Moulin Rouge SARL <billing@moulin.example>"
+    message["To"] = "accounts@lumiere.example"
+    message["Subject"] = subject
+    message["Date"] = "Tue, 03 Nov 2026 09:12:00 +0100"
+    message.set_content(text)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    for name, data in attachments:
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        maintype, subtype = kind.split("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return message.as_bytes()
+
+
+def make_msg(path: Path, attachments: list[tuple[str, bytes]], *, subject: str = "Invoices for October",
+             body: str = "Please find our invoices attached.") -> Path:
+    """An Outlook .msg (an OLE2 file of MAPI properties, as [MS-OXMSG] lays it out), written with
+    extract-msg's own OLE writer: the message's class, subject, body and sender, and its
+    attachments by value with their long file names."""
+    import struct
+
+    from extract_msg import OleWriter
+
+    def variable(tag: int, size: int) -> bytes:  # a string or binary property: its size, the data in a stream
+        return struct.pack("<IIII", tag, 6, size, 0)
+
+    def fixed(tag: int, value: int) -> bytes:
+        return struct.pack("<IIQ", tag, 6, value)
+
+    ole = OleWriter()
+    props = b""
+    texts = {0x001A001F: "IPM.Note", 0x0037001F: subject, 0x1000001F: body, 0x0C1A001F: "Moulin Rouge SARL"}
+    for tag, text in texts.items():
+        data = text.encode("utf-16-le")
+        ole.addEntry(f"__substg1.0_{tag:08X}", data)
+        props += variable(tag, len(data) + 2)
+    header = struct.pack("<8sIIII8s", bytes(8), 0, len(attachments), 0, len(attachments), bytes(8))
+    ole.addEntry("__properties_version1.0", header + props)
+    ole.addEntry("__nameid_version1.0", storage=True)
+    for stream in ("00020102", "00030102", "00040102"):  # the named-property map, empty
+        ole.addEntry(f"__nameid_version1.0/__substg1.0_{stream}", b"")
+    for i, (name, data) in enumerate(attachments):
+        folder = f"__attach_version1.0_#{i:08X}"
+        ole.addEntry(folder, storage=True)
+        filename = name.encode("utf-16-le")
+        ole.addEntry(f"{folder}/__substg1.0_37010102", data)
+        ole.addEntry(f"{folder}/__substg1.0_3707001F", filename)
+        attachment = (fixed(0x37050003, 1) + fixed(0x0E210003, i)  # attached by value; its number
+                      + variable(0x37010102, len(data)) + variable(0x3707001F, len(filename) + 2))
+        ole.addEntry(f"{folder}/__properties_version1.0", bytes(8) + attachment)
+    ole.write(str(path))
+    return path
