@@ -327,3 +327,13 @@ def test_damaged_page_trees(tmp_path: Path, capfd: pytest.CaptureFixture[str], t
     with pytest.raises(DocumentError, match=message):
         pages_of(path)
     assert capfd.readouterr().err == ""  # MuPDF's own lines stay quiet: ours is the one line
+
+
+def test_a_container_made_into_a_source_by_hand_says_what_it_is(tmp_path: Path) -> None:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("a.pdf", make_pdf(tmp_path / "a.pdf", ["a"]).read_bytes())
+    with pytest.raises(DocumentError, match="upload.zip is a ZIP: its attachments or members are the documents"):
+        open_document(Source(label="upload.zip", data=buf.getvalue()), RasterOptions())
