@@ -32,7 +32,7 @@ from llamadoc.sniff import signature, sniff
 
 MAX_MEMBER = 256 << 20  # bytes one member may unpack to (and an e-mail may hold)
 MAX_TOTAL = 1 << 30  # bytes all of one container given may unpack to, nested ones included
-MAX_RATIO = 100  # how far a member may unpack beyond its packed size, once it is over RATIO_FLOOR
+MAX_RATIO = 100  # unpacked:packed a member may reach past RATIO_FLOOR (Apache POI's zip-bomb default too)
 RATIO_FLOOR = 1 << 20  # below this no ratio is suspicious: a page of text packs 100:1
 MAX_DEPTH = 3  # e-mails and archives inside one another, the outer one counted
 MAX_ENTRIES = 10_000  # entries looked at in one container
@@ -85,6 +85,7 @@ class _Entry:
     open: Callable[[], IO[bytes]] | None = None
     packed: int | None = None  # its compressed size, where the format records one
     error: str | None = None
+    counted: bool = False  # its format's reader counts its bytes (a compressed tar unpacks them read or not)
 
 
 def members(stream: IO[bytes], include_body: bool = False) -> Iterator[Member]:
@@ -139,7 +140,8 @@ def _read(entry: _Entry, budget: _Budget) -> bytes | None:
                 if not out and not _document(chunk):
                     return None
                 out += chunk
-                budget.spend(len(chunk))
+                if not entry.counted:
+                    budget.spend(len(chunk))
                 if len(out) > MAX_MEMBER:
                     raise Refused(f"unpacks to more than {MAX_MEMBER:,} bytes, the most llamadoc unpacks of one "
                                   "member; not read")
@@ -198,13 +200,14 @@ def _tar(stream: IO[bytes], include_body: bool, budget: _Budget) -> Iterator[_En
     try:
         archive = tarfile.open(fileobj=packed, mode="r|gz" if compressed else "r:")
         for info in archive:
-            if compressed:
-                offset = info.offset_data + info.size
-                if offset > RATIO_FLOOR and offset > MAX_RATIO * max(packed.count, 1):
-                    raise _Exhausted(f"unpacks to more than {MAX_RATIO} times its packed size, as a compression "
-                                     "bomb does; the rest was not read")
+            if compressed:  # what was unpacked to reach this header, against what it was packed in
+                if info.offset > RATIO_FLOOR and info.offset > MAX_RATIO * max(packed.count, 1):
+                    raise Refused(f"unpacks to more than {MAX_RATIO} times its packed size, as a compression "
+                                  "bomb does; the rest was not read")
             if not info.isfile():
                 continue  # folders, links and devices: never followed, nothing to read
+            if compressed:
+                budget.spend(info.size)  # read or skipped, it is unpacked
             member = _clean(info.name)
             if (problem := _unsafe(info.name)) is not None:
                 yield _Entry(member, error=problem)
@@ -212,9 +215,7 @@ def _tar(stream: IO[bytes], include_body: bool, budget: _Budget) -> Iterator[_En
                 yield _Entry(member, error=f"unpacks to {info.size:,} bytes, more than the {MAX_MEMBER:,} "
                                            "llamadoc unpacks of one member; not read")
             else:
-                yield _Entry(member, open=partial(_extracted, archive, info))
-            if compressed:
-                budget.spend(info.size)  # read or skipped, it is unpacked
+                yield _Entry(member, open=partial(_extracted, archive, info), counted=compressed)
     except (tarfile.TarError, zlib.error, EOFError, OSError) as err:
         raise Refused(f"is a damaged TAR archive ({err})") from None
 

@@ -261,7 +261,7 @@ class Document:
     def _open_xml(self, data: bytes) -> None:
         """An e-invoice XML of its own: its pages are the invoice rendered as text, for the
         tasks that read pages (extract takes its fields from the XML itself)."""
-        name = self.label.rpartition("#")[2].rpartition("/")[2]  # the file's name, in a container too
+        name = re.split(r"[#/\\]", self.label)[-1]  # the file's name, in a container too
         try:
             invoice = einvoice.parse(data, self.label)
         except DocumentError as err:

@@ -1,4 +1,5 @@
-"""Turn arguments into documents: files, folders (recursive), globs, '-' for stdin.
+"""Turn arguments into documents: files, folders (recursive), globs, '-' for stdin, and
+the attachments and members of the e-mails and archives among them.
 
 A document's type is sniffed from its first bytes, never from its name. Arguments
 that name nothing usable become failed sources (the batch goes on), not exceptions.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
+from llamadoc import containers
 from llamadoc.einvoice import root_kind
 from llamadoc.errors import UsageError
 from llamadoc.sniff import HEAD, sniff
@@ -291,8 +293,6 @@ def unpack(sources: Sequence[Source], include: Sequence[str] = (), exclude: Sequ
 
 def _unpacked(source: Source, include: Sequence[str], exclude: Sequence[str], include_body: bool,
               spool: _Spool) -> Iterator[Source]:
-    from llamadoc import containers  # the e-mail and archive readers load only for batches that have them
-
     try:
         with _opened(source) as fh:
             if source.error or sniff(fh.read(HEAD)) not in ("mail", "archive"):
@@ -350,10 +350,8 @@ def _unique(label: str, taken: set[str]) -> str:
 def _member_selected(path: tuple[str, ...], label: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """--include/--exclude on a member's name, its path in its container, or its label; an
     e-mail's own text is there because --include-body asked for it, so only --exclude applies."""
-    from llamadoc.containers import BODY
-
     names = (PurePosixPath(path[-1]).name, path[-1], label)
-    if include and path[-1] != BODY and not any(fnmatch.fnmatch(n, p) for p in include for n in names):
+    if include and path[-1] != containers.BODY and not any(fnmatch.fnmatch(n, p) for p in include for n in names):
         return False
     return not any(fnmatch.fnmatch(n, p) for p in exclude for n in names)
 

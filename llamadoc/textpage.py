@@ -12,7 +12,8 @@ from html import escape
 from llamadoc.einvoice import EInvoice, iso_date
 
 _STYLE = ("body { font-family: sans-serif; font-size: 10pt; } h1 { font-size: 15pt; } h2 { font-size: 11pt; }"
-          " td, th { padding: 1pt 5pt; text-align: left; vertical-align: top; } pre { font-size: 9pt; }")
+          " td, th { padding: 1pt 5pt; text-align: left; vertical-align: top; }"
+          " pre { font-size: 9pt; white-space: pre-wrap; }")  # a mail's long lines wrap, never run off the page
 _MARGIN = 50  # points: about 18 mm
 
 

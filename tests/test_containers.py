@@ -54,13 +54,13 @@ def test_an_e_mail_gives_its_attachments(tmp_path: Path, pdfs: list[bytes]) -> N
 
 def test_the_body_is_a_document_only_when_asked(tmp_path: Path, pdfs: list[bytes]) -> None:
     mail = tmp_path / "mail.eml"
-    mail.write_bytes(make_mail([("a.pdf", pdfs[0])], text="Total due: 162.60 EUR by 3 December."))
+    mail.write_bytes(make_mail([("a.pdf", pdfs[0])], text="Dear customer, " * 30 + "Total due: 162.60 EUR by 3 December."))
     assert [s.label.rpartition("#")[2] for s in collect([str(mail)])] == ["a.pdf"]
     body, _ = collect([str(mail)], include_body=True)
     assert body.label == f"{mail}#body" and body.rel == "mail.eml/body"
     with Document(body, RasterOptions(dpi=40)) as doc:
         text = " ".join((next(doc.pages()).text or "").split())
-    assert "Total due: 162.60 EUR by 3 December." in text
+    assert "Total due: 162.60 EUR by 3 December." in text  # long lines wrap, never run off the page
     assert "Invoices for October" in text and "billing@moulin.example" in text  # the headers too
 
 
@@ -291,3 +291,18 @@ def test_members_share_one_temporary_file(tmp_path: Path, pdfs: list[bytes]) -> 
     sources = collect([str(archive)])
     assert len(sources) == 300 and len(os.listdir("/proc/self/fd")) <= before + 1
     assert sources[299].read_bytes() == pdfs[299 % 3] + b"%" * 299 and sources[7].read_bytes() == pdfs[1] + b"%" * 7
+
+
+def test_a_compressed_tar_counts_what_it_skips(tmp_path: Path, pdfs: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in (("a.pdf", pdfs[0]), ("video.bin", os.urandom(4096)), ("b.pdf", pdfs[1])):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(containers, "MAX_TOTAL", len(pdfs[0]) + 4096 + 10)  # b.pdf is past it
+    sources = collect([str(path)])
+    assert [s.label.replace(f"{tmp_path}/", "") for s in sources] == ["big.tar.gz#a.pdf", "big.tar.gz"]
+    assert sources[1].error == (f"{path} is past the {len(pdfs[0]) + 4106:,} bytes llamadoc unpacks of one container; "
+                                "it and the rest were not read")
+    assert sources[0].read_bytes() == pdfs[0]  # counted once, not once read and once passed
