@@ -68,6 +68,7 @@ GuardCategories = Annotated[str | None, typer.Option(
     "--guard-categories", help="Categories that count, e.g. S1,S10 (default: all, S1-S13).")]
 Include = Annotated[list[str] | None, typer.Option("--include", help="Only files matching this glob (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="Skip files matching this glob (repeatable).")]
+IncludeBody = Annotated[bool, typer.Option("--include-body", help="An e-mail's own text is a document too.")]
 Force = Annotated[bool, typer.Option("--force", help="Redo documents an earlier run already finished.")]
 Shard = Annotated[str | None, typer.Option("--shard", help="Process the i-th of n slices of the batch, e.g. 2/4.")]
 FailOn = Annotated[str | None, typer.Option(
@@ -99,7 +100,7 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
         max_tokens=o["max_tokens"], sampling=Sampling(temperature=o["temperature"], seed=o["seed"]),
     )
     select = Selection(include=tuple(o["include"] or ()), exclude=tuple(o["exclude"] or ()),
-                       shard=ShardSpec.parse(o["shard"]) if o["shard"] else None)
+                       shard=ShardSpec.parse(o["shard"]) if o["shard"] else None, include_body=o["include_body"])
     fail_on = parse_fail_on(o["fail_on"])
     policy = GuardPolicy(mode=o["guard"], model=o["guard_model"], threshold=o["guard_threshold"],
                          categories=parse_categories(o["guard_categories"]))
@@ -153,7 +154,7 @@ def ask(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False,
+    verbose: Verbose = False, include_body: IncludeBody = False,
 ) -> None:
     """Answer a question about each document, citing the pages it rests on."""
     from llamadoc.tasks import Ask
@@ -172,7 +173,7 @@ def describe(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False,
+    verbose: Verbose = False, include_body: IncludeBody = False,
 ) -> None:
     """Transcribe each document to Markdown, page by page."""
     from llamadoc.tasks import Describe
@@ -196,7 +197,7 @@ def extract(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False,
+    verbose: Verbose = False, include_body: IncludeBody = False,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema

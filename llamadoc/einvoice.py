@@ -1,5 +1,10 @@
-"""Embedded e-invoices: Factur-X, ZUGFeRD 1.0/2.x and XRechnung XML (CII or UBL) from a PDF's
-attachments, read into exact fields so an invoice that carries its own data needs no model."""
+"""E-invoices: Factur-X, ZUGFeRD 1.0/2.x and XRechnung XML (CII or UBL 2.1 Invoice/CreditNote),
+from a PDF's attachments or as a file of their own, read into exact fields so an invoice
+that carries its own data needs no model.
+
+The XML comes from strangers, so it is parsed safely: no DTD (hence no entity expansion
+and no external entity), no network, at most MAX_BYTES and MAX_DEPTH elements deep.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from llamadoc.errors import DocumentError
+
+MAX_BYTES = 64 << 20  # an e-invoice with its attached documents (BG-24, base64) stays well below this
+MAX_DEPTH = 100
 
 # The attachment names the standards prescribe (ZUGFeRD 1.0 spells it ZUGFeRD-invoice.xml).
 KNOWN_NAMES = ("factur-x.xml", "zugferd-invoice.xml", "xrechnung.xml")
@@ -139,7 +147,7 @@ def find(embedded: dict[str, bytes]) -> tuple[str, bytes] | None:
             name = by_name[known]
             return name, embedded[name]
     for name, data in embedded.items():
-        if name.lower().endswith(".xml") and _root_kind(data) is not None:
+        if name.lower().endswith(".xml") and root_kind(data) is not None:
             return name, data
     return None
 
@@ -172,25 +180,61 @@ def iso_date(value: str | None) -> str | None:
         return None
 
 
-class _Refused(Exception):
+class _TooDeep(Exception):
     pass
 
 
-class _NoDoctype(ET.TreeBuilder):
-    """Refuses any DTD: an e-invoice never has one, and refusing it rules out entity
-    expansion (billion laughs) and external entities whatever the expat build."""
+class _Root(Exception):
+    """Raised by _FirstElement with the root element's tag: parsing stops there."""
 
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
-        raise _Refused
+
+class _Bounded(ET.TreeBuilder):
+    """A tree at most MAX_DEPTH elements deep: an invoice is about ten, and a deeper one is
+    a way to exhaust the stack of whatever walks the tree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooDeep
+        return super().start(tag, attrs)
+
+    def end(self, tag: str) -> ET.Element:
+        self.depth -= 1
+        return super().end(tag)
+
+
+class _FirstElement(ET.TreeBuilder):
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        raise _Root(tag)
+
+
+def _parser(target: ET.TreeBuilder) -> ET.XMLParser:
+    """defusedxml's parser: it refuses any DTD (an e-invoice never has one), so no entity is
+    ever expanded (billion laughs) and no external one fetched, whatever the expat build."""
+    from defusedxml.ElementTree import DefusedXMLParser  # imported here: only XML needs it
+
+    return DefusedXMLParser(target=target, forbid_dtd=True)
 
 
 def _tree(xml: bytes, label: str) -> ET.Element:
-    parser = ET.XMLParser(target=_NoDoctype())
+    from defusedxml import DefusedXmlException
+
+    if len(xml) > MAX_BYTES:
+        raise DocumentError(f"{label} holds {len(xml):,} bytes of XML, more than the {MAX_BYTES:,} an e-invoice "
+                            "may have; refused")
+    parser = _parser(_Bounded())
     try:
         parser.feed(xml)
         return parser.close()
-    except _Refused:
+    except DefusedXmlException:
         raise DocumentError(f"{label} declares a DTD, which an e-invoice never does; refused") from None
+    except _TooDeep:
+        raise DocumentError(f"{label} nests elements more than {MAX_DEPTH} deep, which an e-invoice never "
+                            "does; refused") from None
     except ET.ParseError as err:
         raise DocumentError(f"{label} is not well-formed XML ({err})") from None
 
@@ -206,14 +250,17 @@ def _kind(tag: str) -> str | None:
     return _UBL.get(namespace) if _UBL.get(namespace) == local else None
 
 
-def _root_kind(data: bytes) -> str | None:
-    """The kind of invoice an XML holds, from its first element only."""
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start",))
+def root_kind(data: bytes) -> str | None:
+    """The kind of invoice an XML holds ('CrossIndustryInvoice', 'Invoice', ...), from its
+    first element only; None for any other XML, or anything that is not XML."""
+    from defusedxml import DefusedXmlException
+
+    parser = _parser(_FirstElement())
     try:
         parser.feed(data[:65536])  # the root element comes long before this
-        for event in parser.read_events():
-            return _kind(event[1].tag)  # type: ignore[misc, union-attr]  # "start" events carry elements
-    except ET.ParseError:
+    except _Root as root:
+        return _kind(str(root.args[0]))
+    except (ET.ParseError, DefusedXmlException):
         pass
     return None
 

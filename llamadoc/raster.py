@@ -1,4 +1,4 @@
-"""Documents -> pages: PyMuPDF for PDFs, Pillow for images.
+"""Documents -> pages: PyMuPDF for PDFs, Pillow (with pillow-heif for HEIC) for images.
 
 Pages come out one at a time (a generator), so a 500-page PDF never sits in memory
 whole. Every page is an 8-bit RGB image the right size for the model: rotation and
@@ -19,9 +19,11 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from llamadoc import einvoice, textpage
 from llamadoc.errors import DocumentError, UsageError
 from llamadoc.results import Page
-from llamadoc.sources import Source, sniff
+from llamadoc.sniff import HEAD, KINDS, signature
+from llamadoc.sources import Source
 
 # A Letter/A4 page at about 100 DPI; models.toml sets the budget per model.
 DEFAULT_MAX_PIXELS = 1_254_400
@@ -33,7 +35,14 @@ FIXED_DPI = (1.0, 2400.0)  # what --dpi accepts; the pixel limit below still app
 # What Pillow's decoders raise on bad data. Anything else raised around them is a bug
 # of ours, and surfaces as one.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
+# What each signature sniff.py names is decoded with (Pillow's names for its plugins).
+_PILLOW = {"PNG": ["PNG"], "JPEG": ["JPEG"], "TIFF": ["TIFF"], "BigTIFF": ["TIFF"], "GIF": ["GIF"],
+           "WebP": ["WEBP"], "BMP": ["BMP"], "HEIF": ["HEIF"], "AVIF": ["AVIF"], "JPEG 2000": ["JPEG2000"],
+           "PNM": ["PPM"]}
+READS = ("PDF, PNG, JPEG, TIFF (BigTIFF too), GIF, WebP, BMP, HEIC/HEIF, AVIF, JPEG 2000, PNM, "
+         "e-invoice XML (CII, UBL), e-mail (.eml, .msg) and ZIP/TAR archives")
 _REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+_MUPDF_CODE = re.compile(r"^code=\d+:\s*")  # MuPDF's error number, which says nothing to a reader
 
 
 @dataclass(frozen=True)
@@ -60,15 +69,53 @@ class RasterOptions:
 
 def decoder_message(err: BaseException) -> str:
     """A decoder's complaint without Python's reprs of the buffers it read from."""
-    text = _REPR.sub("", str(err)).strip()
+    text = _MUPDF_CODE.sub("", _REPR.sub("", str(err)).strip())
     return text or type(err).__name__
 
 
 def _pdf_errors() -> tuple[type[BaseException], ...]:
     """What PyMuPDF raises on damaged files and pages (MuPDF's own errors and its wrappers')."""
+    return (RuntimeError, ValueError, _pymupdf().mupdf.FzErrorBase)
+
+
+def _pymupdf() -> Any:
+    """PyMuPDF, with MuPDF's own messages off: what is wrong with a PDF reaches the user as
+    one line of ours, not also as MuPDF's lines on stderr."""
     import pymupdf
 
-    return (RuntimeError, ValueError, pymupdf.mupdf.FzErrorBase)
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pymupdf.TOOLS.mupdf_display_warnings(False)
+    return pymupdf
+
+
+def _register_heif() -> None:
+    """HEIC/HEIF decoding (iPhone photos): pillow-heif's libheif, registered on first need. It
+    applies the file's irot/imir transforms and resets EXIF orientation, so none is applied twice."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+def _unknown(label: str, data: bytes) -> str:
+    """Why a file is not read: the format Pillow names, when it knows one we do not read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            name = img.format
+    except Exception:  # any decoder's complaint means the same: not an image we know
+        name = None
+    if name:
+        return f"{label}: {name} is not supported"
+    return f"{label} is not a document llamadoc reads"
+
+
+def _damage(err: BaseException) -> str:
+    """What is damaged, in words: Pillow says 'cannot identify' when the header is broken."""
+    text = decoder_message(err)
+    return "its header cannot be read" if text.startswith("cannot identify image file") else text
+
+
+def _article(name: str) -> str:
+    return "an" if name[:1] in "AEIOU" else "a"
 
 
 def parse_pages(spec: str) -> list[tuple[int, int | None]]:
@@ -137,6 +184,7 @@ class Document:
         self.page_count = 0
         self._pdf: Any = None
         self._image: Image.Image | None = None
+        self._xml: tuple[str, bytes] | None = None  # (name, XML) of a standalone e-invoice
         self._info: dict[int, tuple[str | None, bool]] = {}  # page_info, read once per page
         self._open()
 
@@ -167,20 +215,23 @@ class Document:
             raise DocumentError(f"cannot read {self.label}: {err.strerror or err}") from None
         if not data:
             raise DocumentError(f"{self.label} is empty (0 bytes)")
-        kind = sniff(data[:2048])
-        if kind is None:
-            raise DocumentError(
-                f"{self.label} is not a PDF or an image",
-                hint="llamadoc reads PDF, PNG, JPEG, TIFF, GIF, WebP and BMP",
-            )
+        name = signature(data[:HEAD])
+        if name is None:
+            raise DocumentError(_unknown(self.label, data), hint=f"llamadoc reads {READS}")
+        kind = KINDS[name]
+        if kind in ("mail", "archive"):  # sources.collect opens them; a Source made by hand arrives whole
+            raise DocumentError(f"{self.label} is {_article(name)} {name}: its attachments or members are the "
+                                "documents", hint="give it to llamadoc as a file, or pass its members")
         self.kind = kind
         if kind == "pdf":
             self._open_pdf(data)
+        elif kind == "xml":
+            self._open_xml(data)
         else:
-            self._open_image(data)
+            self._open_image(data, name)
 
     def _open_pdf(self, data: bytes) -> None:
-        import pymupdf  # imported here: only PDFs need it
+        pymupdf = _pymupdf()  # imported here: only PDFs need it
 
         try:
             pdf = pymupdf.open(stream=data, filetype="pdf")
@@ -188,25 +239,46 @@ class Document:
             raise DocumentError(
                 f"{self.label} is not a readable PDF ({decoder_message(err)}); is it truncated or damaged?"
             ) from None
-        if pdf.needs_pass:
-            if self.options.password is None:
-                pdf.close()
-                raise DocumentError(f"{self.label} is encrypted", hint="pass its password with --password")
-            if not pdf.authenticate(self.options.password):
-                pdf.close()
-                raise DocumentError(f"the password given does not open {self.label}", hint="check --password")
-        if pdf.page_count == 0:
+        try:
+            if pdf.needs_pass:
+                if self.options.password is None:
+                    raise DocumentError(f"{self.label} is encrypted", hint="pass its password with --password")
+                if not pdf.authenticate(self.options.password):
+                    raise DocumentError(f"the password given does not open {self.label}", hint="check --password")
+            count = pdf.page_count  # a page tree whose /Count lies fails here
+        except _pdf_errors() as err:
+            pdf.close()
+            raise DocumentError(f"{self.label} is a damaged PDF ({decoder_message(err)})") from None
+        except DocumentError:
+            pdf.close()
+            raise
+        if count == 0:
             pdf.close()
             raise DocumentError(f"{self.label} has no pages; is it truncated or damaged?")
         self._pdf = pdf
-        self.page_count = pdf.page_count
+        self.page_count = count
 
-    def _open_image(self, data: bytes) -> None:
+    def _open_xml(self, data: bytes) -> None:
+        """An e-invoice XML of its own: its pages are the invoice rendered as text, for the
+        tasks that read pages (extract takes its fields from the XML itself)."""
+        name = re.split(r"[#/\\]", self.label)[-1]  # the file's name, in a container too
+        try:
+            invoice = einvoice.parse(data, self.label)
+        except DocumentError as err:
+            raise DocumentError(err.message, hint="llamadoc reads XML that is a CII or UBL e-invoice") from None
+        self._xml = (name, data)
+        self._open_pdf(textpage.render_html(textpage.invoice_html(invoice, name)))
+
+    def _open_image(self, data: bytes, name: str) -> None:
+        if name == "HEIF":
+            _register_heif()
         try:
             with warnings.catch_warnings():
                 # Pillow only warns between its limit and twice it; we refuse from the limit.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
+                warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels still decode
+                # Only the decoder the signature names: a damaged TIFF is not read as something else.
+                img = Image.open(io.BytesIO(data), formats=_PILLOW[name])
                 img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise DocumentError(
@@ -214,13 +286,20 @@ class Document:
                 hint="downscale it first; this limit guards against decompression bombs",
             ) from None
         except IMAGE_ERRORS as err:
-            raise DocumentError(f"{self.label} is not a readable image ({decoder_message(err)})") from None
+            raise DocumentError(f"{self.label} is a damaged {name} image ({_damage(err)})") from None
         self._image = img
-        self.page_count = getattr(img, "n_frames", 1)
+        # An MPO (what phone cameras write as .jpg) keeps a second, smaller view after the photo.
+        self.page_count = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
+
+    def e_invoice(self) -> tuple[str, bytes] | None:
+        """The e-invoice XML (name, bytes) this document is, or that a PDF carries; None when none."""
+        if self._xml is not None:
+            return self._xml
+        return einvoice.find(self.embedded_files())
 
     def embedded_files(self) -> dict[str, bytes]:
-        """Files attached to a PDF (e-invoice XML lives here); empty for images."""
-        if self._pdf is None:
+        """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""
+        if self._pdf is None or self._xml is not None:
             return {}
         try:
             return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
@@ -252,8 +331,11 @@ class Document:
                 self._info[index] = (page.get_text("text").strip() or None,
                                      bool(page.get_images()) or bool(page.get_drawings()))
             except _pdf_errors() as err:
-                raise DocumentError(f"page {index} of {self.label} cannot be read ({decoder_message(err)})") from None
+                raise self._damaged(index, err) from None
         return self._info[index]
+
+    def _damaged(self, index: int, err: BaseException) -> DocumentError:
+        return DocumentError(f"page {index} of {self.label} cannot be read: damaged PDF ({decoder_message(err)})")
 
     def _pdf_page(self, index: int) -> Page:
         import pymupdf
@@ -262,7 +344,7 @@ class Document:
             page = self._pdf[index - 1]
             width_in, height_in = page.rect.width / 72, page.rect.height / 72  # rect is after /Rotate
         except _pdf_errors() as err:
-            raise DocumentError(f"page {index} of {self.label} cannot be read ({decoder_message(err)})") from None
+            raise self._damaged(index, err) from None
         if self.options.dpi is not None:
             dpi = float(self.options.dpi)
             pixels = width_in * height_in * dpi * dpi

@@ -34,7 +34,7 @@ from llamadoc.raster import RasterOptions
 from llamadoc.render import EXTENSIONS
 from llamadoc.report import DEFAULT_FAIL_ON, Report
 from llamadoc.results import DocumentResult, ModelInfo, PageResult, Status
-from llamadoc.sources import Shard, Source, collect, stdin_limit
+from llamadoc.sources import Shard, Source, collect, stdin_limit, unpack
 from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
 
@@ -48,6 +48,7 @@ class Selection:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     shard: Shard | None = None
+    include_body: bool = False  # an e-mail's own text is a document too, beside its attachments
 
 
 @dataclass
@@ -333,7 +334,7 @@ class Reader:
             return [d for d in given if isinstance(d, Source)]
         return collect([os.fspath(d) for d in given if not isinstance(d, Source)], include=select.include,
                        exclude=select.exclude, stdin=stdin, stdin_limit=stdin_limit(),
-                       spool_dir=self.settings.home / "tmp")
+                       spool_dir=self.settings.home / "tmp", include_body=select.include_body)
 
     def _store_notes(self, results: Store) -> list[str]:
         """One line each for what went wrong with the caches this run: never silent, never more."""
@@ -385,7 +386,7 @@ class Reader:
 
 def as_sources(documents: Documents, stdin: BinaryIO | None = None) -> list[Source]:
     if isinstance(documents, bytes):
-        return [Source(label="<bytes>", data=documents)]
+        return unpack([Source(label="<bytes>", data=documents)])  # an e-mail or an archive gives its documents
     if isinstance(documents, str | Path):
         return collect([str(documents)], stdin=stdin)
     return collect([str(d) for d in documents], stdin=stdin)

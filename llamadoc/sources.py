@@ -1,4 +1,5 @@
-"""Turn arguments into documents: files, folders (recursive), globs, '-' for stdin.
+"""Turn arguments into documents: files, folders (recursive), globs, '-' for stdin, and
+the attachments and members of the e-mails and archives among them.
 
 A document's type is sniffed from its first bytes, never from its name. Arguments
 that name nothing usable become failed sources (the batch goes on), not exceptions.
@@ -8,25 +9,34 @@ its bytes as escapes (``a\\xff.pdf``), and the file is still read by its real na
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import hashlib
+import io
 import os
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, cast
 
+from llamadoc import containers
+from llamadoc.einvoice import root_kind
 from llamadoc.errors import UsageError
+from llamadoc.sniff import HEAD, sniff
 
-# Suffixes looked at when walking folders; a file named on the command line is
-# sniffed whatever its name.
-DOCUMENT_SUFFIXES = frozenset(
-    {".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp"}
-)
+# Suffixes looked at when walking folders (and .xml files that hold an e-invoice); a file
+# named on the command line is sniffed whatever its name.
+DOCUMENT_SUFFIXES = frozenset({
+    ".pdf", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp", ".heic", ".heif", ".avif",
+    ".jp2", ".j2k", ".jpf", ".jpx", ".pnm", ".ppm", ".pgm", ".pbm",
+})
+# E-mails and archives: opened whatever --include says, since it chooses among what is inside.
+CONTAINER_SUFFIXES = frozenset({".eml", ".msg", ".zip", ".tar", ".tgz", ".tar.gz"})
 STDIN_LABEL = "<stdin>"
 STDIN_LIMIT = 2 << 30  # bytes a pipe may carry; past it the document fails (LLAMADOC_STDIN_LIMIT)
 _CHUNK = 1 << 20
@@ -80,18 +90,6 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def sniff(head: bytes) -> str | None:
-    """The document kind from its first bytes: 'pdf', 'image', or None."""
-    if head[:1024].find(b"%PDF-") != -1:  # PDF allows junk before the header
-        return "pdf"
-    signatures = (
-        b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a", b"BM",
-    )
-    if head.startswith(signatures) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    return None
-
-
 def collect(
     args: Sequence[str],
     include: Sequence[str] = (),
@@ -99,16 +97,18 @@ def collect(
     stdin: BinaryIO | None = None,
     stdin_limit: int = STDIN_LIMIT,
     spool_dir: Path | None = None,
+    include_body: bool = False,
 ) -> list[Source]:
     """Expand arguments in order; folders recurse, globs expand, '-' reads stdin once.
     Pipes (stdin, or a FIFO such as ``<(curl ...)``) are spooled to an unnamed temporary
-    file in ``spool_dir``, at most ``stdin_limit`` bytes."""
+    file in ``spool_dir``, at most ``stdin_limit`` bytes. E-mails and archives give the
+    documents inside them (an e-mail's own text too with ``include_body``)."""
     if list(args).count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
     sources: list[Source] = []
     for arg in args:
         sources.extend(_expand(arg, include, exclude, stdin, stdin_limit, spool_dir))
-    return sources
+    return unpack(sources, include, exclude, include_body, spool_dir)
 
 
 def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: BinaryIO | None,
@@ -122,7 +122,7 @@ def _expand(arg: str, include: Sequence[str], exclude: Sequence[str], stdin: Bin
     if path.is_dir():
         found = [p for p in _walk(path) if _selected(p, path, include, exclude)]
         if not found:
-            kinds = ", ".join(sorted(s.lstrip(".") for s in DOCUMENT_SUFFIXES))
+            kinds = ", ".join(sorted(s.lstrip(".") for s in DOCUMENT_SUFFIXES | CONTAINER_SUFFIXES))
             yield Source(label=label, error=f"folder {label} holds no documents ({kinds})")
         for p in found:
             yield Source(label=printable(str(p)), path=p, rel=printable(p.relative_to(path).as_posix()))
@@ -249,8 +249,25 @@ def _walk(folder: Path) -> Iterator[Path]:
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES:
+        if p.is_file() and (p.suffix.lower() in DOCUMENT_SUFFIXES or _container(p) or _e_invoice_xml(p)):
             yield p
+
+
+def _container(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in CONTAINER_SUFFIXES)
+
+
+def _e_invoice_xml(path: Path) -> bool:
+    """An .xml file in a folder is a document when it is an e-invoice (a folder of them often
+    holds other XML too: configuration, exports)."""
+    if path.suffix.lower() != ".xml":
+        return False
+    try:
+        with path.open("rb") as fh:
+            return root_kind(fh.read(65536)) is not None
+    except OSError:
+        return True  # a document we cannot read fails as one, with the reason
 
 
 def _selected(path: Path, root: Path, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -260,6 +277,143 @@ def _selected(path: Path, root: Path, include: Sequence[str], exclude: Sequence[
     except ValueError:
         rel = path.as_posix()
     names = (path.name, rel)
-    if include and not any(fnmatch.fnmatch(n, pat) for pat in include for n in names):
+    if include and not _container(path) and not any(fnmatch.fnmatch(n, pat) for pat in include for n in names):
         return False
     return not any(fnmatch.fnmatch(n, pat) for pat in exclude for n in names)
+
+
+# -- e-mails and archives --------------------------------------------------------------
+
+
+def unpack(sources: Sequence[Source], include: Sequence[str] = (), exclude: Sequence[str] = (),
+           include_body: bool = False, spool_dir: Path | None = None) -> list[Source]:
+    """Every e-mail and archive among the sources replaced by the documents inside it (by
+    content, whatever its name), labelled ``mail.eml#invoice.pdf`` and kept below -o as
+    ``mail.eml/invoice.pdf``; --include/--exclude match a member's name, its path inside
+    the container, or its label. Members wait in one unnamed temporary file."""
+    spool = _Spool(spool_dir)
+    found: list[Source] = []
+    for source in sources:
+        found.extend(_unpacked(source, include, exclude, include_body, spool))
+    return found
+
+
+def _unpacked(source: Source, include: Sequence[str], exclude: Sequence[str], include_body: bool,
+              spool: _Spool) -> Iterator[Source]:
+    try:
+        with _opened(source) as fh:
+            if source.error or sniff(fh.read(HEAD)) not in ("mail", "archive"):
+                yield source
+                return
+            fh.seek(0)
+            labels: set[str] = set()
+            count = 0
+            for member in containers.members(fh, include_body):
+                label = _unique(source.label + "".join(f"#{name}" for name in member.path), labels)
+                if not _member_selected(member.path, label, include, exclude):
+                    continue
+                count += 1
+                rel = "/".join((source.rel or printable(Path(source.label).name), *member.path))
+                if member.error is not None:
+                    yield Source(label=label, rel=rel, error=f"{label} {member.error}")
+                else:
+                    yield Source(label=label, rel=rel, spool=spool.add(member.data))
+    except containers.Refused as err:
+        yield Source(label=source.label, rel=source.rel, error=f"{source.label} {err}")
+        return
+    except OSError:
+        yield source  # it fails when read, with the reason
+        return
+    if count == 0:
+        what = "attachment or member" if include or exclude else "attachment or member that is a document"
+        hint = "" if include_body else "; --include-body reads an e-mail's own text"
+        yield Source(label=source.label, rel=source.rel, error=f"{source.label} holds no {what}{hint}")
+
+
+def _opened(source: Source) -> contextlib.AbstractContextManager[BinaryIO]:
+    if source.error:
+        return contextlib.nullcontext(cast(BinaryIO, io.BytesIO()))
+    if source.data is not None:
+        return contextlib.nullcontext(cast(BinaryIO, io.BytesIO(source.data)))
+    if source.spool is not None:
+        source.spool.seek(0)
+        return contextlib.nullcontext(source.spool)  # the source keeps it open
+    assert source.path is not None
+    return source.path.open("rb")
+
+
+def _unique(label: str, taken: set[str]) -> str:
+    """Two members of one name (a ZIP may hold them; a mail often does) get labels of their own."""
+    stem, dot, suffix = label.rpartition("#")[2].rpartition(".")
+    base = label[: len(label) - len(label.rpartition("#")[2])]
+    candidate, n = label, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}{stem} ({n}).{suffix}" if dot else f"{label} ({n})"
+    taken.add(candidate)
+    return candidate
+
+
+def _member_selected(path: tuple[str, ...], label: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """--include/--exclude on a member's name, its path in its container, or its label; an
+    e-mail's own text is there because --include-body asked for it, so only --exclude applies."""
+    names = (PurePosixPath(path[-1]).name, path[-1], label)
+    if include and path[-1] != containers.BODY and not any(fnmatch.fnmatch(n, p) for p in include for n in names):
+        return False
+    return not any(fnmatch.fnmatch(n, p) for p in exclude for n in names)
+
+
+class _Spool:
+    """One unnamed temporary file for the members of all the e-mails and archives of a batch:
+    one file descriptor however many members (a batch of 500 mails would run out of them
+    with one file each), no memory held, and gone with the process, even after kill -9."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.file: BinaryIO | None = None
+        self.end = 0
+        self.lock = threading.Lock()  # members are read on the prefetch thread
+
+    def add(self, data: bytes) -> BinaryIO:
+        with self.lock:
+            if self.file is None:
+                if self.folder is not None:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                self.file = cast(BinaryIO, tempfile.TemporaryFile(dir=self.folder))
+            self.file.seek(self.end)
+            self.file.write(data)
+            offset, self.end = self.end, self.end + len(data)
+        return cast(BinaryIO, io.BufferedReader(_Window(self, offset, len(data))))
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            assert self.file is not None
+            self.file.seek(offset)
+            return self.file.read(size)
+
+
+class _Window(io.RawIOBase):
+    """One member's bytes in the spool, as a file of its own."""
+
+    def __init__(self, spool: _Spool, offset: int, size: int) -> None:
+        self.spool, self.offset, self.size, self.position = spool, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.spool.read(self.offset + self.position, max(0, min(len(buffer), self.size - self.position)))
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)

@@ -124,7 +124,7 @@ def test_one_bad_document_does_not_stop_the_batch(run_cli: Any, model_args: list
     lines = result.stderr.splitlines()
     errors = lines[:3]
     assert all(line.startswith("llamadoc: ") for line in errors)
-    assert "does not exist" in errors[0] and "is empty" in errors[1] and "not a PDF or an image" in errors[2]
+    assert "does not exist" in errors[0] and "is empty" in errors[1] and "is not a document llamadoc reads" in errors[2]
     assert lines[3] == f"llamadoc: wrote {out / 'good.txt'}"
     assert "4 documents: ok 1, partial 0, failed 3, blocked 0" in lines[4]  # the summary
     assert sorted(p.name for p in out.iterdir()) == [".llamadoc", "good.txt"]  # the result store, and the result

@@ -62,9 +62,9 @@ def test_encrypted_pdf_needs_the_right_password(tmp_path: Path) -> None:
     ("content", "message"),
     [
         (b"", "is empty"),
-        (b"just some text, not a document\n", "is not a PDF or an image"),
+        (b"just some text, not a document\n", "is not a document llamadoc reads .*PDF, PNG"),
         (b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog", "truncated or damaged"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a damaged PNG image"),
     ],
 )
 def test_bad_files_get_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
@@ -183,3 +183,183 @@ def test_stdin_bytes_are_sniffed(tmp_path: Path) -> None:
     Image.new("RGB", (10, 10)).save(buf, "PNG")
     with open_document(Source(label="<stdin>", data=buf.getvalue()), RasterOptions()) as doc:
         assert doc.kind == "image"
+
+
+# -- phone and scanner formats ------------------------------------------------------
+
+def _marked(size: tuple[int, int] = (120, 80)) -> Image.Image:
+    """Blue with a red square in the top-left corner: orientation shows where it lands."""
+    img = Image.new("RGB", size, (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 24, 24))
+    return img
+
+
+def _near(pixel: tuple[int, ...], want: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, want, strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_photos_are_upright(tmp_path: Path, fmt: str) -> None:
+    """A phone photo taken sideways: the orientation (irot for HEIC, EXIF for AVIF) is applied once."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # only to write the file; llamadoc registers it itself
+    img = _marked()
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / f"receipt.{fmt.lower()}"
+    img.save(path, fmt, exif=exif.tobytes(), quality=90)
+    [page] = pages_of(path)
+    assert page.image.size == (80, 120)
+    assert _near(page.image.getpixel((75, 4)), (255, 0, 0))  # the red corner went top-right
+    assert _near(page.image.getpixel((4, 4)), (0, 0, 255))
+
+
+def test_heic_with_alpha_is_flattened_on_white(tmp_path: Path) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    img.paste((0, 160, 0, 255), (0, 0, 32, 64))
+    path = tmp_path / "cut-out.heic"
+    img.save(path, "HEIF", quality=95)
+    [page] = pages_of(path)
+    assert page.image.mode == "RGB"
+    assert _near(page.image.getpixel((50, 30)), (255, 255, 255))
+    assert _near(page.image.getpixel((10, 30)), (0, 160, 0), tolerance=20)
+
+
+@pytest.mark.parametrize("suffix", [".jp2", ".j2k"])
+def test_jpeg_2000(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"archive{suffix}"
+    _marked().save(path, "JPEG2000", irreversible=False)  # lossless: exact pixels
+    [page] = pages_of(path)
+    assert page.image.size == (120, 80)
+    assert page.image.getpixel((5, 5)) == (255, 0, 0) and page.image.getpixel((100, 70)) == (0, 0, 255)
+
+
+def test_pnm_as_scanimage_writes_it(tmp_path: Path) -> None:
+    colour = tmp_path / "scan.ppm"
+    _marked().save(colour)
+    assert colour.read_bytes().startswith(b"P6")
+    assert pages_of(colour)[0].image.getpixel((5, 5)) == (255, 0, 0)
+    grey = tmp_path / "scan.pgm"
+    Image.new("L", (40, 30), 90).save(grey)
+    assert pages_of(grey)[0].image.getpixel((3, 3)) == (90, 90, 90)
+    line_art = tmp_path / "scan.pbm"
+    bits = Image.new("1", (40, 30), 1)
+    bits.paste(0, (0, 0, 20, 30))
+    bits.save(line_art)
+    page = pages_of(line_art)[0].image
+    assert page.getpixel((5, 5)) == (0, 0, 0) and page.getpixel((30, 5)) == (255, 255, 255)
+    deep = tmp_path / "scan16.pgm"  # 16-bit, as scanimage --depth 16 writes it
+    ramp = Image.new("I;16", (64, 8))
+    ramp.putdata([x * 1000 for _y in range(8) for x in range(64)])
+    ramp.save(deep)
+    assert deep.read_bytes().startswith(b"P5\n64 8\n65535")
+    image = pages_of(deep)[0].image
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (0, 0, 0)
+    assert image.getpixel((32, 0))[0] in range(125, 135) and image.getpixel((63, 0))[0] >= 250  # the range stretched
+
+
+def test_bigtiff_with_several_pages(tmp_path: Path) -> None:
+    frames = [_marked(), Image.new("RGB", (120, 80), (0, 200, 0))]
+    path = tmp_path / "large-scan.tif"
+    frames[0].save(path, big_tiff=True, save_all=True, append_images=frames[1:])
+    assert path.read_bytes()[:4] == b"II+\x00"
+    pages = pages_of(path)
+    assert [p.index for p in pages] == [1, 2]
+    assert pages[0].image.getpixel((5, 5)) == (255, 0, 0) and pages[1].image.getpixel((5, 5)) == (0, 200, 0)
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "tiff_lzw", "group4"])
+def test_multi_page_tiff_compressions(tmp_path: Path, compression: str) -> None:
+    """What office scanners write: JPEG or LZW colour pages, CCITT G4 for black and white."""
+    if compression == "group4":
+        frames = [Image.new("1", (64, 48), 1) for _ in range(3)]
+        for i, frame in enumerate(frames):
+            frame.paste(0, (0, 0, 16 * (i + 1), 48))
+    else:
+        frames = [Image.new("RGB", (64, 48), c) for c in ((250, 0, 0), (0, 250, 0), (0, 0, 250))]
+    path = tmp_path / f"scan-{compression}.tif"
+    frames[0].save(path, compression=compression, save_all=True, append_images=frames[1:])
+    pages = pages_of(path)
+    assert [p.index for p in pages] == [1, 2, 3]
+    for i, page in enumerate(pages):
+        if compression == "group4":
+            assert page.image.getpixel((16 * (i + 1) - 2, 5)) == (0, 0, 0)
+            assert page.image.getpixel((16 * (i + 1) + 2, 5)) == (255, 255, 255)
+        else:
+            assert _near(page.image.getpixel((30, 20)), frames[i].getpixel((30, 20)))
+
+
+def test_a_phone_jpeg_with_a_second_view_is_one_page(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    _marked().save(path, "MPO", save_all=True, append_images=[Image.new("RGB", (30, 20))])
+    with open_document(Source(label="photo.jpg", path=path), RasterOptions()) as doc:
+        assert doc.page_count == 1 and next(doc.pages()).image.size == (120, 80)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("ICO", "ICO"), ("PCX", "PCX"), ("TGA", "TGA")])
+def test_formats_pillow_knows_but_llamadoc_does_not_read(tmp_path: Path, fmt: str, name: str) -> None:
+    path = tmp_path / "odd.bin"
+    _marked((32, 32)).save(path, fmt)
+    with pytest.raises(DocumentError) as err:
+        pages_of(path)
+    assert f"odd.bin: {name} is not supported (llamadoc reads PDF, PNG, JPEG" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "HEIF", "PNG", "JPEG2000"])
+def test_damaged_images_say_what_is_damaged(tmp_path: Path, fmt: str) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    whole = io.BytesIO()
+    _marked((300, 200)).save(whole, fmt)
+    path = tmp_path / "cut.img"
+    path.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    named = {"HEIF": "HEIF", "JPEG2000": "JPEG 2000"}.get(fmt, fmt)
+    with pytest.raises(DocumentError, match=f"cut.img is a damaged {named} image \\(") as err:
+        pages_of(path)
+    assert "<_io" not in str(err.value) and "object at 0x" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_broken_tiff_header_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00" + (0xFFFFFF).to_bytes(4, "little") + b"\x00" * 64)  # IFD offset past the end
+    with pytest.raises(DocumentError, match=r"broken.tif is a damaged TIFF image \(") as err:
+        pages_of(path)
+    assert "<_io" not in str(err.value)
+
+
+_TREE = b"%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n{body}\ntrailer << /Root 1 0 R >>\n%%EOF"
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        (b"2 0 obj << /Type /Pages /Kids [3 0 R] /Count 1 >> endobj\n"
+         b"3 0 obj << /Type /Pages /Kids [2 0 R] /Count 1 /Parent 2 0 R >> endobj",
+         r"page 1 of .*cyclic.pdf cannot be read: damaged PDF \(cycle in page tree\)"),
+        (b"2 0 obj << /Type /Pages /Kids [2 0 R 2 0 R] /Count 5 >> endobj",
+         r"cyclic.pdf is a damaged PDF \(Invalid number of pages\)"),
+        (b"2 0 obj << /Type /Pages /Count 3 >> endobj", r"cyclic.pdf is a damaged PDF \(Invalid number of pages\)"),
+    ],
+    ids=["cycle", "cycle-with-a-count", "no-kids"],
+)
+def test_damaged_page_trees(tmp_path: Path, capfd: pytest.CaptureFixture[str], tree: bytes, message: str) -> None:
+    path = tmp_path / "cyclic.pdf"
+    path.write_bytes(_TREE.replace(b"{body}", tree))
+    with pytest.raises(DocumentError, match=message):
+        pages_of(path)
+    assert capfd.readouterr().err == ""  # MuPDF's own lines stay quiet: ours is the one line
+
+
+def test_a_container_made_into_a_source_by_hand_says_what_it_is(tmp_path: Path) -> None:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("a.pdf", make_pdf(tmp_path / "a.pdf", ["a"]).read_bytes())
+    with pytest.raises(DocumentError, match="upload.zip is a ZIP: its attachments or members are the documents"):
+        open_document(Source(label="upload.zip", data=buf.getvalue()), RasterOptions())

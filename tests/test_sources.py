@@ -5,18 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from llamadoc.sources import collect, sniff
+from llamadoc.sources import collect
 from tests.conftest import make_image, make_pdf
-
-
-def test_sniff_reads_content_not_names() -> None:
-    assert sniff(b"%PDF-1.7\n...") == "pdf"
-    assert sniff(b"junk before\n%PDF-1.4") == "pdf"  # PDF allows leading junk
-    assert sniff(b"\x89PNG\r\n\x1a\n....") == "image"
-    assert sniff(b"\xff\xd8\xff\xe0") == "image"
-    assert sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image"
-    assert sniff(b"II*\x00") == "image"
-    assert sniff(b"hello, world") is None
 
 
 def test_folder_recurses_sorted_and_skips_hidden(tmp_path: Path) -> None:
@@ -55,3 +45,13 @@ def test_stdin_is_read_once(tmp_path: Path) -> None:
     [source] = collect(["-"], stdin=io.BytesIO(data))
     assert source.label == "<stdin>" and source.read_bytes() == data
     assert len(source.sha256()) == 64
+
+
+def test_folders_take_xml_files_that_are_e_invoices(tmp_path: Path) -> None:
+    from tests.documents import cii_xml, ubl_xml
+
+    (tmp_path / "a-rechnung.xml").write_bytes(ubl_xml())
+    (tmp_path / "b-factur-x.XML").write_bytes(cii_xml())
+    (tmp_path / "config.xml").write_bytes(b"<?xml version='1.0'?><settings><a>1</a></settings>")
+    (tmp_path / "broken.xml").write_bytes(b"<not xml")
+    assert [Path(s.label).name for s in collect([str(tmp_path)])] == ["a-rechnung.xml", "b-factur-x.XML"]

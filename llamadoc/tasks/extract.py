@@ -1,7 +1,7 @@
 """extract: JSON fields under a schema, decoding constrained by it and validated after.
 
 An invoice that carries its own data (a Factur-X/ZUGFeRD/XRechnung XML attached to the
-PDF) is read exactly, with no model, when the schema speaks the invoice field names;
+PDF, or such an XML given on its own) is read exactly, with no model, when the schema speaks the invoice field names;
 model answers are checked against the page's text layer, the invoice arithmetic and
 the embedded data.
 """
@@ -62,10 +62,10 @@ class Extract:
         return INVOICE_TOTALS <= set(self.schema.get("properties", {}))
 
     def plan(self, document: Document, pages: list[int]) -> Plan:
-        """Look for an e-invoice in the document's attachments."""
+        """Look for an e-invoice: the document itself (an XML file), or in its attachments."""
         if self.embedded == "ignore":
             return Plan()
-        found = einvoice.find(document.embedded_files())
+        found = document.e_invoice()
         if found is None:
             return Plan()
         name, xml = found
