@@ -218,8 +218,8 @@ signal.signal(signal.SIGALRM, on_alarm)
 options = LoadOptions(model_path={str(text_model)!r}, threads=1)
 llamacpp.set_logging(False)
 raised = deferred = 0
-deadline = time.monotonic() + 3.0
-while time.monotonic() < deadline:
+deadline = time.monotonic() + 20.0
+while time.monotonic() < deadline and (deferred < 5 or raised < 20):
     try:  # one signal per round, from a one-shot timer: wherever it lands, it must come out here
         try:
             signal.setitimer(signal.ITIMER_REAL, random.uniform(0.0002, 0.01))
@@ -462,7 +462,7 @@ def test_misleading_messages_say_what_is_wrong(run_cli: Any, model_args: list[st
     cut = tmp_path / "cut.png"
     cut.write_bytes(make_image(tmp_path / "whole.png").read_bytes()[:60])
     damaged = run_cli("ask", str(cut), "-q", "?", *model_args)
-    assert damaged.exit_code == 1 and "not a readable image" in damaged.stderr
+    assert damaged.exit_code == 1 and "is a damaged PNG image (image file is truncated)" in damaged.stderr
     assert "BytesIO" not in damaged.stderr and "0x" not in damaged.stderr
 
 
