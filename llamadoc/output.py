@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -52,32 +53,32 @@ class WriteFailed(Exception):
 
 
 def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
-    """label -> file name below -o, over the whole batch (so shards agree)."""
-    bases = {s.label: _safe(s.rel or Path(s.label).name, extension) for s in sources if not s.error}
-    taken: dict[str, int] = {}
-    for name in bases.values():
-        taken[name] = taken.get(name, 0) + 1
-    folders = {str(parent) for name in bases.values() for parent in PurePosixPath(name).parents if str(parent) != "."}
-    names: dict[str, str] = {}
-    for s in sources:
-        base = bases.get(s.label)
-        if base is None:
-            continue
-        if taken[base] > 1 or base in folders:
+    """label -> file name below -o, over the whole batch (so shards agree).
+
+    Names that would clash keep their source's suffix (``invoice.pdf.json`` beside
+    ``invoice.xml.json``, the usual XRechnung pair); those that still clash, and a name
+    that is also a folder of another's, get a tag from the source's real path."""
+    paths = {s.label: _safe(s.rel or Path(s.label).name) for s in sources if not s.error}
+    plain = {label: str(p.with_suffix(extension)) for label, p in paths.items()}
+    taken = Counter(plain.values())
+    names = {label: plain[label] if taken[plain[label]] == 1 else f"{p}{extension}" for label, p in paths.items()}
+    taken = Counter(names.values())
+    folders = {str(parent) for n in names.values() for parent in PurePosixPath(n).parents if str(parent) != "."}
+    by_label = {s.label: s for s in sources}
+    for label, name in names.items():
+        if taken[name] > 1 or name in folders:
+            s = by_label[label]
             real = os.path.realpath(s.path) if s.path is not None else s.label  # not the spelling given
             tag = hashlib.sha1(real.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-            stem = PurePosixPath(base)
-            names[s.label] = str(stem.with_name(f"{stem.stem}-{tag}{extension}"))
-        else:
-            names[s.label] = base
+            stem = PurePosixPath(plain[label])
+            names[label] = str(stem.with_name(f"{stem.stem}-{tag}{extension}"))
     return names
 
 
-def _safe(rel: str, extension: str) -> str:
+def _safe(rel: str) -> PurePosixPath:
     """A relative path that stays below -o: no root, no '..', no empty parts."""
     parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".", "..", "/")]
-    path = PurePosixPath(*parts) if parts else PurePosixPath("document")
-    return str(path.with_suffix(extension))
+    return PurePosixPath(*parts) if parts else PurePosixPath("document")
 
 
 class Writer:

@@ -153,7 +153,7 @@ def page_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("I") if img.mode.startswith("I;16") else img
         lo, hi = (float(v) for v in img.getextrema())  # type: ignore[arg-type]  # one band: numbers
         scale = 255.0 / (hi - lo) if hi > lo else 1.0  # stretch the used range, as a viewer would
-        img = img.point(lambda v: (v - lo) * scale).convert("L")
+        img = img.point(lambda v: (v - lo) * scale + 0.5).convert("L")  # + 0.5: rounded, so the top is 255
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
