@@ -51,8 +51,11 @@ def write_text_model(
     bos: int = 0,
     eos: int = 2,
     merges: tuple[tuple[str, str], ...] = (("Ġ", "t"), ("h", "e"), ("Ġt", "he")),
+    unused_merges: tuple[tuple[str, str], ...] = (),
 ) -> Path:
-    """A llama-architecture chat model, F32, about half a megabyte."""
+    """A llama-architecture chat model, F32, about half a megabyte. ``unused_merges`` only
+    lengthen the merges list (of control tokens, which text never produces), to give the
+    file a real tokenizer's size."""
     rng = np.random.default_rng(seed)
     byte_tokens = _byte_alphabet()
     merged = [a + b for a, b in merges]
@@ -84,7 +87,7 @@ def write_text_model(
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges([f"{a} {b}" for a, b in merges])
+    w.add_token_merges([f"{a} {b}" for a, b in merges + unused_merges])
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)  # the end-of-turn token
     w.add_add_bos_token(False)
