@@ -101,7 +101,7 @@ def _unknown(label: str, data: bytes) -> str:
     try:
         with Image.open(io.BytesIO(data)) as img:
             name = img.format
-    except Exception:  # any decoder's complaint means the same: not an image we know
+    except (*IMAGE_ERRORS, Image.DecompressionBombError):  # a decoder's complaint: not an image we know
         name = None
     if name:
         return f"{label}: {name} is not supported"

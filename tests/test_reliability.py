@@ -517,3 +517,22 @@ def test_two_runs_on_one_output_never_do_a_document_twice(model_args: list[str],
     for err in stderrs:  # a document the other run held is said to be left to it, not counted as done
         left = [line for line in err.splitlines() if "left to another run" in line]
         assert len(left) <= 1
+
+
+def test_a_document_another_run_holds_is_left_to_it(run_cli: Any, model_args: list[str], tmp_path: Path) -> None:
+    import hashlib
+
+    from llamadoc.output import Claims
+
+    docs = folder(tmp_path, 3)
+    out = tmp_path / "out"
+    held = hashlib.sha256((docs / "doc01.pdf").read_bytes()).hexdigest()
+    with Claims(out / ".llamadoc" / "locks") as other_run:  # as another process working on doc01 would
+        assert other_run.claim(held)
+        result = run_cli("ask", str(docs), "-q", "?", *model_args, *MODEL_FLAGS, "-o", str(out), "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in outputs(out)] == ["doc00.json", "doc02.json"]
+    assert "1 left to another run working on the same output" in result.stderr
+    assert not list((out / ".llamadoc" / "locks").glob("*.lock"))  # released and removed by their holders
+    again = run_cli("ask", str(docs), "-q", "?", *model_args, *MODEL_FLAGS, "-o", str(out), "--format", "json")
+    assert again.exit_code == 0 and f"wrote {out / 'doc01.json'}" in again.stderr
