@@ -7,9 +7,9 @@
         report = reader.run_batch(Extract(schema), ["invoices/"], output=OutputSpec(Path("out")))
         raise SystemExit(report.exit_code)
 
-A Reader resolves its models when made (a missing model fails before any document is
-read) and loads them on first need: a batch whose documents all come from the store
-loads none.
+A Reader resolves its models when a batch starts (a missing model fails before any
+document is read) and loads them when a page first needs them: a batch whose documents
+all come from the store loads none.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Events:
 
 
 class Reader:
-    """The models of a run (resolved now, loaded on first need) and the batches run with them."""
+    """The models of a run (resolved when a batch starts, loaded on first need) and the batches run with them."""
 
     def __init__(
         self,
