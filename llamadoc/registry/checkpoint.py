@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamadoc import __version__
 from llamadoc.config import HfRef, HfRepoRef, Settings
 from llamadoc.errors import ModelError
 from llamadoc.gguf_header import read_header
@@ -111,7 +110,7 @@ def _listing(settings: Settings, ref: HfRepoRef) -> tuple[str, list[RepoFile]]:
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token, library_name="llamadoc",
-                library_version=__version__)
+                library_version=_version())
     url = f"{settings.hf_endpoint}/api/models/{ref.repo_id}"
     with huggingface.hub_errors(settings, ref.repo_id, "the file list", url):
         info = api.model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
@@ -201,7 +200,7 @@ def _convert(
         "revision": commit,
         "quantisation": quant,
         "sha256": digest,
-        "converted_by": f"llamadoc {__version__}",
+        "converted_by": f"llamadoc {_version()}",
         "checkpoint": {f.name: f.sha256 for f in files if f.name.endswith(".safetensors")},
     }
     huggingface.write_provenance(target, record)
@@ -222,3 +221,13 @@ def _verify(path: Path, tensors: int, size: int) -> None:
         path.unlink(missing_ok=True)
         raise ModelError(f"the converted file {path.name} failed its check ({problem}) and was deleted",
                          hint="run the pull again; if it repeats, report it")
+
+
+def _version() -> str:
+    """llamadoc's version as installed (the package root is not imported from down here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llamadoc")
+    except PackageNotFoundError:
+        return "source checkout"
