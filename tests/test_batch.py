@@ -101,3 +101,13 @@ def test_fail_on_decides_the_exit_code(run_cli: Any, model_args: list[str], tmp_
     assert bad.exit_code == 2 and "unknown outcome typo" in bad.stderr
     quiet = run_cli(*args, "--quiet")
     assert quiet.exit_code == 1 and quiet.stderr == ""
+
+
+def test_an_argument_that_names_no_document_fails_without_a_file(run_cli: Any, model_args: list[str],
+                                                                 tmp_path: Path) -> None:
+    good = make_image(tmp_path / "good.png")
+    out = tmp_path / "out"
+    result = run_cli("ask", str(good), str(tmp_path / "missing.png"), "-q", "?", *model_args, "--max-tokens", "2",
+                     "-o", str(out), "--format", "json")
+    assert result.exit_code == 1 and "missing.png does not exist" in result.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["good.json"]
