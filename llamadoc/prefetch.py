@@ -100,6 +100,7 @@ class Gate:
     lookup: Callable[[str], DocumentResult | None] = lambda _sha: None  # finished results by hash
     claim: Callable[[str], bool] = lambda _sha: True  # False: another run is doing this document
     _seen: set[str] = field(default_factory=set)
+    _busy: set[str] = field(default_factory=set)  # hashes another run holds: their copies are left to it too
 
     def admit(self, source: Source) -> Admitted | Known | Busy | DocFailed:
         sha256 = None
@@ -111,11 +112,14 @@ class Gate:
             return DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}")
         except DocumentError as err:
             return DocFailed(source, sha256, str(err))
+        if sha256 in self._busy:
+            return Busy(source, sha256)
         if sha256 in self._seen:
             return Known(source, sha256, None)
         self._seen.add(sha256)
         stored = self.lookup(sha256)
         if stored is None and not self.claim(sha256):
+            self._busy.add(sha256)
             return Busy(source, sha256)
         if stored is None:
             stored = self.lookup(sha256)  # finished by another run while we waited for its lock
