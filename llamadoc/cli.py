@@ -77,7 +77,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or pe
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 # One option whose value says where, since an option cannot take an optional value: `--ray local` mirrors Ray's `auto`.
 Ray = Annotated[str | None, typer.Option("--ray", help="Run the batch on Ray: local (this machine), auto (the cluster "
-                                          "joined with `ray start`) or ray://HOST:10001. Needs llamadoc[ray].")]
+                                          "joined with `ray start`) or HOST:PORT. Needs llamadoc[ray].")]
 Workers = Annotated[str | None, typer.Option("--workers", help="Ray model workers: N, or N-M to autoscale "
                                               "(default: one per GPU, else one).")]
 CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="CPUs each Ray model worker takes "

@@ -199,9 +199,9 @@ def test_a_run_wide_error_on_a_worker_is_the_local_one(ray_instance: None, text_
 
 def test_cluster_options_are_checked_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Cluster.parse("local", "2-4", 0.5) == Cluster("local", (2, 4), 0.5)
-    assert Cluster.parse("ray://head:10001", "3", None) == Cluster("ray://head:10001", (3, 3), 1.0)
+    assert Cluster.parse("head.example:6379", "3", None) == Cluster("head.example:6379", (3, 3), 1.0)
     for bad in [("local", "4-2", None), ("local", "x", None), ("local", None, 0.0), ("two words", None, None),
-                (None, "2", None), (None, None, 2.0)]:
+                (None, "2", None), (None, None, 2.0), ("ray://head:10001", None, None)]:
         with pytest.raises(UsageError):
             Cluster.parse(*bad)
     import importlib.util

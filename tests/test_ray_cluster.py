@@ -3,6 +3,7 @@ CLI as a driver that connects to them, is killed, and resumes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,7 +59,8 @@ def cluster() -> Iterator[dict[str, str]]:
                 node.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 pass
-            os.killpg(node.pid, signal.SIGKILL)  # whatever of that group is still there
+            with contextlib.suppress(ProcessLookupError):  # the group is gone already
+                os.killpg(node.pid, signal.SIGKILL)  # whatever of that group is still there
             node.wait()
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from llamadoc.errors import UsageError
 
 INSTALL = "pip install 'llamadoc[ray]'"
-_ADDRESS = re.compile(r"(local|auto|ray://[^\s/]+|[\w.-]+:\d+)")
+_ADDRESS = re.compile(r"(local|auto|[\w.-]+:\d+)")
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,9 @@ class Cluster:
     """Where and how wide a Ray batch runs.
 
     ``address``: ``local`` (this machine's Ray instance, started for the run when none
-    is running), ``auto`` (the cluster this machine joined with `ray start`),
-    ``ray://HOST:10001`` (a cluster's Ray Client port) or ``HOST:PORT`` (its GCS).
+    is running), ``auto`` (the cluster this machine joined with `ray start`), or
+    ``HOST:PORT`` (a cluster's GCS, reachable from here). Not ``ray://``: Ray Data
+    does not run through the Ray Client.
     ``workers``: the model workers, a fixed number (n, n) or an autoscaling range;
     None: one per GPU on a cluster with GPUs, else one. ``cpus_per_worker``: the CPUs
     each model worker reserves (and its engine's threads, unless --threads is given)."""
@@ -28,9 +29,12 @@ class Cluster:
     cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.address.startswith("ray://"):  # ray-project/ray#42739: its datasets need a driver in the cluster
+            raise UsageError("--ray ray://...: Ray Data does not run through the Ray Client",
+                             hint="run llamadoc on a cluster machine with --ray auto, or submit it there: "
+                                  "ray job submit --address http://HEAD:8265 -- llamadoc ... --ray auto")
         if not _ADDRESS.fullmatch(self.address):
-            raise UsageError(f"--ray {self.address!r} is not a Ray address",
-                             hint="use local, auto, ray://HOST:10001 or HOST:PORT")
+            raise UsageError(f"--ray {self.address!r} is not a Ray address", hint="use local, auto or HOST:PORT")
         if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
             raise UsageError(f"--workers {self.workers[0]}-{self.workers[1]}: need 1 <= N <= M")
         if not self.cpus_per_worker > 0:
