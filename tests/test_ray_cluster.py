@@ -128,3 +128,21 @@ def test_a_killed_driver_loses_nothing_finished(cluster: dict[str, str], model_a
     assert sorted(p.name for p in out.glob("*.json")) == [f"doc{i:02d}.json" for i in range(16)]
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in done.items())
     assert f"({len(done)} from earlier runs)" in second.stderr
+
+
+def test_sigterm_stops_a_ray_batch_as_it_stops_a_local_one(cluster: dict[str, str], model_args: list[str],
+                                                           tmp_path: Path) -> None:
+    """Ray's core puts its own SIGTERM handler in the driver (a crash dump, exit 15): the CLI's is put back."""
+    docs = folder_of_documents(tmp_path, 12)
+    out = tmp_path / "out"
+    env = cluster | {"LLAMADOC_HOME": str(tmp_path / "home")}
+    run = subprocess.Popen(cli(env, docs, out, model_args, "--ray", cluster["ADDRESS"]), env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(out.glob("*.json")):
+        assert run.poll() is None
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert "interrupted; finished documents are kept" in stderr

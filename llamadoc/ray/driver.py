@@ -18,6 +18,8 @@ import contextlib
 import json
 import logging
 import pickle
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -123,12 +125,20 @@ def _session(cluster: Cluster, verbose: bool) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    # Ray's core installs its own SIGTERM handler (a crash dump, then exit 15): the caller's
+    # handlers (the CLI's: stop between pages, exit 130) are put back once it is up.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         ray.init(address=None if cluster.address == "local" else cluster.address, include_dashboard=False,
                  log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ClusterError(f"cannot reach the Ray cluster at {cluster.address}: {_first_line(err)}",
                            hint="start it with `ray start --head`, or use --ray local") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for number, previous in handlers.items():
+                if previous is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(number, previous)
     try:
         yield
     finally:
