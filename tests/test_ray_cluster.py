@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,7 @@ def cluster() -> Iterator[dict[str, str]]:
             with contextlib.suppress(ProcessLookupError):  # the group is gone already
                 os.killpg(node.pid, signal.SIGKILL)  # whatever of that group is still there
             node.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def cli(env: dict[str, str], docs: Path, out: Path, model_args: list[str], *extra: str) -> list[str]:
