@@ -6,6 +6,7 @@ options into its arguments and its events into lines on stdout and stderr.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -76,6 +77,13 @@ FailOn = Annotated[str | None, typer.Option(
     "(default failed,blocked).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or per-document messages.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
+# One option whose value says where, since an option cannot take an optional value: `--ray local` mirrors Ray's `auto`.
+Ray = Annotated[str | None, typer.Option("--ray", help="Run the batch on Ray: local (this machine), auto (the cluster "
+                                          "joined with `ray start`) or HOST:PORT. Needs llamadoc[ray].")]
+Workers = Annotated[str | None, typer.Option("--workers", help="Ray model workers: N, or N-M to autoscale "
+                                              "(default: one per GPU, else one).")]
+CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="CPUs each Ray model worker takes "
+                                                      "(default 1; also its threads).")]
 
 
 def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False) -> None:
@@ -104,6 +112,11 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
     fail_on = parse_fail_on(o["fail_on"])
     policy = GuardPolicy(mode=o["guard"], model=o["guard_model"], threshold=o["guard_threshold"],
                          categories=parse_categories(o["guard_categories"]))
+    cluster = None
+    if o["ray"] is not None or o["workers"] is not None or o["cpus_per_worker"] is not None:
+        from llamadoc.ray import Cluster  # Ray itself loads only when the batch starts
+
+        cluster = Cluster.parse(o["ray"], o["workers"], o["cpus_per_worker"])
     task = make_task()
     quiet = o["quiet"]
     notify = (lambda _m: None) if quiet else say
@@ -129,7 +142,12 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
         with Reader(o["model"], mmproj=o["mmproj"], gpu_layers=o["gpu_layers"], threads=o["threads"], ctx=o["ctx"],
                     max_tokens=o["max_tokens"], verbose=o["verbose"], config=o["config"], notify=notify,
                     guard=policy) as reader:
-            report = reader.run_batch(
+            batch: Callable[..., Any] = reader.run_batch
+            if cluster is not None:
+                from llamadoc import ray
+
+                batch = functools.partial(ray.run_batch, reader, cluster=cluster)
+            report = batch(
                 task, o["files"], options, output=output, select=select, fail_on=fail_on, force=o["force"],
                 events=Events(on_start=started, on_page=progress.page, on_document=finished, notify=notify),
             )
@@ -155,6 +173,7 @@ def ask(
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, include_body: IncludeBody = False,
+    ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Answer a question about each document, citing the pages it rests on."""
     from llamadoc.tasks import Ask
@@ -174,6 +193,7 @@ def describe(
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, include_body: IncludeBody = False,
+    ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Transcribe each document to Markdown, page by page."""
     from llamadoc.tasks import Describe
@@ -198,6 +218,7 @@ def extract(
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
     verbose: Verbose = False, include_body: IncludeBody = False,
+    ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema

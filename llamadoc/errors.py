@@ -89,3 +89,9 @@ class EngineError(LlamadocError):
     """The inference engine failed on a request."""
 
     exit_code = ExitCode.FAILED
+
+
+class ClusterError(LlamadocError):
+    """The Ray cluster of a --ray batch cannot be reached, or lost its workers past their retries."""
+
+    exit_code = ExitCode.FAILED

@@ -114,7 +114,10 @@ class Writer:
         text = render.render(doc, self.format)
         if not text:
             return None  # nothing to write, and never an empty file that looks finished
-        path = self.dir / self.names[doc.source]
+        name = self.names.get(doc.source)
+        if name is None:
+            return None  # an argument that named no document (missing, a device): reported, no file
+        path = self.dir / name
         if self._holds(path, text, doc):
             return None
         try:

@@ -3,10 +3,12 @@
 sources -> pages (prefetch.py, a worker thread) -> guard(in) -> analyze -> validate
 -> guard(out) -> results. Pages of several documents go to the engine together when
 it decodes a batch of sequences at once; results still come out whole, one document
-at a time, in the order the documents were given. What a task does with a page is
-the task's (tasks/); this module never asks which task it runs. Failures of a page or
-a document become data in its result; only bugs raise. Engines load on first need:
-a batch whose documents all come from the store loads none.
+at a time, in the order the documents were given. The model's half (ModelStep) and
+the store's (Finished) are their own classes, which Ray's workers and driver run
+too. What a task does with a page is the task's (tasks/); this module never asks
+which task it runs. Failures of a page or a document become data in its result; only
+bugs raise. Engines load on first need: a batch whose documents all come from the
+store loads none.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ BUSY = "another llamadoc run on the same output is working on it"
 
 
 @dataclass
-class _Doc:
+class DocState:
     """A document on its way through: its pages so far, and whether more may come."""
 
     item: DocStart | DocFailed | Known | Busy
@@ -63,13 +65,40 @@ class _Doc:
 class _Work:
     """One page in a batch."""
 
-    doc: _Doc
+    doc: DocState
     start: DocStart
     ready: PageReady
     result: PageResult
     prompt: str
     response: GenerationResponse | None = None
     reply: PageReply | None = None
+
+
+class Finished:
+    """The result store as a run sees it: finished results by document hash, under the
+    run's identity. The local pipeline and Ray's driver both look up and keep here."""
+
+    def __init__(self, store: Store | None, identity: RunIdentity, force: bool = False) -> None:
+        self.store = store
+        self.identity = identity
+        self.force = force  # redo documents the store already has
+
+    def lookup(self, sha256: str) -> DocumentResult | None:
+        if self.store is None or self.force:
+            return None
+        stored = self.store.get(self.identity.key(sha256))
+        if stored is None:
+            return None
+        try:
+            return from_dict(stored)
+        except ValueError:
+            self.store.refuse()  # another version's, or damaged: a miss, done again and replaced
+            return None
+
+    def keep(self, doc: DocumentResult) -> None:
+        """Store a document this run read (not a failed one: the next run tries it again)."""
+        if self.store is not None and doc.sha256 and doc.status not in (Status.FAILED, Status.SKIPPED):
+            self.store.put(self.identity.key(doc.sha256), to_dict(doc))
 
 
 class Pipeline:
@@ -88,43 +117,26 @@ class Pipeline:
         on_page: Callable[[PageResult], None] = lambda _p: None,
         batch: int = 1,
     ) -> None:
-        self.engine = engine  # loads the vision engine on first call (Reader.vision_engine)
         self.task = task
         self.options = options
-        self.model = model  # the model's info, with its device once loaded
         self.guard = guard
         self.identity = identity or RunIdentity(task.name, run_options(task, options, guard))
-        self.block = guard is not None and guard.policy.mode == "block"
-        self.store = store  # finished results, for resuming; keyed by the identity and the document hash
-        self.force = force  # redo documents the store already has
+        self.results = Finished(store, self.identity, force)  # for resuming, keyed by the identity and the hash
         self.claim = claim
-        self.on_page = on_page
         self.batch = max(1, batch)
+        self.step = ModelStep(engine, task, options, model, identity=self.identity, guard=guard, on_page=on_page)
         self._finished: dict[str, DocumentResult] = {}  # by hash, for duplicates
-        self._follow_up_ms = 0.0  # the current document's follow-up calls
-
-    def _lookup(self, sha256: str) -> DocumentResult | None:
-        if self.store is None or self.force:
-            return None
-        stored = self.store.get(self.identity.key(sha256))
-        if stored is None:
-            return None
-        try:
-            return from_dict(stored)
-        except ValueError:
-            self.store.refuse()  # another version's, or damaged: a miss, done again and replaced
-            return None
 
     def run(self, sources: Iterable[Source]) -> Iterator[DocumentResult]:
         """Results document by document, as each finishes, in the order given."""
         items: queue.Queue[object] = queue.Queue(maxsize=2 * self.batch + 2)
         stop = threading.Event()
         prefetcher = Prefetcher(task=self.task, raster=self.options.raster, guard=self.guard,
-                                lookup=self._lookup, claim=self.claim)
+                                lookup=self.results.lookup, claim=self.claim)
         worker = threading.Thread(target=prefetcher.run, args=(sources, items, stop), daemon=True)
         worker.start()
-        docs: deque[_Doc] = deque()
-        batch: list[tuple[_Doc, PageReady]] = []
+        docs: deque[DocState] = deque()
+        batch: list[tuple[DocState, PageReady]] = []
         try:
             while True:
                 try:
@@ -132,7 +144,7 @@ class Pipeline:
                     # rather than keep the engine waiting for a full one.
                     item = items.get_nowait() if batch else items.get()
                 except queue.Empty:
-                    self._run_batch(batch)
+                    self.step.answer(batch)
                     batch = []
                     yield from self._finished_docs(docs)
                     continue
@@ -141,34 +153,66 @@ class Pipeline:
                 if isinstance(item, Crash):
                     raise item.error
                 if isinstance(item, DocStart | DocFailed | Known | Busy):
-                    docs.append(_Doc(item, ended=not isinstance(item, DocStart)))
+                    docs.append(DocState(item, ended=not isinstance(item, DocStart)))
                 elif item is DOC_END:
                     docs[-1].ended = True
                 elif isinstance(item, PageSkipped):
-                    docs[-1].pages[item.index] = _skipped(item)
+                    docs[-1].pages[item.index] = skipped_page(item)
                 elif isinstance(item, PageReady):
                     docs[-1].in_flight += 1
                     batch.append((docs[-1], item))
                     if len(batch) >= self.batch:
-                        self._run_batch(batch)
+                        self.step.answer(batch)
                         batch = []
                 yield from self._finished_docs(docs)
-            self._run_batch(batch)
+            self.step.answer(batch)
             yield from self._finished_docs(docs)
         finally:
             stop.set()
             worker.join(timeout=5)
 
-    def _finished_docs(self, docs: deque[_Doc]) -> Iterator[DocumentResult]:
+    def _finished_docs(self, docs: deque[DocState]) -> Iterator[DocumentResult]:
         while docs and docs[0].ended and not docs[0].in_flight:
-            doc = self._finish(docs.popleft())
+            state = docs.popleft()
+            if isinstance(state.item, Known):
+                doc = known_result(state.item, self._finished)
+            else:
+                doc = self.step.finish(state)
+                self.results.keep(doc)
             if doc.sha256 and doc.status is not Status.SKIPPED:
                 self._finished.setdefault(doc.sha256, doc)
             yield doc
 
+
+class ModelStep:
+    """The model's half of a document's way: answer pages in batches (any documents), check
+    and screen each answer, and finish documents (combine, follow-up calls, status). The
+    local Pipeline and Ray's model workers both run it."""
+
+    def __init__(
+        self,
+        engine: Callable[[], VisionEngine],
+        task: Task,
+        options: RunOptions,
+        model: Callable[[], ModelInfo],
+        *,
+        identity: RunIdentity,
+        guard: Guard | None = None,
+        on_page: Callable[[PageResult], None] = lambda _p: None,
+    ) -> None:
+        self.engine = engine  # loads the vision engine on first call (Reader.vision_engine)
+        self.task = task
+        self.options = options
+        self.model = model  # the model's info, with its device once loaded
+        self.identity = identity
+        self.guard = guard
+        self.block = guard is not None and guard.policy.mode == "block"
+        self.on_page = on_page
+        self._follow_up_ms = 0.0  # the current document's follow-up calls
+
     # -- pages ---------------------------------------------------------------------
 
-    def _run_batch(self, batch: Sequence[tuple[_Doc, PageReady]]) -> None:
+    def answer(self, batch: Sequence[tuple[DocState, PageReady]]) -> None:
         """Screen, answer, check and screen again a batch of pages (any documents)."""
         work = []
         for doc, ready in batch:
@@ -253,7 +297,7 @@ class Pipeline:
                 return None
         return reply
 
-    def _done(self, doc: _Doc, result: PageResult, reply: PageReply | None, ready: PageReady) -> None:
+    def _done(self, doc: DocState, result: PageResult, reply: PageReply | None, ready: PageReady) -> None:
         doc.pages[result.index] = result
         if reply is not None:
             doc.replies[result.index] = reply
@@ -306,13 +350,10 @@ class Pipeline:
 
     # -- documents -------------------------------------------------------------------
 
-    def _finish(self, state: _Doc) -> DocumentResult:
+    def finish(self, state: DocState) -> DocumentResult:
+        """The result of a document whose pages are all done (or that was never read)."""
         item = state.item
-        if isinstance(item, Known):
-            if item.stored is not None:
-                return replace(item.stored, source=item.source.label, cached=True)
-            first = self._finished[item.sha256]
-            return replace(first, source=item.source.label, duplicate_of=first.source)
+        assert not isinstance(item, Known)  # the pipeline's: a stored result or an earlier one
         doc = DocumentResult(
             source=item.source.label, task=self.task.name, sha256=item.sha256,
             options=dict(self.identity.options), guard_model=self.guard.name if self.guard else None,
@@ -341,9 +382,15 @@ class Pipeline:
         if doc.status is Status.FAILED and not doc.errors:
             doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
         doc.timings_ms["total"] = round((time.perf_counter() - state.started) * 1000, 2)
-        if self.store is not None and doc.status is not Status.FAILED:
-            self.store.put(self.identity.key(item.sha256), to_dict(doc))
         return doc
+
+
+def known_result(item: Known, finished: dict[str, DocumentResult]) -> DocumentResult:
+    """A document whose result exists: from the store, or read earlier in this run (``finished``, by hash)."""
+    if item.stored is not None:
+        return replace(item.stored, source=item.source.label, cached=True)
+    first = finished[item.sha256]
+    return replace(first, source=item.source.label, duplicate_of=first.source)
 
 
 def run_options(task: Task, options: RunOptions, guard: Guard | None) -> dict[str, object]:
@@ -382,7 +429,7 @@ def _new_page(ready: PageReady) -> PageResult:
     return result
 
 
-def _skipped(item: PageSkipped) -> PageResult:
+def skipped_page(item: PageSkipped) -> PageResult:
     if item.error:
         return PageResult(index=item.index, status=Status.FAILED, errors=[item.error])
     return PageResult(index=item.index, status=Status.SKIPPED, skipped_reason=item.reason)

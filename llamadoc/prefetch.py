@@ -1,9 +1,11 @@
-"""The worker thread ahead of the model: open, hash, plan, rasterise, and screen each page.
+"""The work ahead of the model: hash and admit each document (Gate), then open, plan,
+rasterise and screen its pages (Preparer).
 
-It hands the model thread a stream of small items through a bounded queue, so the
-model never waits for PyMuPDF (or for the guard's input check) and memory stays
-bounded however long the batch. A document it cannot open becomes a DocFailed item,
-not an exception.
+Locally both run on one worker thread (Prefetcher) that hands the model thread a stream
+of small items through a bounded queue, so the model never waits for PyMuPDF (or for
+the guard's input check) and memory stays bounded however long the batch. On Ray the
+driver admits and CPU workers prepare. A document that cannot be opened becomes a
+DocFailed item, not an exception.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,64 +84,75 @@ ALL_DONE = object()
 
 
 @dataclass
-class Prefetcher:
-    task: Task
-    raster: RasterOptions
-    guard: Guard | None = None
+class Admitted:
+    """A document that needs work: nobody has its result, and this run holds its claim."""
+
+    source: Source
+    sha256: str
+
+
+@dataclass
+class Gate:
+    """Which documents need work: hash each, and set aside duplicates, documents the store
+    already has and documents another run is working on. The local prefetcher and Ray's
+    driver both decide here."""
+
     lookup: Callable[[str], DocumentResult | None] = lambda _sha: None  # finished results by hash
     claim: Callable[[str], bool] = lambda _sha: True  # False: another run is doing this document
     _seen: set[str] = field(default_factory=set)
-    _guard_checked: bool = False
+    _busy: set[str] = field(default_factory=set)  # hashes another run holds: their copies are left to it too
 
-    def run(self, sources: Iterable[Source], out: queue.Queue[Any], stop: threading.Event) -> None:
-        def put(item: Any) -> None:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        try:
-            for source in sources:
-                if stop.is_set():
-                    return
-                self._document(source, put)
-            put(ALL_DONE)
-        except BaseException as err:  # a bug, or a run-wide error: the model thread raises it
-            put(Crash(err))
-
-    def _document(self, source: Source, put: Callable[[Any], None]) -> None:
+    def admit(self, source: Source) -> Admitted | Known | Busy | DocFailed:
         sha256 = None
         try:
             if source.error:
                 raise DocumentError(source.error)
             sha256 = source.sha256()
-            if sha256 in self._seen:
-                put(Known(source, sha256, None))
-                return
-            self._seen.add(sha256)
-            stored = self.lookup(sha256)
-            if stored is None and not self.claim(sha256):
-                put(Busy(source, sha256))
-                return
-            if stored is None:
-                stored = self.lookup(sha256)  # finished by another run while we waited for its lock
-            if stored is not None:
-                put(Known(source, sha256, stored))
-                return
+        except OSError as err:
+            return DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}")
+        except DocumentError as err:
+            return DocFailed(source, sha256, str(err))
+        if sha256 in self._busy:
+            return Busy(source, sha256)
+        if sha256 in self._seen:
+            return Known(source, sha256, None)
+        self._seen.add(sha256)
+        stored = self.lookup(sha256)
+        if stored is None and not self.claim(sha256):
+            self._busy.add(sha256)
+            return Busy(source, sha256)
+        if stored is None:
+            stored = self.lookup(sha256)  # finished by another run while we waited for its lock
+        if stored is not None:
+            return Known(source, sha256, stored)
+        return Admitted(source, sha256)
+
+
+@dataclass
+class Preparer:
+    """One admitted document made ready for the model: opened, planned, rasterised, and each
+    page screened by the guard. Yields DocStart, its pages (PageReady or PageSkipped), then
+    DOC_END; or DocFailed when the document cannot be opened."""
+
+    task: Task
+    raster: RasterOptions
+    guard: Guard | None = None
+    _guard_checked: bool = False
+
+    def prepare(self, source: Source, sha256: str) -> Iterator[DocStart | PageReady | PageSkipped | DocFailed | object]:
+        try:
             with open_document(source, self.raster) as doc:
                 indices = doc.selected()
                 plan = self.task.plan(doc, indices)
-                put(DocStart(source, sha256, doc.page_count, plan))
+                yield DocStart(source, sha256, doc.page_count, plan)
                 for index in [] if plan.answered else indices:
                     if index not in plan.skipped:
-                        put(self._page(doc, index))
-                put(DOC_END)
+                        yield self._page(doc, index)
+                yield DOC_END
         except OSError as err:
-            put(DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}"))
+            yield DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}")
         except DocumentError as err:
-            put(DocFailed(source, sha256, str(err)))
+            yield DocFailed(source, sha256, str(err))
 
     def _page(self, doc: Document, index: int) -> PageReady | PageSkipped:
         started = time.perf_counter()
@@ -160,3 +173,39 @@ class Prefetcher:
         started = time.perf_counter()
         verdicts = self.guard.check_input(self.task.prompt(doc.page_count), page)
         return PageReady(page, raster_ms, verdicts, (time.perf_counter() - started) * 1000)
+
+
+@dataclass
+class Prefetcher:
+    """The local run's thread ahead of the model: admits each document, then prepares it."""
+
+    task: Task
+    raster: RasterOptions
+    guard: Guard | None = None
+    lookup: Callable[[str], DocumentResult | None] = lambda _sha: None  # finished results by hash
+    claim: Callable[[str], bool] = lambda _sha: True  # False: another run is doing this document
+
+    def run(self, sources: Iterable[Source], out: queue.Queue[Any], stop: threading.Event) -> None:
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        gate = Gate(self.lookup, self.claim)
+        preparer = Preparer(self.task, self.raster, self.guard)
+        try:
+            for source in sources:
+                if stop.is_set():
+                    return
+                item = gate.admit(source)
+                if not isinstance(item, Admitted):
+                    put(item)
+                    continue
+                for ready in preparer.prepare(item.source, item.sha256):
+                    put(ready)
+            put(ALL_DONE)
+        except BaseException as err:  # a bug, or a run-wide error: the model thread raises it
+            put(Crash(err))

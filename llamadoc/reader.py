@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from llamadoc import engines, registry
 from llamadoc.config import Settings, load_settings
@@ -62,6 +62,15 @@ class Events:
     notify: Callable[[str], None] = lambda _message: None
 
 
+class Runner(Protocol):
+    """What reads a batch's documents for run_batch: Reader.run on this machine, or another
+    face's driver (llamadoc.ray) that runs the same stages elsewhere."""
+
+    def __call__(self, task: Task, sources: Sequence[Source], options: RunOptions | None, *, force: bool,
+                 store: Store, claim: Callable[[str], bool],
+                 on_page: Callable[[PageResult], None]) -> Iterator[DocumentResult]: ...
+
+
 class Reader:
     """The models of a run (resolved when a batch starts, loaded on first need) and the batches run with them."""
 
@@ -91,6 +100,10 @@ class Reader:
         self.guard_policy = guard or GuardPolicy()
         self.max_tokens = max_tokens
         self._model, self._mmproj, self._pull, self._notify = model, mmproj, pull, notify
+        # What makes an equal Reader in another process (a Ray worker): all but the callback.
+        self.args: dict[str, Any] = dict(model=model, mmproj=mmproj, gpu_layers=gpu_layers, ctx=ctx,
+                                         max_tokens=max_tokens, threads=threads, verbose=verbose,
+                                         settings=self.settings, pull=pull, guard=self.guard_policy)
         # How to load: the model's paths are filled in once it is resolved.
         self._load = LoadOptions(model_path="", gpu_layers=gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
                                  threads=threads, verbose=verbose)
@@ -246,9 +259,24 @@ class Reader:
         """Results as each document finishes. Documents an earlier run finished with the same
         model, task and options come from the result store (``store``, by default the one in
         LLAMADOC_HOME), unless ``force``."""
+        options = self.complete(options)
+        pipeline = Pipeline(
+            self.engine_for(task), task, options, self.model_info,
+            identity=self.identity(task, options), guard=self.guard,
+            store=store if store is not None else Store(self.settings.cache_dir / "results"),
+            force=force, claim=claim, on_page=on_page, batch=engines.BATCH.get(self.resolved.engine, 1),
+        )
+        yield from pipeline.run(sources)
+
+    def complete(self, options: RunOptions | None) -> RunOptions:
+        """The options a run uses: the model's pixel budget where none was given."""
         options = options or self.run_options()
         if options.raster.max_pixels is None and self.max_pixels:
             options = replace(options, raster=replace(options.raster, max_pixels=self.max_pixels))
+        return options
+
+    def engine_for(self, task: Task) -> Callable[[], VisionEngine]:
+        """The vision engine for this task's pages, loaded on the first call."""
         if self._engine is None:
             # Size the context for this task's prompt: a schema can be thousands of
             # tokens. Bytes bound the tokens of any byte-level tokenizer.
@@ -264,13 +292,7 @@ class Reader:
                 checked = True
             return self.vision_engine()
 
-        pipeline = Pipeline(
-            engine, task, options, self.model_info,
-            identity=self.identity(task, options), guard=self.guard,
-            store=store if store is not None else Store(self.settings.cache_dir / "results"),
-            force=force, claim=claim, on_page=on_page, batch=engines.BATCH.get(self.resolved.engine, 1),
-        )
-        yield from pipeline.run(sources)
+        return engine
 
     def run_batch(
         self,
@@ -284,10 +306,12 @@ class Reader:
         force: bool = False,
         events: Events | None = None,
         stdin: BinaryIO | None = None,
+        runner: Runner | None = None,
     ) -> Report:
         """A whole batch: find the documents, take this shard of them, run them (or take them
         from the store), write one file each with ``output.dir``, and report. The report owns
-        the counts, the problems and the exit code."""
+        the counts, the problems and the exit code. ``runner`` reads the documents (by
+        default ``self.run``)."""
         output, select, events = output or OutputSpec(), select or Selection(), events or Events()
         report = Report(fail_on=fail_on)
         if output.dir is not None:
@@ -307,8 +331,9 @@ class Reader:
                 swept.sweep()
         events.on_start(len(sources))
         with Claims(output.state / "locks" if output.state is not None else None) as claims:
-            for doc in self.run(task, sources, options, force=force, store=store, claim=claims.claim,
-                                on_page=events.on_page):
+            run = runner or self.run
+            for doc in run(task, sources, options, force=force, store=store, claim=claims.claim,
+                           on_page=events.on_page):
                 written = None
                 problems = report.problems(doc)
                 if writer is not None:

@@ -101,3 +101,31 @@ def test_fail_on_decides_the_exit_code(run_cli: Any, model_args: list[str], tmp_
     assert bad.exit_code == 2 and "unknown outcome typo" in bad.stderr
     quiet = run_cli(*args, "--quiet")
     assert quiet.exit_code == 1 and quiet.stderr == ""
+
+
+def test_an_argument_that_names_no_document_fails_without_a_file(run_cli: Any, model_args: list[str],
+                                                                 tmp_path: Path) -> None:
+    good = make_image(tmp_path / "good.png")
+    out = tmp_path / "out"
+    result = run_cli("ask", str(good), str(tmp_path / "missing.png"), "-q", "?", *model_args, "--max-tokens", "2",
+                     "-o", str(out), "--format", "json")
+    assert result.exit_code == 1 and "missing.png does not exist" in result.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["good.json"]
+
+
+def test_copies_of_a_document_another_run_holds_are_left_to_it(tmp_path: Path) -> None:
+    from llamadoc.options import RunOptions
+    from llamadoc.pipeline import Pipeline
+    from llamadoc.raster import RasterOptions
+    from llamadoc.results import ModelInfo, Status
+    from llamadoc.sources import collect
+    from llamadoc.tasks import Describe
+    from tests.fakes import ScriptedEngine
+
+    a = make_image(tmp_path / "a.png")
+    shutil.copy(a, tmp_path / "b.png")
+    model = ModelInfo(name="scripted", path="-", engine="scripted")
+    pipeline = Pipeline(lambda: ScriptedEngine(lambda _r, _n: "x"), Describe(), RunOptions(raster=RasterOptions(dpi=20)),
+                        lambda: model, claim=lambda _sha: False)
+    docs = list(pipeline.run(collect([str(a), str(tmp_path / "b.png")])))
+    assert [d.status for d in docs] == [Status.SKIPPED, Status.SKIPPED]
