@@ -42,6 +42,7 @@ class MllamaEngine:
         self.model = _load(options)
         self.gpu_layers = self.model.gpu_layers
         self.device = self.model.device
+        self.n_ctx = self.model.n_ctx
 
     def item(self, request: GenerationRequest) -> BatchItem:
         if len(request.images) > self.max_images:
