@@ -37,6 +37,18 @@ class Served:
 
 
 @contextlib.contextmanager
+def offline_home(home: Path) -> Iterator[None]:
+    """For a server made outside one test (a module's): its own home, and never the network."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLAMADOC_HOME", str(home))
+        mp.setenv("LLAMADOC_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@contextlib.contextmanager
 def serving(**options: object) -> Iterator[Served]:
     """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends."""
     import uvicorn
