@@ -99,7 +99,7 @@ def _stats(answer: Answer) -> dict[str, Any]:
     }
     t = r.timings_ms
     if "prefill" in t:  # the mllama engine splits its time; libmtmd's does not
-        stats["prompt_eval_duration"] = int((t["prefill"] + t.get("vision", 0.0)) * 1e6)
+        stats["prompt_eval_duration"] = int((t["prefill"] + t.get("vision_encode", 0.0)) * 1e6)
     if "decode" in t:
         stats["eval_duration"] = int(t["decode"] * 1e6)
     if answer.warnings:
@@ -188,8 +188,8 @@ async def generate_route(request: Request) -> Response:
 async def _load_or_unload(resident: Resident, name: str, body: dict[str, Any], key: str) -> Response:
     """An empty request loads the model, or with keep_alive 0 unloads it (Ollama's way)."""
     empty = {"role": "assistant", "content": ""} if key == "message" else ""
-    if resident.keep_alive == 0:
-        await to_thread.run_sync(resident.unload)
+    if resident.keep_alive == 0:  # now, or as soon as the requests under way are done
+        await to_thread.run_sync(resident.unload_if_idle)
         reason = "unload"
     else:
         with resident.use():

@@ -101,20 +101,24 @@ class Resident:
             return time.time() + max(0.0, self._last_used + self.keep_alive - time.monotonic())
 
     def unload_if_idle(self) -> bool:
-        """Unload when no request has come for keep_alive seconds; True when it did."""
+        """Unload when no request has come for keep_alive seconds; True when it did. A request that
+        starts meanwhile waits in use() until the models are gone, then loads them again."""
         with self._lock:
             expired = (self.loaded_at is not None and self.keep_alive is not None and self._in_flight == 0
                        and time.monotonic() - self._last_used >= self.keep_alive)
-        if not expired or not self.batcher.idle:
-            return False
-        self.unload()
-        return True
+            if not expired or not self.batcher.idle:
+                return False
+            self._unload()
+            return True
 
-    def unload(self) -> None:
+    def close(self) -> None:
+        with self._lock:
+            self._unload()
+
+    def _unload(self) -> None:
         self.batcher.release()
         self.reader.close()
-        with self._lock:
-            self.loaded_at = None
+        self.loaded_at = None
 
     # -- what clients are told -----------------------------------------------------------
 
@@ -134,9 +138,6 @@ class Resident:
 
     def summary(self) -> registry.GgufSummary:
         return registry.gguf_summary(self.reader.resolved.model_path)
-
-    def close(self) -> None:
-        self.unload()
 
 
 def _batch(engine: str) -> int:
