@@ -17,7 +17,7 @@ import typer
 
 from llamadoc.cli_common import Config, handles_errors, say, set_traceback
 from llamadoc.cli_models import doctor, models_app
-from llamadoc.errors import ExitCode
+from llamadoc.errors import ExitCode, UsageError
 
 EXIT_CODES = (
     "Exit codes: 0 every document answered; 1 a document or page failed, a download failed, or memory ran out; "
@@ -84,6 +84,8 @@ Workers = Annotated[str | None, typer.Option("--workers", help="Ray model worker
                                               "(default: one per GPU, else one).")]
 CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="CPUs each Ray model worker takes "
                                                       "(default 1; also its threads).")]
+Server = Annotated[str | None, typer.Option(
+    "--server", envvar="LLAMADOC_HOST", help="Send the pages to a running `llamadoc serve` (host:port or URL).")]
 
 
 def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False) -> None:
@@ -117,6 +119,8 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
         from llamadoc.ray import Cluster  # Ray itself loads only when the batch starts
 
         cluster = Cluster.parse(o["ray"], o["workers"], o["cpus_per_worker"])
+        if o["server"]:
+            raise UsageError("--server and --ray name two places to run the batch", hint="choose one")
     task = make_task()
     quiet = o["quiet"]
     notify = (lambda _m: None) if quiet else say
@@ -139,9 +143,10 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
                 if written is not None:
                     progress.print(f"llamadoc: wrote {written}")
 
+        models = _server(o)
         with Reader(o["model"], mmproj=o["mmproj"], gpu_layers=o["gpu_layers"], threads=o["threads"], ctx=o["ctx"],
                     max_tokens=o["max_tokens"], verbose=o["verbose"], config=o["config"], notify=notify,
-                    guard=policy) as reader:
+                    guard=policy, models=models, settings=models.settings if models else None) as reader:
             batch: Callable[..., Any] = reader.run_batch
             if cluster is not None:
                 from llamadoc import ray
@@ -155,6 +160,16 @@ def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False
         for line in report.summary():
             say(line)
     raise typer.Exit(int(report.exit_code))
+
+
+def _server(o: dict[str, Any]) -> Any:
+    """A running server's models, when --server (or LLAMADOC_HOST) names one: never a silent local load."""
+    if not o["server"]:
+        return None
+    from llamadoc.config import load_settings
+    from llamadoc.remote import ServerModels
+
+    return ServerModels(o["server"], load_settings(o["config"]), o["model"], os.environ.get("LLAMADOC_API_KEY"))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -172,7 +187,7 @@ def ask(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False, include_body: IncludeBody = False,
+    verbose: Verbose = False, include_body: IncludeBody = False, server: Server = None,
     ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Answer a question about each document, citing the pages it rests on."""
@@ -192,7 +207,7 @@ def describe(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False, include_body: IncludeBody = False,
+    verbose: Verbose = False, include_body: IncludeBody = False, server: Server = None,
     ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Transcribe each document to Markdown, page by page."""
@@ -217,13 +232,42 @@ def extract(
     force: Force = False, shard: Shard = None, fail_on: FailOn = None, quiet: Quiet = False,
     guard: GuardMode = "block", guard_model: GuardModel = None,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None, config: Config = None,
-    verbose: Verbose = False, include_body: IncludeBody = False,
+    verbose: Verbose = False, include_body: IncludeBody = False, server: Server = None,
     ray: Ray = None, workers: Workers = None, cpus_per_worker: CpusPerWorker = None,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
     from llamadoc.tasks import Extract, load_schema
 
     _run(lambda: Extract(schema=load_schema(schema), schema_path=schema, embedded=embedded), locals())
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; any but loopback needs --api-key.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 11435,
+    model: Model = None, mmproj: Mmproj = None, guard: GuardMode = "block", guard_model: GuardModel = None,
+    keep_alive: Annotated[str, typer.Option("--keep-alive", help="Unload after this long idle: 5m, 1h, -1 never.")
+                          ] = "5m",
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 503.")] = 16,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="LLAMADOC_API_KEY", help="Require this Bearer token on every route.")] = None,
+    preload: Annotated[bool, typer.Option("--preload", help="Load the models now, not on the first request.")] = False,
+    gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer a request may have.")] = 1024,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 64,
+    config: Config = None, verbose: Verbose = False,
+) -> None:
+    """Keep the models loaded for Ollama, OpenAI and llamadoc clients (and --server)."""
+    o = dict(locals())
+    from llamadoc.guard import GuardPolicy
+    from llamadoc.server import serve as run
+    from llamadoc.server.options import ServeOptions, parse_duration
+
+    policy = GuardPolicy(mode=o.pop("guard"), model=o.pop("guard_model"))
+    idle = parse_duration(o.pop("keep_alive"))
+    run(ServeOptions(**o, guard=policy, keep_alive=idle), notify=say)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -8,12 +8,13 @@ verdict, never a crash, and never a silent pass.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +173,12 @@ class Guard:
                 self._engine = self.load()
             return self._engine
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[GuardEngine]:
+        """The engine, for one caller at a time: for a server running its clients' guard prompts."""
+        with self._lock:
+            yield self.engine
+
     def check_fits(self, prompts: Sequence[str]) -> None:
         """Stop the run (GuardError, exit 2) when a task prompt can never be screened:
         checked once, before the first page, instead of failing every page."""
@@ -205,6 +212,19 @@ class Guard:
             ]
         elif not self.engine.sees_images:
             verdicts.append(Verdict(safe=None, model=self.name, screened=NOT_SCREENED, subject="page image"))
+        return verdicts
+
+    def check_request(self, prompt: str, image: Image | None, context: Sequence[str] = ()) -> list[Verdict]:
+        """A request to llamadoc serve: its prompt (with its image, when the guard sees images) and
+        the other text it carries (a system message), each in chunks that fit the guard. An image
+        a text-only guard cannot see is recorded as not screened, never passed off as checked."""
+        seen = image if self.engine.sees_images else None
+        chunks = self._chunks(prompt, reserved=0)
+        verdicts = [self._classify([c], image=seen if i == 0 else None, subject="prompt")
+                    for i, c in enumerate(chunks)]
+        verdicts += [self._classify([c], subject="system message") for t in context for c in self._chunks(t, 0)]
+        if image is not None and seen is None:
+            verdicts.append(Verdict(safe=None, model=self.name, screened=NOT_SCREENED, subject="image"))
         return verdicts
 
     def check_output(self, prompt: str, answer: str) -> Verdict:

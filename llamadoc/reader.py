@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol
@@ -71,6 +72,19 @@ class Runner(Protocol):
                  on_page: Callable[[PageResult], None]) -> Iterator[DocumentResult]: ...
 
 
+class Models(Protocol):
+    """Where a Reader's models come from when not from this machine's registry (the default):
+    a running `llamadoc serve` (llamadoc.remote.ServerModels), or a server's own shared engines."""
+
+    def resolve(self) -> registry.ResolvedModel: ...
+
+    def sha256(self) -> str: ...
+
+    def vision_engine(self, options: LoadOptions, max_pixels: int) -> VisionEngine: ...
+
+    def guard(self, policy: GuardPolicy) -> Guard: ...
+
+
 class Reader:
     """The models of a run (resolved when a batch starts, loaded on first need) and the batches run with them."""
 
@@ -89,6 +103,7 @@ class Reader:
         pull: bool = True,
         notify: Callable[[str], None] = lambda _m: None,
         guard: GuardPolicy | None = None,
+        models: Models | None = None,
     ) -> None:
         if threads is not None and threads < 1:
             raise UsageError("--threads must be at least 1")
@@ -104,6 +119,7 @@ class Reader:
         self.args: dict[str, Any] = dict(model=model, mmproj=mmproj, gpu_layers=gpu_layers, ctx=ctx,
                                          max_tokens=max_tokens, threads=threads, verbose=verbose,
                                          settings=self.settings, pull=pull, guard=self.guard_policy)
+        self._models = models
         # How to load: the model's paths are filled in once it is resolved.
         self._load = LoadOptions(model_path="", gpu_layers=gpu_layers, n_ctx=ctx, max_tokens=max_tokens,
                                  threads=threads, verbose=verbose)
@@ -119,6 +135,8 @@ class Reader:
     def resolved(self) -> registry.ResolvedModel:
         """The vision model's files, resolved (and pulled, if missing and allowed) on first need."""
         with self._lock:
+            if self._resolved is None and self._models is not None:
+                self._resolved = self._models.resolve()
             if self._resolved is None:
                 self._resolved = registry.resolve(self.settings, self._model, self._mmproj,
                                                   pull_missing=self._pull, notify=self._notify)
@@ -139,8 +157,9 @@ class Reader:
         """The vision engine, loaded on the first call."""
         with self._lock:
             if self._engine is None:
-                self._engine = engines.load_vision_engine(
-                    self.resolved.engine, self.load_options, self.max_pixels or RasterOptions().budget)
+                load = self._models.vision_engine if self._models is not None else partial(
+                    engines.load_vision_engine, self.resolved.engine)
+                self._engine = load(self.load_options, self.max_pixels or RasterOptions().budget)
             return self._engine
 
     @property
@@ -154,7 +173,7 @@ class Reader:
             return None
         with self._lock:
             if self._guard is None:
-                self._guard = self._resolve_guard()
+                self._guard = self._models.guard(self.guard_policy) if self._models else self._resolve_guard()
             return self._guard
 
     def _resolve_guard(self) -> Guard:
@@ -194,7 +213,8 @@ class Reader:
     @property
     def model_sha256(self) -> str:
         if self._sha256 is None:
-            self._sha256 = registry.file_sha256(self.resolved.model_path, self.settings.cache_dir)
+            self._sha256 = (self._models.sha256() if self._models is not None
+                            else registry.file_sha256(self.resolved.model_path, self.settings.cache_dir))
         return self._sha256
 
     def model_info(self) -> ModelInfo:

@@ -60,7 +60,7 @@ def test_schema_constrained_page_answer(engine: MllamaEngine) -> None:
     out = engine.generate(req)
     jsonschema.validate(json.loads(out.text), schema)
     assert out.finish_reason == "stop" and out.completion_tokens > 0 and out.prompt_tokens > 10
-    assert {"model", "vision", "prefill", "decode"} <= set(out.timings_ms)
+    assert {"model", "vision_encode", "prefill", "decode"} <= set(out.timings_ms)
 
 
 def test_batched_requests_equal_single_ones(engine: MllamaEngine) -> None:

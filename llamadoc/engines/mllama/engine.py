@@ -15,6 +15,7 @@ from llamadoc.errors import UsageError
 from ..llamacpp import schema_grammar
 from . import ggml
 from .model import BatchItem, Completion, MllamaModel
+from .scheduler import Scheduler
 
 
 def _load(options: LoadOptions) -> MllamaModel:
@@ -41,8 +42,9 @@ class MllamaEngine:
         self.model = _load(options)
         self.gpu_layers = self.model.gpu_layers
         self.device = self.model.device
+        self.n_ctx = self.model.n_ctx
 
-    def _item(self, request: GenerationRequest) -> BatchItem:
+    def item(self, request: GenerationRequest) -> BatchItem:
         if len(request.images) > self.max_images:
             raise UsageError(f"the mllama engine reads one page image per request, not {len(request.images)}")
         image = request.images[0] if request.images else None
@@ -52,9 +54,11 @@ class MllamaEngine:
                          request.max_tokens, s.temperature, s.top_p, s.seed)
 
     @staticmethod
-    def _response(c: Completion, elapsed_ms: float) -> GenerationResponse:
+    def response(c: Completion, elapsed_ms: float) -> GenerationResponse:
         timings = {"model": round(elapsed_ms, 2)}
-        timings.update({k: round(v, 2) for k, v in c.timings_ms.items() if k != "decode_steps"})
+        # The model's "vision" is the protocol's "vision_encode", the name the pipeline records.
+        timings.update({"vision_encode" if k == "vision" else k: round(v, 2) for k, v in c.timings_ms.items()
+                        if k != "decode_steps"})
         return GenerationResponse(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=len(c.tokens),
                                   finish_reason=c.finish_reason, timings_ms=timings)
 
@@ -66,11 +70,15 @@ class MllamaEngine:
 
         Timings are the batch's; an image already seen is not encoded again.
         """
-        items = [self._item(r) for r in requests]
+        items = [self.item(r) for r in requests]
         started = time.perf_counter()
         out = self.model.generate_batch(items)
         elapsed = (time.perf_counter() - started) * 1000
-        return [self._response(c, elapsed) for c in out]
+        return [self.response(c, elapsed) for c in out]
+
+    def scheduler(self) -> Scheduler:
+        """Continuous batching for a server: requests join the decoding batch at its next step."""
+        return Scheduler(self.model, self.max_batch)
 
     def close(self) -> None:
         self.model.close()

@@ -429,18 +429,64 @@ class MllamaModel:
         for i, it in enumerate(items):
             slot = cross.n_cached + i
             if it.image is not None:
-                key = self.image_key(it.image)
-                src = cross.find(key)
-                if src is None:
-                    self._vision.encode(self.preprocess(it.image), cross, slot)
-                    src = cross.victim()
-                    self._copy_slot(slot, src)
-                    cross.slots[src].image = key
-                else:
-                    self._copy_slot(src, slot)
-                cross.touch(src)
+                self._work_slot(it.image, slot)
             seqs.append(_Seq(row=i, slot=slot, has_image=it.image is not None))
         return seqs
+
+    def _work_slot(self, image: Image.Image, slot: int) -> bool:
+        """Put an image's K/V in a working slot: copied from the cache, or encoded there (and then
+        cached). True when it had to be encoded."""
+        cross = self._cross_cache(0)
+        key = self.image_key(image)
+        src = cross.find(key)
+        encoded = src is None
+        if src is None:
+            self._vision.encode(self.preprocess(image), cross, slot)
+            src = cross.victim()
+            self._copy_slot(slot, src)
+            cross.slots[src].image = key
+        else:
+            self._copy_slot(src, slot)
+        cross.touch(src)
+        return encoded
+
+    # ---- step-wise decoding, for continuous batching (scheduler.py) --------------------------
+
+    def reserve(self, n_seq: int) -> None:
+        """Caches for n_seq sequences decoding side by side, made before the first of them starts:
+        growing a cache later re-makes it, which drops the K/V of sequences under way."""
+        self._self_cache(n_seq)
+        self._cross_cache(n_seq)
+
+    def begin(self, row: int, image: Image.Image | None, prompt: Sequence[int]
+              ) -> tuple[_Seq, np.ndarray, dict[str, float], bool]:
+        """Start a sequence in cache row ``row`` (its image's K/V in that row's working slot) and
+        prefill its prompt alone: its state, the logits after the prompt, the time each part took,
+        and whether the image had to be encoded (False: it came from the image cache)."""
+        self._check_prompt(prompt)
+        t0 = time.perf_counter()
+        seq, encoded = _Seq(row=row, slot=None), False
+        if image is not None:
+            slot = self._cross_cache(0).n_cached + row
+            seq = _Seq(row=row, slot=slot, has_image=True)
+            encoded = self._work_slot(image, slot)
+        t1 = time.perf_counter()
+        logits = self._prefill(seq, prompt)[-1]
+        return seq, logits, {"vision": (t1 - t0) * 1e3, "prefill": (time.perf_counter() - t1) * 1e3}, encoded
+
+    def step(self, rows: Sequence[_Seq | None], tokens: Sequence[int]) -> np.ndarray:
+        """One decode step over cache rows 0..len(rows)-1, a token each: a free row (None) writes an
+        end token at its first position and its logits are ignored."""
+        images = any(s is not None and s.has_image for s in rows)
+        n_cached = self._cross.n_cached if self._cross is not None else 0
+        seqs = []
+        for i, s in enumerate(rows):
+            s = s or _Seq(row=i, slot=None)
+            # The graph wants consecutive slots: rows without an image read their row's slot and
+            # have the result zeroed, as in generate_batch.
+            s.slot = n_cached + i if images else None
+            seqs.append(s)
+        return self._forward(seqs, [[t] for t in tokens])
 
     def close(self) -> None:
         self._forget_graph()

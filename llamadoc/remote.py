@@ -1,0 +1,334 @@
+"""A running `llamadoc serve` as the Reader's models: remote engines behind the engine protocol.
+
+With ``--server URL`` (or LLAMADOC_HOST) the CLI runs the same Reader and pipeline as a
+local run; only the engines differ. Documents are opened, rasterised, cached and written
+here; each page image travels to the server's vision engine, and each Llama Guard prompt
+(rendered here, under this run's policy) to the server's guard. The server's
+/v1/engine/* routes speak the small JSON protocol below; the ``*_wire`` functions are
+shared with llamadoc.server, so both ends read it the same way. Only the standard
+library talks HTTP here: the client needs nothing the CLI does not already install.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamadoc import errors, interrupt
+from llamadoc.config import ModelSpec, Settings
+from llamadoc.engines.base import (
+    GenerationRequest,
+    GenerationResponse,
+    GuardOutput,
+    JudgeRequest,
+    LoadOptions,
+    Sampling,
+)
+from llamadoc.errors import EngineError, GuardError, LlamadocError, ModelError, UsageError
+from llamadoc.guard import Guard, GuardPolicy
+from llamadoc.registry import ResolvedModel
+from llamadoc.store import Store
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server at all; answers may take minutes
+BUSY_PATIENCE = 600.0  # seconds a request keeps retrying a server whose queue is full
+# The errors a server reports by name, raised here as the same class, so a remote page fails
+# with the same status, message and exit code as a local one.
+_ERRORS: dict[str, type[LlamadocError]] = {
+    cls.__name__: cls for cls in (
+        errors.UsageError, errors.ConfigError, errors.ModelError, errors.OutputError, errors.ResourceError,
+        errors.GuardError, errors.DownloadError, errors.DocumentError, errors.PageError, errors.EngineError)
+}
+
+
+# -- the wire format, both ends --------------------------------------------------------------
+
+def image_to_wire(image: Image) -> str:
+    """A page image as base64 PNG: lossless, so the server's engine sees this run's pixels."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # level 1: 5x faster than the default, a little larger
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_from_wire(data: str) -> Image:
+    from PIL import Image as PILImage
+
+    try:
+        img = PILImage.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        img.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UsageError(f"the page image cannot be decoded ({err})") from None
+    return img
+
+
+def request_to_wire(r: GenerationRequest, guard_mode: str) -> dict[str, Any]:
+    return {
+        "prompt": r.prompt, "images": [image_to_wire(i) for i in r.images], "system": r.system, "schema": r.schema,
+        "max_tokens": r.max_tokens,
+        "sampling": {"temperature": r.sampling.temperature, "top_p": r.sampling.top_p, "seed": r.sampling.seed},
+        "guard": guard_mode,
+    }
+
+
+def request_from_wire(body: dict[str, Any]) -> tuple[GenerationRequest, str]:
+    """The request and the guard mode the client screens it under."""
+    try:
+        s = body["sampling"]
+        request = GenerationRequest(
+            prompt=str(body["prompt"]), images=tuple(image_from_wire(i) for i in body["images"]),
+            system=body["system"], schema=body["schema"], max_tokens=int(body["max_tokens"]),
+            sampling=Sampling(temperature=float(s["temperature"]), top_p=float(s["top_p"]), seed=int(s["seed"])),
+        )
+        return request, str(body["guard"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"not an engine request ({type(err).__name__}: {err})") from None
+
+
+def response_to_wire(r: GenerationResponse) -> dict[str, Any]:
+    return {"text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "finish_reason": r.finish_reason, "timings_ms": r.timings_ms}
+
+
+def response_from_wire(body: dict[str, Any]) -> GenerationResponse:
+    return GenerationResponse(text=body["text"], prompt_tokens=body["prompt_tokens"],
+                              completion_tokens=body["completion_tokens"], finish_reason=body["finish_reason"],
+                              timings_ms=dict(body["timings_ms"]))
+
+
+def judge_to_wire(r: JudgeRequest) -> dict[str, Any]:
+    return {"prompt": r.prompt, "answer_prefix": r.answer_prefix, "grammar": r.grammar, "max_tokens": r.max_tokens,
+            "unsafe_word": r.unsafe_word, "image": image_to_wire(r.image) if r.image is not None else None}
+
+
+def judge_from_wire(body: dict[str, Any]) -> JudgeRequest:
+    try:
+        return JudgeRequest(prompt=str(body["prompt"]), answer_prefix=str(body["answer_prefix"]),
+                            grammar=str(body["grammar"]), max_tokens=int(body["max_tokens"]),
+                            unsafe_word=str(body["unsafe_word"]),
+                            image=image_from_wire(body["image"]) if body["image"] is not None else None)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"not a guard request ({type(err).__name__}: {err})") from None
+
+
+def error_to_wire(err: LlamadocError) -> dict[str, Any]:
+    return {"error": str(err), "kind": type(err).__name__, "message": err.message, "hint": err.hint}
+
+
+# -- the client --------------------------------------------------------------------------
+
+def server_url(value: str) -> str:
+    """A server address as the user gives it (``host:port`` or a URL) -> its base URL."""
+    url = value.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--server {value!r} is not an http(s) address", hint="e.g. http://127.0.0.1:11435")
+    return url
+
+
+class Client:
+    """JSON over HTTP to one server; errors become the library's, each one line."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        self.url = server_url(url)
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def call(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """GET (no body) or POST; a full queue (503) is retried as its Retry-After says."""
+        data = json.dumps(body).encode() if body is not None else None
+        deadline = time.monotonic() + BUSY_PATIENCE
+        while True:
+            request = urllib.request.Request(self.url + path, data=data, headers=self._headers)
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                wait = _retry_after(err)
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise self._failure(err) from None
+            except (urllib.error.URLError, OSError) as err:
+                reason = getattr(err, "reason", err)
+                raise EngineError(f"cannot reach the llamadoc server at {self.url} ({reason})",
+                                  hint="start it with `llamadoc serve`, or unset LLAMADOC_HOST to run here") from None
+            interrupt.check()
+            time.sleep(wait)
+
+    def _failure(self, err: urllib.error.HTTPError) -> LlamadocError:
+        try:
+            body = json.loads(err.read())
+        except ValueError:
+            body = {}
+        if err.code == 401:
+            return UsageError(f"the llamadoc server at {self.url} refused the API key",
+                              hint="set LLAMADOC_API_KEY to the key `llamadoc serve --api-key` was given")
+        cls = _ERRORS.get(str(body.get("kind")))
+        if cls is not None:
+            return cls(str(body.get("message")), hint=body.get("hint"))
+        message = body.get("error") if isinstance(body.get("error"), str) else f"HTTP {err.code}"
+        return EngineError(f"the llamadoc server at {self.url} failed: {message}")
+
+
+def _retry_after(err: urllib.error.HTTPError) -> float | None:
+    if err.code != 503:
+        return None
+    try:
+        return max(0.1, float(err.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What /v1/engine/info says of the server's models."""
+
+    model: dict[str, Any]
+    guard: dict[str, Any] | None
+    max_batch: int
+
+
+class ConcurrentBatch:
+    """generate_batch as concurrent generate calls, each its own request to an engine that decodes
+    them together. When one fails the batch raises its error, as a local engine's batch does, and
+    the pipeline then asks each request alone: the answers already given are kept for that."""
+
+    def __init__(self) -> None:
+        self._answered: dict[int, GenerationResponse] = {}
+
+    def _generate(self, request: GenerationRequest) -> GenerationResponse:
+        raise NotImplementedError
+
+    def generate(self, request: GenerationRequest) -> GenerationResponse:
+        kept = self._answered.pop(id(request), None)
+        return kept if kept is not None else self._generate(request)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:
+        results: list[GenerationResponse | LlamadocError | None] = [None] * len(requests)
+
+        def one(i: int) -> None:
+            try:
+                results[i] = self.generate(requests[i])
+            except LlamadocError as err:
+                results[i] = err
+
+        # Daemon threads, not an executor: a Ctrl-C must not wait for answers nobody will read.
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = next((r for r in results if isinstance(r, LlamadocError)), None)
+        if failed is not None:
+            self._answered = {id(q): r for q, r in zip(requests, results, strict=True)
+                              if isinstance(r, GenerationResponse)}
+            raise failed
+        return [r for r in results if isinstance(r, GenerationResponse)]
+
+
+class RemoteVisionEngine(ConcurrentBatch):
+    """The server's vision engine: a batch goes as concurrent requests, which the server decodes
+    together (continuous batching on mllama)."""
+
+    max_images = 1
+    supports_schema = True
+
+    def __init__(self, client: Client, info: ServerInfo, guard_mode: str) -> None:
+        super().__init__()
+        self._client, self._guard_mode = client, guard_mode
+        self.name = str(info.model["engine"])
+        self.max_batch = info.max_batch
+        loaded = client.call("/v1/engine/load", {"guard": guard_mode})
+        self.gpu_layers, self.device = int(loaded["gpu_layers"]), str(loaded["device"])
+
+    def _generate(self, request: GenerationRequest) -> GenerationResponse:
+        return response_from_wire(self._client.call("/v1/engine/generate", request_to_wire(request, self._guard_mode)))
+
+    def close(self) -> None:
+        self._answered.clear()
+
+
+class RemoteGuardEngine:
+    """The server's guard model, running the prompts this run's Guard renders."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        loaded = client.call("/v1/engine/guard/load", {})
+        self.model_name, self.sees_images, self.n_ctx = loaded["model_name"], loaded["sees_images"], loaded["n_ctx"]
+        self._counts: dict[str, int] = {}  # a task prompt is counted once per page otherwise
+
+    def count_tokens(self, text: str) -> int:
+        if text not in self._counts:
+            self._counts[text] = int(self._client.call("/v1/engine/guard/tokens", {"text": text})["count"])
+        return self._counts[text]
+
+    def split(self, text: str, max_tokens: int) -> list[str]:
+        return list(self._client.call("/v1/engine/guard/split", {"text": text, "max_tokens": max_tokens})["pieces"])
+
+    def judge(self, request: JudgeRequest) -> GuardOutput:
+        out = self._client.call("/v1/engine/guard/judge", judge_to_wire(request))
+        return GuardOutput(text=out["text"], p_unsafe=out["p_unsafe"])
+
+    def close(self) -> None:
+        self._counts.clear()
+
+
+class ServerModels:
+    """The Reader's models on a running server (``Reader(models=ServerModels(...))``)."""
+
+    def __init__(self, url: str, settings: Settings, model: str | None = None, api_key: str | None = None) -> None:
+        self.client = Client(url, api_key)
+        self.settings, self._model = settings, model
+        self._info: ServerInfo | None = None
+        # The policy this run screens under, as its Guard was made with (no Guard: off). The
+        # server refuses an unscreened run when it screens its own requests.
+        self._guard_mode = "off"
+
+    @property
+    def info(self) -> ServerInfo:
+        if self._info is None:
+            body = self.client.call("/v1/engine/info", timeout=CONNECT_TIMEOUT)
+            self._info = ServerInfo(model=body["model"], guard=body["guard"], max_batch=int(body["max_batch"]))
+        return self._info
+
+    def resolve(self) -> ResolvedModel:
+        m = self.info.model
+        if self._model is not None and self._model not in m["names"]:
+            raise ModelError(f"the llamadoc server at {self.client.url} serves {m['name']}, not {self._model}",
+                             hint="drop --model, or start a server for that model")
+        spec = ModelSpec(name=m["name"], engine=m["engine"], quantisation=m["quantisation"],
+                         max_pixels=m["max_pixels"], origin=f"the server at {self.client.url}")
+        return ResolvedModel(name=m["name"], engine=m["engine"], model_path=Path(m["path"]),
+                             mmproj_path=Path(m["mmproj"]) if m["mmproj"] else None, spec=spec)
+
+    def sha256(self) -> str:
+        return str(self.info.model["sha256"])
+
+    def vision_engine(self, options: LoadOptions, max_pixels: int) -> RemoteVisionEngine:
+        # Load options (--gpu-layers, --threads, --ctx) are the server's own: it loaded the model.
+        return RemoteVisionEngine(self.client, self.info, self._guard_mode)
+
+    def guard(self, policy: GuardPolicy) -> Guard:
+        self._guard_mode = policy.mode
+        g = self.info.guard
+        if g is None:
+            raise GuardError(f"the llamadoc server at {self.client.url} runs without a guard",
+                             hint="start it with --guard block, or pass --guard off to go unscreened")
+        if policy.model is not None and policy.model not in g["names"]:
+            raise GuardError(f"the llamadoc server at {self.client.url} screens with {g['name']}, "
+                             f"not {policy.model}", hint="drop --guard-model")
+        return Guard(load=lambda: RemoteGuardEngine(self.client), policy=policy, name=g["name"],
+                     store=Store(self.settings.cache_dir / "guard"), identity=g["identity"])

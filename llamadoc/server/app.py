@@ -1,0 +1,148 @@
+"""The ASGI app: every route behind the API key and the body limit, every error in its API's shape,
+and the keep-alive reaper. Starlette (routing, streaming, uploads) and uvicorn (HTTP/1.1):
+small, well kept, and all the server needs; FastAPI would add pydantic models we do not use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import sys
+import traceback
+from collections.abc import AsyncIterator, Callable
+
+from anyio import to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamadoc.errors import LlamadocError
+from llamadoc.server import documents_api, engine_api, ollama_api, openai_api
+from llamadoc.server.failures import ApiError, body, status_of
+from llamadoc.server.resident import Resident
+
+REAP_S = 1.0  # how often idle models are checked against keep-alive
+
+
+def _error(path: str, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
+           err: LlamadocError | None = None) -> Response:
+    return JSONResponse(body(path, status, message, code, err), status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(request.url.path, exc.status, exc.message, exc.code, exc.headers)
+
+
+async def _library_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LlamadocError)
+    return _error(request.url.path, status_of(exc), str(exc), err=exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _error(request.url.path, exc.status_code, str(exc.detail))
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    """A bug: its traceback to the server's stderr, one line to the client."""
+    traceback.print_exception(exc, file=sys.stderr)
+    return _error(request.url.path, 500, f"internal error: {type(exc).__name__}: {exc} (see the server's log)")
+
+
+class Guarded:
+    """Pure ASGI middleware: the Bearer key on every route, then the body limit.
+
+    The body is read whole (up to the limit) before the app sees it, so an oversized request
+    gets 413 before any of it is parsed; later reads pass through, so a streaming route still
+    hears that its client went away.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int) -> None:
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.api_key is not None and not self._authorised(scope):
+            response = _error(path, 401, "a valid API key is required (Authorization: Bearer KEY)",
+                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await self._too_large(path, scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                await self._too_large(path, scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _authorised(self, scope: Scope) -> bool:
+        assert self.api_key is not None
+        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+    async def _too_large(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        mb = self.max_body >> 20
+        response = _error(path, 413, f"the request body is over the server's limit of {mb} MiB",
+                          code="request_too_large")
+        await response(scope, receive, send)
+
+
+def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -> Starlette:
+    options = resident.options
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if options.preload:
+            await to_thread.run_sync(resident.engine)
+            if resident.guard is not None:
+                await to_thread.run_sync(lambda: resident.guard.engine if resident.guard else None)
+        reaper = asyncio.ensure_future(_reap(resident, notify))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            await to_thread.run_sync(resident.close)
+
+    app = Starlette(
+        routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes],
+        exception_handlers={ApiError: _api_error, LlamadocError: _library_error, HTTPException: _http_error,
+                            Exception: _bug},
+        lifespan=lifespan,
+    )
+    app.state.resident = resident
+    app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body)
+    return app
+
+
+async def _reap(resident: Resident, notify: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(REAP_S)
+        if await to_thread.run_sync(resident.unload_if_idle):
+            notify(f"unloaded {resident.name} after {resident.keep_alive:g} s without a request")

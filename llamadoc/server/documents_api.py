@@ -1,0 +1,135 @@
+"""llamadoc's document routes: POST /v1/documents/{ask|describe|extract} with PDF or image uploads
+and the CLI's options as form fields, answered with what the CLI prints for --format (json by
+default: the result document, schema_version, pages, checks and verdicts).
+
+The batch runs through Reader.run_batch on the server's shared engines and guard, so an
+upload is read exactly as `llamadoc ask FILE` reads it; the exit code the CLI would have
+given travels in the X-Llamadoc-Exit-Code header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from llamadoc.engines.base import Sampling
+from llamadoc.errors import UsageError
+from llamadoc.options import RunOptions
+from llamadoc.raster import RasterOptions
+from llamadoc.reader import Events
+from llamadoc.render import FORMATS, for_stdout
+from llamadoc.results import DocumentResult
+from llamadoc.server.failures import ApiError
+from llamadoc.server.resident import Resident
+from llamadoc.sources import Source, printable
+from llamadoc.tasks import Ask, Describe, Extract, Task
+from llamadoc.tasks.schema import check_schema
+
+MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson", "md": "text/markdown", "text": "text/plain"}
+FIELDS = {"file", "question", "all_pages", "schema", "embedded", "pages", "dpi", "max_pixels", "password",
+          "max_tokens", "temperature", "seed", "format", "per_page"}
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise ApiError(400, f"{name} must be a form field, not a file")
+
+
+def _number(form: FormData, name: str, kind: type[int] | type[float]) -> Any:
+    value = _text(form, name)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, not {value!r}") from None
+
+
+def _flag(form: FormData, name: str) -> bool:
+    return (_text(form, name) or "false").lower() in ("1", "true", "yes", "on")
+
+
+async def _schema(form: FormData) -> tuple[dict[str, Any], str]:
+    import yaml
+
+    value = form.get("schema")
+    if value is None:
+        raise ApiError(400, "extract needs a schema (a JSON Schema, as JSON or YAML: a field or a file)")
+    name = "the schema"
+    if isinstance(value, UploadFile):
+        name = f"schema {printable(value.filename or 'upload')}"
+        raw = (await value.read()).decode("utf-8", errors="replace")
+    else:
+        raw = value
+    try:
+        schema = yaml.safe_load(raw)  # YAML 1.2 reads JSON as it is
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ApiError(400, f"{name} does not parse: {str(err).splitlines()[0]}") from None
+    return check_schema(schema, name), name
+
+
+async def _task(kind: str, form: FormData) -> Task:
+    if kind == "ask":
+        question = _text(form, "question")
+        if not question:
+            raise ApiError(400, "ask needs a question")
+        return Ask(question, all_pages=_flag(form, "all_pages"))
+    if kind == "describe":
+        return Describe()
+    schema, name = await _schema(form)
+    return Extract(schema=schema, schema_path=name, embedded=_text(form, "embedded") or "prefer")
+
+
+async def documents(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    kind = request.path_params["task"]
+    if kind not in ("ask", "describe", "extract"):
+        raise ApiError(404, f"no such task {kind!r}: use ask, describe or extract")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "send the documents as multipart/form-data, one 'file' field each")
+    form = await request.form(max_files=1000)
+    unknown = sorted(set(form.keys()) - FIELDS)
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}", code=None)
+    files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+    if not files:
+        raise ApiError(400, "no documents: send each as a 'file' field")
+    fmt = _text(form, "format") or "json"
+    if fmt not in FORMATS:
+        raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+    task = await _task(kind, form)
+    try:
+        options = RunOptions(
+            raster=RasterOptions(dpi=_number(form, "dpi", float), max_pixels=_number(form, "max_pixels", int),
+                                 pages=_text(form, "pages"), password=_text(form, "password")),
+            max_tokens=min(_number(form, "max_tokens", int) or resident.options.max_tokens,
+                           resident.options.max_tokens),
+            sampling=Sampling(temperature=_number(form, "temperature", float) or 0.0,
+                              seed=_number(form, "seed", int) or 0))
+    except UsageError as err:
+        raise ApiError(400, str(err)) from None
+    sources = [Source(label=printable(Path(f.filename or f"upload-{i}").name), data=await f.read(),
+                      rel=printable(Path(f.filename or f"upload-{i}").name)) for i, f in enumerate(files, 1)]
+    per_page, several = _flag(form, "per_page"), len(sources) > 1
+    out: list[DocumentResult] = []
+
+    def run() -> int:
+        with resident.use():
+            report = resident.documents.run_batch(
+                task, sources, options, events=Events(on_document=lambda d, _w, _p: out.append(d)))
+        return int(report.exit_code)
+
+    code = await to_thread.run_sync(run)
+    text = "".join(for_stdout(d, fmt, several, per_page) for d in out)
+    return Response(text, media_type=MEDIA[fmt], headers={"X-Llamadoc-Exit-Code": str(code)})
+
+
+routes = [Route("/v1/documents/{task}", documents, methods=["POST"])]

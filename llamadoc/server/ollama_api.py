@@ -1,0 +1,311 @@
+"""Ollama's API, the subset its clients use, in the shapes its docs/api.md gives: /api/chat and
+/api/generate (NDJSON when streaming, Ollama's default), /api/tags, /api/show, /api/ps,
+/api/version and /api/pull. Durations are nanoseconds, as Ollama's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from llamadoc import __version__, registry
+from llamadoc.errors import LlamadocError
+from llamadoc.raster import RasterOptions
+from llamadoc.server.answer import Answer, complete, generate, primed
+from llamadoc.server.chat import (
+    ANY_OBJECT,
+    Chat,
+    Turn,
+    base64_image,
+    checked_schema,
+    conversation,
+    number,
+    page_image,
+    sampling,
+    token_budget,
+)
+from llamadoc.server.failures import ApiError
+from llamadoc.server.options import parse_duration
+from llamadoc.server.resident import Resident
+from llamadoc.server.streams import Stream, json_body
+
+NDJSON = "application/x-ndjson"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _model(resident: Resident, body: dict[str, Any]) -> str:
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "model is required")
+    if not resident.serves(name):
+        raise ApiError(404, f"model {name!r} not found: this server serves {resident.name}")
+    return name
+
+
+def _keep_alive(resident: Resident, body: dict[str, Any]) -> None:
+    if body.get("keep_alive") is not None:
+        try:
+            resident.set_keep_alive(parse_duration(body["keep_alive"], "keep_alive"))
+        except LlamadocError as err:
+            raise ApiError(400, str(err)) from None
+
+
+async def _chat(resident: Resident, body: dict[str, Any], system: str | None, prompt: str,
+                images: list[bytes]) -> Chat:
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "options must be an object")
+    if len(images) > 1:
+        raise ApiError(400, f"the model reads one image per request, not {len(images)}: send one request per page")
+    fmt = body.get("format")
+    schema = None if fmt in (None, "") else ANY_OBJECT if fmt == "json" else checked_schema(fmt, "format")
+    budget = resident.reader.max_pixels or RasterOptions().budget
+    image = await to_thread.run_sync(page_image, images[0], "image 1", budget) if images else None
+    if options.get("num_ctx") is not None:
+        engine = await to_thread.run_sync(resident.engine)
+        have = getattr(engine, "n_ctx", None)
+        if have is not None and number(options["num_ctx"], "num_ctx", 1, 1 << 24) > have:
+            raise ApiError(400, f"num_ctx {options['num_ctx']} is more than this server's context of {have} tokens",
+                           code=None) from None
+    return Chat(prompt=prompt, system=system, image=image, schema=schema,
+                max_tokens=token_budget(options.get("num_predict"), "num_predict", resident.options.max_tokens),
+                sampling=sampling(options.get("temperature"), options.get("top_p"), options.get("seed")))
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value) + "\n").encode()
+
+
+def _stats(answer: Answer) -> dict[str, Any]:
+    r = answer.response
+    stats: dict[str, Any] = {
+        "done": True, "done_reason": r.finish_reason, "total_duration": answer.total_ns,
+        "load_duration": answer.load_ns, "prompt_eval_count": r.prompt_tokens, "eval_count": r.completion_tokens,
+    }
+    t = r.timings_ms
+    if "prefill" in t:  # the mllama engine splits its time; libmtmd's does not
+        stats["prompt_eval_duration"] = int((t["prefill"] + t.get("vision_encode", 0.0)) * 1e6)
+    if "decode" in t:
+        stats["eval_duration"] = int(t["decode"] * 1e6)
+    if answer.warnings:
+        stats["warnings"] = answer.warnings  # --guard flag: what the guard judged unsafe
+    return stats
+
+
+async def _respond(request: Request, resident: Resident, name: str, chat: Chat, body: dict[str, Any],
+                   key: str) -> Response:
+    """Answer as /api/chat (key "message") or /api/generate (key "response")."""
+
+    def piece(text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}} if key == "message" else {"response": text}
+
+    stream = generate(resident, chat, request)
+    if body.get("stream", True) is False:
+        answer = await complete(stream)
+        return JSONResponse({"model": name, "created_at": _now(), **piece(answer.response.text), **_stats(answer)})
+    first, rest = await primed(stream)
+
+    async def lines() -> AsyncIterator[bytes]:
+        item = first
+        try:
+            while not isinstance(item, Answer):
+                yield _line({"model": name, "created_at": _now(), **piece(item), "done": False})
+                item = await anext(rest)
+            yield _line({"model": name, "created_at": _now(), **piece(""), **_stats(item)})
+        except StopAsyncIteration:  # the client went away
+            return
+        except (LlamadocError, ApiError) as err:  # the status has gone out: the error goes in the stream
+            yield _line({"error": str(err)})
+
+    return Stream(lines(), rest, media_type=NDJSON)
+
+
+async def chat(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    body = await json_body(request)
+    name = _model(resident, body)
+    _keep_alive(resident, body)
+    messages = body.get("messages") or []
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "messages must be a list of objects")
+    if body.get("tools"):
+        raise ApiError(400, "tools are not supported by this server")
+    if not messages:
+        return await _load_or_unload(resident, name, body, "message")
+    turns = []
+    for i, m in enumerate(messages, 1):
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            raise ApiError(400, f"message {i}: content must be a string")
+        images = m.get("images") or []
+        if not isinstance(images, list):
+            raise ApiError(400, f"message {i}: images must be a list of base64 strings")
+        turns.append(Turn(str(m.get("role")), content, [base64_image(x, f"message {i} image {j}")
+                                                         for j, x in enumerate(images, 1)]))
+    system, prompt, images = conversation(turns)
+    return await _respond(request, resident, name, await _chat(resident, body, system, prompt, images), body, "message")
+
+
+async def generate_route(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    body = await json_body(request)
+    name = _model(resident, body)
+    _keep_alive(resident, body)
+    for unsupported in ("raw", "suffix", "template"):
+        if body.get(unsupported):
+            raise ApiError(400, f"{unsupported} is not supported by this server")
+    prompt = body.get("prompt") or ""
+    if not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string")
+    if not prompt:
+        return await _load_or_unload(resident, name, body, "response")
+    images = body.get("images") or []
+    if not isinstance(images, list):
+        raise ApiError(400, "images must be a list of base64 strings")
+    system = body.get("system") or None
+    if system is not None and not isinstance(system, str):
+        raise ApiError(400, "system must be a string")
+    data = [base64_image(x, f"image {j}") for j, x in enumerate(images, 1)]
+    return await _respond(request, resident, name, await _chat(resident, body, system, prompt, data), body,
+                          "response")
+
+
+async def _load_or_unload(resident: Resident, name: str, body: dict[str, Any], key: str) -> Response:
+    """An empty request loads the model, or with keep_alive 0 unloads it (Ollama's way)."""
+    empty = {"role": "assistant", "content": ""} if key == "message" else ""
+    if resident.keep_alive == 0:  # now, or as soon as the requests under way are done
+        await to_thread.run_sync(resident.unload_if_idle)
+        reason = "unload"
+    else:
+        with resident.use():
+            await to_thread.run_sync(resident.engine)
+        reason = "load"
+    return JSONResponse({"model": name, "created_at": _now(), key: empty, "done_reason": reason, "done": True})
+
+
+def _details(resident: Resident) -> dict[str, Any]:
+    s = resident.summary()
+    size = s.parameters
+    label = f"{size / 1e9:.1f}B" if size >= 1e9 else f"{size / 1e6:.1f}M" if size >= 1e6 else f"{size / 1e3:.1f}K"
+    return {"parent_model": "", "format": "gguf", "family": s.architecture, "families": [s.architecture],
+            "parameter_size": label, "quantization_level": s.quantisation or ""}
+
+
+def _entry(resident: Resident) -> dict[str, Any]:
+    r = resident.reader.resolved
+    files = [r.model_path, *([r.mmproj_path] if r.mmproj_path else [])]
+    return {"name": r.name, "model": r.name, "modified_at": _stamp(r.model_path.stat().st_mtime),
+            "size": sum(Path(f).stat().st_size for f in files), "digest": resident.reader.model_sha256,
+            "details": _details(resident)}
+
+
+async def tags(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    return JSONResponse({"models": [await to_thread.run_sync(_entry, resident)]})
+
+
+async def show(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    _model(resident, await json_body(request))
+    s = await to_thread.run_sync(resident.summary)
+    r = resident.reader.resolved
+    info: dict[str, Any] = {"general.architecture": s.architecture, "general.parameter_count": s.parameters}
+    if s.context:
+        info[f"{s.architecture}.context_length"] = s.context
+    return JSONResponse({
+        "modelfile": f"# served by llamadoc {__version__}\nFROM {r.model_path}\n", "parameters": "", "template": "",
+        "details": _details(resident), "model_info": info, "capabilities": ["completion", "vision"],
+        "modified_at": _stamp(r.model_path.stat().st_mtime),
+    })
+
+
+async def ps(request: Request) -> Response:
+    resident: Resident = request.app.state.resident
+    if resident.loaded_at is None:
+        return JSONResponse({"models": []})
+    entry = await to_thread.run_sync(_entry, resident)
+    expires = resident.expires_at()
+    engine = resident.reader.engine
+    entry.update({
+        "expires_at": _stamp(expires) if expires is not None else "9999-12-31T23:59:59Z",
+        "size_vram": entry["size"] if engine.gpu_layers else 0,
+        "context_length": getattr(engine, "n_ctx", None),
+    })
+    return JSONResponse({"models": [entry]})
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+async def pull(request: Request) -> Response:
+    """Download a model of the registry (`llamadoc models pull`); this server still serves its own."""
+    resident: Resident = request.app.state.resident
+    body = await json_body(request)
+    name = body.get("model") or body.get("name")
+    settings = resident.reader.settings
+    if not isinstance(name, str) or name not in settings.models:
+        raise ApiError(404, f"model {name!r} is not in the registry (see `llamadoc models list`)")
+    spec = settings.model(name)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def run() -> None:
+        def say(message: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, {"status": message})
+
+        try:
+            registry.pull(settings, spec, say)
+            say("success")
+        except LlamadocError as err:
+            loop.call_soon_threadsafe(queue.put_nowait, {"error": str(err)})
+
+    task = asyncio.ensure_future(to_thread.run_sync(run))
+    if body.get("stream", True) is False:
+        await task
+        last: dict[str, Any] = {}
+        while not queue.empty():
+            last = queue.get_nowait()
+        if "error" in last:
+            raise ApiError(502, last["error"])
+        return JSONResponse(last)
+
+    async def lines() -> AsyncIterator[bytes]:
+        while True:
+            item = await queue.get()
+            yield _line(item)
+            if "error" in item or item.get("status") == "success":
+                return
+
+    return Stream(lines(), None, media_type=NDJSON)
+
+
+async def root(request: Request) -> Response:
+    return Response("llamadoc is running", media_type="text/plain")
+
+
+routes = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/generate", generate_route, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+    Route("/api/pull", pull, methods=["POST"]),
+]
