@@ -280,8 +280,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     except KeyboardInterrupt:  # before a command started, or after it ended
         sys.exit(int(ExitCode.INTERRUPTED))
     except SystemExit:
-        if interrupt.requested():
-            interrupt.exiting()  # a second Ctrl-C while Python shuts down must not kill it by signal
+        interrupt.exiting()  # the exit code is decided: a signal while Python shuts down must not replace it
         raise
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): stop quietly, as Unix tools do.

@@ -64,8 +64,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def exiting() -> None:
-    """Ignore further signals: the process is on its way out with its exit code. (At shutdown
-    Python puts back the default handlers, which would kill it by signal instead.)"""
+    """Ignore further signals: the process is on its way out with its exit code (130 after a
+    Ctrl-C, or the finished run's). At shutdown Python puts back the default handlers, which
+    would kill it by signal instead."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
