@@ -6,7 +6,7 @@ file ends in a one-line ModelError naming the file and the tensor, never in a gg
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ import numpy as np
 from llamadoc.errors import ModelError
 
 from . import ggml
+from .backend import Runtime
 from .ggml import lib
 from .gguf_io import GGUFFile, TensorInfo
+from .graph import Graph
 
 ARCH = "mllama"
 BUFFER_USAGE_WEIGHTS = 1  # enum ggml_backend_buffer_usage
@@ -350,14 +352,16 @@ def cross_norm_fixes(c: MllamaConfig) -> dict[str, Callable[[np.ndarray], np.nda
 
 def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, int],
                  cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]],
-                 repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None) -> Weights:
+                 repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None,
+                 keep_plain: Collection[str] = ()) -> Weights:
     """Create every tensor on its device: CPU tensors map the file, others are copied.
 
     ``where`` maps a group ("vision", "text.3", ...) to its buffer type.
     Tensors whose file type the engine uses as is are bound zero-copy to a read-only map of
     the file on the CPU; dense tensors stored as F16, and those ``fixes`` transforms, are
     read into F32 and copied. ``repack`` (buffer type, supports(type, ne)) moves the CPU's
-    matrix weights it supports into the CPU's repack buffers, as llama.cpp does.
+    matrix weights it supports into the CPU's repack buffers, as llama.cpp does, except those in
+    ``keep_plain`` (to be cast: ggml copies no repacked tensor).
     """
     w = Weights()
     mapped = np.memmap(f.path, dtype=np.uint8, mode="r")
@@ -372,7 +376,8 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
             continue
         buft = where[exp.group]
         widen = exp.use == DENSE and (info.type != ggml.F32 or name in fixes)
-        if repack is not None and buft == cpu_buft and exp.use == MATMUL and repack[1](info.type, info.ne):
+        if (repack is not None and buft == cpu_buft and exp.use == MATMUL and name not in keep_plain
+                and repack[1](info.type, info.ne)):
             buft = repack[0]
         direct = buft == cpu_buft and not widen and info.offset % 32 == 0
         plan.setdefault((buft, direct), []).append(name)
@@ -414,3 +419,40 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
         raise
     return w
 
+
+
+def image_only_weights(c: MllamaConfig, expected: dict[str, Expected], on_gpu: dict[str, bool]) -> list[str]:
+    """The CPU-held matrices that only encoding an image multiplies, always with thousands of
+    tokens: the vision tower's, the projector's, and the cross-attention layers' K/V projections."""
+    cross_kv = {f"blk.{i}.cross_attn_{p}_proj.weight" for i in c.text.cross_layers for p in "kv"}
+    return [n for n, e in expected.items()
+            if e.use == MATMUL and not on_gpu[e.group] and (e.group == "vision" or n in cross_kv)]
+
+
+def cast_weights(runtime: Runtime, w: Weights, names: list[str], ggml_type: int) -> None:
+    """Hold these CPU weights as ``ggml_type`` from now on: new tensors in a CPU buffer, filled by
+    ggml itself, on all threads (quantised types dequantise through F32, the only type ggml
+    dequantises to). Their file pages stay mapped but unused."""
+    if not names:
+        return
+    ctx = ggml.Context(len(names))
+    w._contexts.append(ctx)
+    new = {n: ctx.new(ggml_type, *ggml.shape(w.t[n])[:2], name=n) for n in names}
+    with ggml.LogCapture() as log:
+        buf = lib.backend_alloc_ctx_tensors_from_buft(ctx.ptr, runtime.buffer_type(False))
+    if not buf:
+        raise ModelError(f"not enough memory for the {ggml.type_name(ggml_type)} weights "
+                         f"({log.last or 'allocation failed'})")
+    w._buffers.append(buf)
+    lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
+    g = Graph(runtime)
+    try:
+        for n in names:
+            src = w.t[n]
+            if ggml.tensor(src).type not in (ggml.F32, ggml.F16, ggml.BF16):
+                src = g.ops.cast(src, ggml.F32)
+            g.expand(g.ops.cpy(src, new[n]))
+        g.run({})
+    finally:
+        g.free()
+    w.t.update(new)

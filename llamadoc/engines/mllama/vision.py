@@ -2,6 +2,13 @@
 
 Meta's semantics: the kept intermediate states are the INPUTS of the listed local layers, and
 only pairs of invalid tokens (padded tiles, the per-tile padding) are masked from each other.
+
+Inside the graph the tokens are reordered, valid ones first: every tile's class token and
+patches (tile-major, so the first max_tiles * n_pos tokens are the unpadded output), then the
+per-tile padding tokens. Attention does not care about token order, and with valid tokens in
+one block no mask is needed: valid queries attend to every key, invalid queries to the valid
+keys only (a second, smaller attention call). ggml's CPU flash attention spends a fifth of its
+time reading a mask (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -10,33 +17,34 @@ import numpy as np
 
 from . import ggml
 from .backend import Runtime
-from .cache import Buffers, CrossCache
-from .graph import Graph, attention, layer_norm, mask_rows, rms_norm
+from .cache import CrossCache
+from .graph import Graph, attention, layer_norm, rms_norm
 from .loader import MllamaConfig, Weights
 from .preprocess import Preprocessed
 
 
-def vision_mask(n_tiles: int, max_tiles: int, n_pos: int, n_pos_padded: int) -> np.ndarray:
-    """F16 [queries, keys] mask: -inf where both tokens are invalid (padded tile or tile padding)."""
-    valid = np.zeros((max_tiles, n_pos_padded), dtype=bool)
-    valid[:n_tiles, :n_pos] = True
-    invalid = ~valid.reshape(-1)
-    return mask_rows(invalid[:, None] & invalid[None, :])
-
-
-def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, mask: int, n_head: int, eps: float,
-                   flash: bool, gated: bool) -> int:
+def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_head: int, eps: float,
+                   flash: bool, kv_type: int, gated: bool) -> int:
     ops, t = g.ops, w.t
     n_embd, n_tok = ggml.shape(x)[:2]
     hd = n_embd // n_head
     h = layer_norm(ops, x, t[prefix + "attn_norm.weight"], t[prefix + "attn_norm.bias"], eps)
 
-    def heads(name: str) -> int:
-        y = ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok)
-        return ops.permute(y, 0, 2, 1, 3)  # [hd, tokens, heads]
+    def heads(name: str, ggml_type: int) -> int:  # [hd, tokens, heads]
+        y = ops.permute(ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok), 0, 2, 1, 3)
+        return y if ggml_type == ggml.F32 else ops.cpy(y, g.ctx.new(ggml_type, hd, n_tok, n_head))
 
-    a = attention(ops, heads("attn_q.weight"), heads("attn_k.weight"), heads("attn_v.weight"), mask,
-                  hd ** -0.5, flash)
+    q, k, v = heads("attn_q.weight", ggml.F32), heads("attn_k.weight", kv_type), heads("attn_v.weight", kv_type)
+
+    def first(y: int, start: int, n: int) -> int:  # tokens start..start+n of [hd, tokens, heads]
+        s = ggml.tensor(y)
+        return ops.view_3d(y, hd, n, n_head, s.nb[1], s.nb[2], start * s.nb[1])
+
+    scale = hd ** -0.5
+    a = attention(ops, first(q, 0, n_valid), k, v, None, scale, flash)  # valid queries: every key
+    rest = attention(ops, first(q, n_valid, n_tok - n_valid), first(k, 0, n_valid), first(v, 0, n_valid),
+                     None, scale, flash)  # invalid queries: the valid keys only
+    a = ops.concat(a, rest, 2)  # [hd, heads, tokens]
     a = ops.mul_mat(t[prefix + "attn_output.weight"], ops.reshape_2d(a, n_embd, n_tok))
     if gated:
         a = ops.scale(a, w.gates[prefix + "attn_gate"])
@@ -52,22 +60,14 @@ def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, mask: int, n_head:
 class VisionEncoder:
     """Encodes one preprocessed image into a cross-cache slot (and, on request, returns its features).
 
-    The attention mask (6432 x 6432 in F16 for the 11B: 83 MB) depends only on the tile count,
-    so it lives in its own buffer beside the vision weights and is rewritten only when that changes.
+    kv_type: the attention's K/V type: F16 as llama.cpp's own CLIP encoder (measured faster on
+    the CPU), F32 for reference-exact runs.
     """
 
-    def __init__(self, runtime: Runtime, c: MllamaConfig, w: Weights, flash: bool, on_gpu: bool) -> None:
-        self.runtime, self.c, self.w, self.flash = runtime, c, w, flash
-        n = c.vision.max_tiles * c.vision.n_pos_padded
-        self._mask_buf = Buffers(runtime)
-        self._mask = self._mask_buf.new(on_gpu, ggml.F16, n, n, name="vision_mask")
-        self._mask_buf.allocate("vision attention mask")
-        self._mask_tiles = -1
+    def __init__(self, runtime: Runtime, c: MllamaConfig, w: Weights, flash: bool, kv_type: int) -> None:
+        self.runtime, self.c, self.w, self.flash, self.kv_type = runtime, c, w, flash, kv_type
 
-    def close(self) -> None:
-        self._mask_buf.free()
-
-    def _build(self, cross: CrossCache, slot: int, features: bool) -> tuple[Graph, int | None]:
+    def _build(self, cross: CrossCache, slot: int, n_tiles: int, features: bool) -> tuple[Graph, int | None]:
         v, txt, w = self.c.vision, self.c.text, self.w
         t, gates = w.t, w.gates
         g = Graph(self.runtime)
@@ -76,7 +76,7 @@ class VisionEncoder:
         side = v.image_size // p
         pixels = g.input(ggml.F32, v.image_size, v.image_size, v.n_channels, n_t, name="pixels")
         ar = g.input(ggml.I32, 1, name="aspect_ratio")
-        mask = self._mask
+        n_keys, n_valid = n_pos * n_t, n_pos * n_tiles
 
         # Patch embedding: a 14x14 stride-14 convolution as im2col (kept in F32: exact) + matmul.
         kernel = t["v.patch_embd.weight"]
@@ -94,33 +94,36 @@ class VisionEncoder:
         x = ops.add(x, ops.scale(t["v.position_embd.weight"], gates["v.position_embd.gate"]))
         x = ops.add(x, tile_embd("v.tile_position_embd", n_pos))
         x = layer_norm(ops, x, t["v.pre_ln.weight"], t["v.pre_ln.bias"], v.eps)
-        x = ops.reshape_2d(ops.pad(x, 0, n_pad - n_pos, 0, 0), e, n_pad * n_t)
+        # The tiles' tokens, then every tile's padding (zeros, as the reference pads after pre_ln).
+        x = ops.pad(ops.reshape_2d(x, e, n_keys), 0, (n_pad - n_pos) * n_t, 0, 0)
 
         kept = []
         for i in range(v.n_layer):
             if i in v.intermediate:
                 kept.append(x)
-            x = _encoder_layer(g, w, f"v.blk.{i}.", x, mask, v.n_head, v.eps, self.flash, gated=False)
+            x = _encoder_layer(g, w, f"v.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash, self.kv_type,
+                               gated=False)
         x = layer_norm(ops, x, t["v.post_ln.weight"], t["v.post_ln.bias"], v.eps)
-        x = ops.add(ops.reshape_3d(x, e, n_pad, n_t), tile_embd("v.post_tile_position_embd", 1))
-        x = ops.reshape_2d(x, e, n_pad * n_t)
+        post = tile_embd("v.post_tile_position_embd", 1)  # tile i's to its tokens and to its padding
+        parts = [ops.view_3d(x, e, n, n_t, e * 4, e * 4 * n, e * 4 * start)
+                 for start, n in ((0, n_pos), (n_keys, n_pad - n_pos))]
+        x = ops.concat(*(ops.reshape_2d(ops.add(y, post), e, ggml.shape(y)[1] * n_t) for y in parts), 1)
         for i in range(v.n_global):
-            x = _encoder_layer(g, w, f"v.global.blk.{i}.", x, mask, v.n_head, v.eps, self.flash, gated=True)
+            x = _encoder_layer(g, w, f"v.global.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash,
+                               self.kv_type, gated=True)
 
-        def unpad(y: int, width: int) -> int:  # [width, n_pad * tiles] -> [width, n_pos, tiles]
-            return ops.cont(ops.view_3d(y, width, n_pos, n_t, width * 4, width * 4 * n_pad, 0))
+        def unpad(y: int) -> int:  # the tiles' tokens: the first n_keys, contiguous
+            return ops.view_2d(y, e, n_keys, e * 4, 0)
 
         # Kept states stacked on a new fastest axis: feature e + d*K + k, as the reference flattens them.
-        stack = ops.reshape_2d(kept[0], 1, e * n_pad * n_t)
+        stack = ops.reshape_2d(unpad(kept[0]), 1, e * n_keys)
         for y in kept[1:]:
-            stack = ops.concat(stack, ops.reshape_2d(y, 1, e * n_pad * n_t), 0)
-        k = len(kept)
-        feats = ops.concat(unpad(x, e), unpad(ops.reshape_2d(stack, k * e, n_pad * n_t), k * e), 0)
+            stack = ops.concat(stack, ops.reshape_2d(unpad(y), 1, e * n_keys), 0)
+        feats = ops.concat(unpad(x), ops.reshape_2d(stack, len(kept) * e, n_keys), 0)  # [n_out, keys]
         out = g.output(feats) if features else None
-        feats = ops.reshape_2d(feats, v.n_out, n_pos * n_t)
         states = ops.add(ops.mul_mat(t["mm.0.weight"], feats), t["mm.0.bias"])  # [text width, keys]
 
-        hd, n_kv, n_keys = txt.head_dim, txt.n_head_kv, n_pos * n_t
+        hd, n_kv = txt.head_dim, txt.n_head_kv
         for i in txt.cross_layers:
             b = f"blk.{i}.cross_attn_"
             key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], states), hd, n_kv, n_keys)
@@ -142,13 +145,10 @@ class VisionEncoder:
         (max_tiles, tokens per tile, n_out) float32, unused tiles included, as the reference returns them.
         """
         v = self.c.vision
-        if pre.n_tiles != self._mask_tiles:
-            ggml.set_data(self._mask, vision_mask(pre.n_tiles, v.max_tiles, v.n_pos, v.n_pos_padded))
-            self._mask_tiles = pre.n_tiles
-        g, out = self._build(cross, slot, features)
+        g, out = self._build(cross, slot, pre.n_tiles, features)
         try:
             g.run({"pixels": pre.pixel_values, "aspect_ratio": np.array([pre.aspect_ratio_id], dtype=np.int32)})
-            result = ggml.get_data(out, 3) if out is not None else None
+            result = ggml.get_data(out).reshape(v.max_tiles, v.n_pos, v.n_out) if out is not None else None
         finally:
             g.free()
         cross.slots[slot].n_keys = pre.n_tiles * v.n_pos
