@@ -429,30 +429,59 @@ def image_only_weights(c: MllamaConfig, expected: dict[str, Expected], on_gpu: d
             if e.use == MATMUL and not on_gpu[e.group] and (e.group == "vision" or n in cross_kv)]
 
 
-def cast_weights(runtime: Runtime, w: Weights, names: list[str], ggml_type: int) -> None:
-    """Hold these CPU weights as ``ggml_type`` from now on: new tensors in a CPU buffer, filled by
-    ggml itself, on all threads (quantised types dequantise through F32, the only type ggml
-    dequantises to). Their file pages stay mapped but unused."""
-    if not names:
-        return
-    ctx = ggml.Context(len(names))
+def _derive(runtime: Runtime, w: Weights, on_gpu: bool, specs: list[tuple[str, int, tuple[int, ...]]],
+            fill: Callable[[ggml.Ops, dict[str, int]], list[int]]) -> None:
+    """New weights (name, type, ne) in one buffer on one device, filled by the copies ``fill``
+    builds (ggml runs them, on every thread or on the GPU). The tensors they come from stay
+    where they were, unused from now on."""
+    ctx = ggml.Context(len(specs))
     w._contexts.append(ctx)
-    new = {n: ctx.new(ggml_type, *ggml.shape(w.t[n])[:2], name=n) for n in names}
+    new = {n: ctx.new(ggml_type, *ne, name=n) for n, ggml_type, ne in specs}
     with ggml.LogCapture() as log:
-        buf = lib.backend_alloc_ctx_tensors_from_buft(ctx.ptr, runtime.buffer_type(False))
+        buf = lib.backend_alloc_ctx_tensors_from_buft(ctx.ptr, runtime.buffer_type(on_gpu))
     if not buf:
-        raise ModelError(f"not enough memory for the {ggml.type_name(ggml_type)} weights "
-                         f"({log.last or 'allocation failed'})")
+        raise ModelError(f"not enough memory for the converted weights ({log.last or 'allocation failed'})")
     w._buffers.append(buf)
     lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
     g = Graph(runtime)
     try:
-        for n in names:
-            src = w.t[n]
-            if ggml.tensor(src).type not in (ggml.F32, ggml.F16, ggml.BF16):
-                src = g.ops.cast(src, ggml.F32)
-            g.expand(g.ops.cpy(src, new[n]))
+        for copy in fill(g.ops, new):
+            g.expand(copy)
         g.run({})
     finally:
         g.free()
     w.t.update(new)
+
+
+def _readable(ops: ggml.Ops, t: int) -> int:
+    """A tensor ggml can copy element by element: quantised types dequantise to F32 (the only
+    type ggml dequantises to)."""
+    return t if ggml.tensor(t).type in (ggml.F32, ggml.F16, ggml.BF16) else ops.cast(t, ggml.F32)
+
+
+def cast_weights(runtime: Runtime, w: Weights, names: list[str], ggml_type: int) -> None:
+    """Hold these CPU weights as ``ggml_type`` from now on."""
+    if names:
+        _derive(runtime, w, False, [(n, ggml_type, ggml.shape(w.t[n])[:2]) for n in names],
+                lambda ops, new: [ops.cpy(_readable(ops, w.t[n]), new[n]) for n in names])
+
+
+def split_projector(runtime: Runtime, w: Weights, c: MllamaConfig, ggml_type: int, on_gpu: bool) -> None:
+    """The projector's columns as one matrix per vision state it reads: ``mm.0.weight.0`` for the
+    final state, ``mm.0.weight.{1+k}`` for kept state k (whose features the reference interleaves,
+    feature e + d*K + k). The encoder can then multiply each kept state as soon as it exists
+    instead of keeping them all (5 x 33 MB for a page) and concatenating them (197 MB)."""
+    e, k_n, n_text = c.vision.n_embd, len(c.vision.intermediate), c.text.n_embd
+    names = [f"mm.0.weight.{j}" for j in range(k_n + 1)]
+
+    def fill(ops: ggml.Ops, new: dict[str, int]) -> list[int]:
+        src = _readable(ops, w.t["mm.0.weight"])
+        s = ggml.tensor(src)
+        ts = s.nb[0]
+        copies = [ops.cpy(ops.view_2d(src, e, n_text, s.nb[1], 0), new[names[0]])]
+        for k in range(k_n):  # column e + d*K + k for d = 0..e-1: a strided view, copied in order
+            cols = ops.view_3d(src, 1, e, n_text, k_n * ts, s.nb[1], (e + k) * ts)
+            copies.append(ops.cpy(ops.permute(cols, 1, 0, 2, 3), new[names[1 + k]]))
+        return copies
+
+    _derive(runtime, w, on_gpu, [(n, ggml_type, (e, n_text)) for n in names], fill)

@@ -41,6 +41,7 @@ from .loader import (
     image_only_weights,
     load_weights,
     placement,
+    split_projector,
 )
 from .memory import MemoryEstimate, estimate_memory
 from .preprocess import Preprocessed, open_image, preprocess
@@ -147,13 +148,18 @@ class MllamaModel:
                 repack = cpu_repack_buffer_type(runtime.cpu)
                 # BF16 products are this CPU's fastest for the image's matrices (measured 3.5-4x Q8_0
                 # and 1.4x F16 at 6,400 tokens, benchmarks/README.md); F32 files stay exact.
+                bf16 = not groups["vision"] and bool(lib.cpu_has_avx512_bf16())
                 to_bf16 = [n for n in image_only_weights(config, expected, groups)
-                           if gguf.tensors[n].type != ggml.F32] if lib.cpu_has_avx512_bf16() else []
+                           if gguf.tensors[n].type != ggml.F32 and n != "mm.0.weight"] if bf16 else []
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
                                        (repack, partial(repack_supports, runtime.cpu, repack)) if repack else None,
-                                       keep_plain=to_bf16)
+                                       keep_plain=[*to_bf16, "mm.0.weight"])
                 cast_weights(runtime, weights, to_bf16, ggml.BF16)
+                # The projector, split by the vision state it reads (F16 on a GPU: the vision tower
+                # ran faster in F16 than in Q8_0 on an H100, benchmarks/gpu_check_h100.md).
+                split_projector(runtime, weights, config, ggml.F32 if gguf.tensors["mm.0.weight"].type == ggml.F32
+                                else ggml.BF16 if bf16 else ggml.F16, groups["vision"])
                 tokenizer = Tokenizer(gguf)
             except BaseException:
                 runtime.free()
@@ -189,10 +195,7 @@ class MllamaModel:
 
     def vision_features(self, image: Image.Image) -> np.ndarray:
         """The vision tower's output before the projector: (max_tiles, tokens per tile, n_out)."""
-        cross = self._cross_cache(0)
-        out = self._vision.encode(self.preprocess(image), cross, cross.victim(), features=True)
-        assert out is not None
-        return out
+        return self._vision.features(self.preprocess(image))
 
     def _cross_uses_flash(self, layer: int) -> bool:
         """Flash attention where a GPU runs the layer; grouped matrix products on the CPU, where

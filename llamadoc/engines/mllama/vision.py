@@ -13,6 +13,8 @@ time reading a mask (benchmarks/README.md).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from . import ggml
@@ -21,6 +23,8 @@ from .cache import CrossCache
 from .graph import Graph, attention, layer_norm, rms_norm
 from .loader import MllamaConfig, Weights
 from .preprocess import Preprocessed
+
+MLP_CHUNKS = 4
 
 
 def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_head: int, eps: float,
@@ -32,7 +36,7 @@ def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_he
 
     def heads(name: str, ggml_type: int) -> int:  # [hd, tokens, heads]
         y = ops.permute(ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok), 0, 2, 1, 3)
-        return y if ggml_type == ggml.F32 else ops.cpy(y, g.ctx.new(ggml_type, hd, n_tok, n_head))
+        return y if ggml_type == ggml.F32 else ops.cast(y, ggml_type)  # a node, freed after use
 
     q, k, v = heads("attn_q.weight", ggml.F32), heads("attn_k.weight", kv_type), heads("attn_v.weight", kv_type)
 
@@ -41,24 +45,35 @@ def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_he
         return ops.view_3d(y, hd, n, n_head, s.nb[1], s.nb[2], start * s.nb[1])
 
     scale = hd ** -0.5
-    a = attention(ops, first(q, 0, n_valid), k, v, None, scale, flash)  # valid queries: every key
     rest = attention(ops, first(q, n_valid, n_tok - n_valid), first(k, 0, n_valid), first(v, 0, n_valid),
                      None, scale, flash)  # invalid queries: the valid keys only
+    g.expand(rest)  # before the large call, so q's memory is free once that one is done
+    a = attention(ops, first(q, 0, n_valid), k, v, None, scale, flash)  # valid queries: every key
     a = ops.concat(a, rest, 2)  # [hd, heads, tokens]
     a = ops.mul_mat(t[prefix + "attn_output.weight"], ops.reshape_2d(a, n_embd, n_tok))
     if gated:
         a = ops.scale(a, w.gates[prefix + "attn_gate"])
     x = ops.add(x, a)
-    h = layer_norm(ops, x, t[prefix + "ffn_norm.weight"], t[prefix + "ffn_norm.bias"], eps)
-    h = ops.gelu_erf(ops.add(ops.mul_mat(t[prefix + "ffn_up.weight"], h), t[prefix + "ffn_up.bias"]))
-    h = ops.add(ops.mul_mat(t[prefix + "ffn_down.weight"], h), t[prefix + "ffn_down.bias"])
+    normed = layer_norm(ops, x, t[prefix + "ffn_norm.weight"], t[prefix + "ffn_norm.bias"], eps)
+
+    def mlp(start: int, n: int) -> int:  # tokens start..start+n
+        y = ops.view_2d(normed, n_embd, n, n_embd * 4, start * n_embd * 4)
+        y = ops.gelu_erf(ops.add(ops.mul_mat(t[prefix + "ffn_up.weight"], y), t[prefix + "ffn_up.bias"]))
+        return ops.add(ops.mul_mat(t[prefix + "ffn_down.weight"], y), t[prefix + "ffn_down.bias"])
+
+    # A quarter of the tokens at a time: the hidden state (4x the width: 132 MB for a page) is the
+    # graph's largest tensor; so a 4-tile page's compute buffer stays under 256 MiB.
+    bounds = [n_tok * i // MLP_CHUNKS for i in range(MLP_CHUNKS + 1)]
+    h = mlp(0, bounds[1])
+    for start, end in itertools.pairwise(bounds[1:]):
+        h = ops.concat(h, mlp(start, end - start), 1)
     if gated:
         h = ops.scale(h, w.gates[prefix + "ffn_gate"])
     return ops.add(x, h)
 
 
 class VisionEncoder:
-    """Encodes one preprocessed image into a cross-cache slot (and, on request, returns its features).
+    """Encodes one preprocessed image into a cross-cache slot (or returns its features).
 
     kv_type: the attention's K/V type: F16 as llama.cpp's own CLIP encoder (measured faster on
     the CPU), F32 for reference-exact runs.
@@ -67,7 +82,7 @@ class VisionEncoder:
     def __init__(self, runtime: Runtime, c: MllamaConfig, w: Weights, flash: bool, kv_type: int) -> None:
         self.runtime, self.c, self.w, self.flash, self.kv_type = runtime, c, w, flash, kv_type
 
-    def _build(self, cross: CrossCache, slot: int, n_tiles: int, features: bool) -> tuple[Graph, int | None]:
+    def _build(self, cross: CrossCache | None, slot: int, n_tiles: int, features: bool) -> tuple[Graph, int | None]:
         v, txt, w = self.c.vision, self.c.text, self.w
         t, gates = w.t, w.gates
         g = Graph(self.runtime)
@@ -97,10 +112,21 @@ class VisionEncoder:
         # The tiles' tokens, then every tile's padding (zeros, as the reference pads after pre_ln).
         x = ops.pad(ops.reshape_2d(x, e, n_keys), 0, (n_pad - n_pos) * n_t, 0, 0)
 
-        kept = []
+        def unpad(y: int) -> int:  # the tiles' tokens: the first n_keys, contiguous
+            return ops.view_2d(y, e, n_keys, e * 4, 0)
+
+        # The projector multiplies each kept state (the input of an intermediate layer) as soon as
+        # it exists, with its own block of columns; features=True keeps them for the reference.
+        kept: list[int] = []
+        states: int | None = None
         for i in range(v.n_layer):
             if i in v.intermediate:
-                kept.append(x)
+                if features:
+                    kept.append(x)
+                else:
+                    part = ops.mul_mat(t[f"mm.0.weight.{1 + v.intermediate.index(i)}"], unpad(x))
+                    states = part if states is None else ops.add(states, part)
+                    g.expand(states)  # computed now, so x's memory is free after this layer
             x = _encoder_layer(g, w, f"v.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash, self.kv_type,
                                gated=False)
         x = layer_norm(ops, x, t["v.post_ln.weight"], t["v.post_ln.bias"], v.eps)
@@ -112,16 +138,13 @@ class VisionEncoder:
             x = _encoder_layer(g, w, f"v.global.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash,
                                self.kv_type, gated=True)
 
-        def unpad(y: int) -> int:  # the tiles' tokens: the first n_keys, contiguous
-            return ops.view_2d(y, e, n_keys, e * 4, 0)
-
-        # Kept states stacked on a new fastest axis: feature e + d*K + k, as the reference flattens them.
-        stack = ops.reshape_2d(unpad(kept[0]), 1, e * n_keys)
-        for y in kept[1:]:
-            stack = ops.concat(stack, ops.reshape_2d(unpad(y), 1, e * n_keys), 0)
-        feats = ops.concat(unpad(x), ops.reshape_2d(stack, len(kept) * e, n_keys), 0)  # [n_out, keys]
-        out = g.output(feats) if features else None
-        states = ops.add(ops.mul_mat(t["mm.0.weight"], feats), t["mm.0.bias"])  # [text width, keys]
+        if features:  # the final state, then the kept ones interleaved (feature e + d*K + k)
+            stack = ops.reshape_2d(unpad(kept[0]), 1, e * n_keys)
+            for y in kept[1:]:
+                stack = ops.concat(stack, ops.reshape_2d(unpad(y), 1, e * n_keys), 0)
+            return g, g.output(ops.concat(unpad(x), ops.reshape_2d(stack, len(kept) * e, n_keys), 0))
+        assert states is not None and cross is not None
+        states = ops.add(ops.add(states, ops.mul_mat(t["mm.0.weight.0"], unpad(x))), t["mm.0.bias"])
 
         hd, n_kv = txt.head_dim, txt.n_head_kv
         for i in txt.cross_layers:
@@ -137,19 +160,31 @@ class VisionEncoder:
                 s = ggml.tensor(dst)
                 dst = ops.view_3d(dst, *dims, n_kv, s.nb[1], s.nb[2], 0)  # the image's keys, not padding
                 g.expand(ops.cpy(ops.permute(src, *order), dst))
-        return g, out
+        return g, None
 
-    def encode(self, pre: Preprocessed, cross: CrossCache, slot: int, features: bool = False) -> np.ndarray | None:
-        """Run the encoder on one image; its K/V land in ``slot``. Returns the features if asked:
+    def _run(self, g: Graph, pre: Preprocessed) -> None:
+        try:
+            g.run({"pixels": pre.pixel_values, "aspect_ratio": np.array([pre.aspect_ratio_id], dtype=np.int32)})
+        except BaseException:
+            g.free()
+            raise
+
+    def encode(self, pre: Preprocessed, cross: CrossCache, slot: int) -> None:
+        """Run the encoder and projector on one image; its K/V land in ``slot``."""
+        g, _ = self._build(cross, slot, pre.n_tiles, features=False)
+        self._run(g, pre)
+        g.free()
+        cross.slots[slot].n_keys = pre.n_tiles * self.c.vision.n_pos
+
+    def features(self, pre: Preprocessed) -> np.ndarray:
+        """The encoder's output before the projector (no cache is touched):
 
         (max_tiles, tokens per tile, n_out) float32, unused tiles included, as the reference returns them.
         """
         v = self.c.vision
-        g, out = self._build(cross, slot, pre.n_tiles, features)
-        try:
-            g.run({"pixels": pre.pixel_values, "aspect_ratio": np.array([pre.aspect_ratio_id], dtype=np.int32)})
-            result = ggml.get_data(out).reshape(v.max_tiles, v.n_pos, v.n_out) if out is not None else None
-        finally:
-            g.free()
-        cross.slots[slot].n_keys = pre.n_tiles * v.n_pos
+        g, out = self._build(None, 0, pre.n_tiles, features=True)
+        self._run(g, pre)
+        assert out is not None
+        result = ggml.get_data(out).reshape(v.max_tiles, v.n_pos, v.n_out)
+        g.free()
         return result
