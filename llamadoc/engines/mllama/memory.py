@@ -99,8 +99,8 @@ def estimate_memory(f: GGUFFile, c: MllamaConfig, expected: dict[str, Expected],
     for dev, n in copies.items():
         est.add(dev, "weights" if dev == "GPU" else "converted weights", n)
     # Compute buffers: the largest graph's live activations. The vision graph's peak is about six
-    # token-by-width tensors and the projector's accumulated output (measured 218 MiB for a page of
-    # benchmarks' cpu-page shape, where this gives 238).
+    # token-by-width tensors and the projector's accumulated output (measured for a 4-tile page:
+    # 217 MiB for benchmarks' cpu-page shape, 260 for the 11B; this gives 238 and 288).
     n_tok = v.max_tiles * v.n_pos_padded
     vision = 4 * n_tok * 6 * v.n_embd + 4 * v.n_tokens * t.n_embd
     text = 4 * n_batch * (8 * t.n_embd + 3 * t.n_ff) + 4 * t.n_vocab * max(n_seq, 1)

@@ -38,7 +38,11 @@ def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_he
         y = ops.permute(ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok), 0, 2, 1, 3)
         return y if ggml_type == ggml.F32 else ops.cast(y, ggml_type)  # a node, freed after use
 
-    q, k, v = heads("attn_q.weight", ggml.F32), heads("attn_k.weight", kv_type), heads("attn_v.weight", kv_type)
+    # K and V (narrow) before Q (F32, as the CPU's tiled flash attention wants it): a lower peak.
+    k, v = heads("attn_k.weight", kv_type), heads("attn_v.weight", kv_type)
+    g.expand(k)
+    g.expand(v)
+    q = heads("attn_q.weight", ggml.F32)
 
     def first(y: int, start: int, n: int) -> int:  # tokens start..start+n of [hd, tokens, heads]
         s = ggml.tensor(y)
@@ -61,8 +65,8 @@ def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_he
         y = ops.gelu_erf(ops.add(ops.mul_mat(t[prefix + "ffn_up.weight"], y), t[prefix + "ffn_up.bias"]))
         return ops.add(ops.mul_mat(t[prefix + "ffn_down.weight"], y), t[prefix + "ffn_down.bias"])
 
-    # A quarter of the tokens at a time: the hidden state (4x the width: 132 MB for a page) is the
-    # graph's largest tensor; so a 4-tile page's compute buffer stays under 256 MiB.
+    # A quarter of the tokens at a time: the hidden state (4x the width: 132 MB for a page) would
+    # be the graph's largest tensor.
     bounds = [n_tok * i // MLP_CHUNKS for i in range(MLP_CHUNKS + 1)]
     h = mlp(0, bounds[1])
     for start, end in itertools.pairwise(bounds[1:]):
@@ -116,17 +120,25 @@ class VisionEncoder:
             return ops.view_2d(y, e, n_keys, e * 4, 0)
 
         # The projector multiplies each kept state (the input of an intermediate layer) as soon as
-        # it exists, with its own block of columns; features=True keeps them for the reference.
+        # it exists, with its own block of columns, one tile's tokens at a time (the products are
+        # as wide as the text model); features=True keeps the states for the reference instead.
         kept: list[int] = []
-        states: int | None = None
+        states: list[int | None] = [None] * n_t  # per tile: the projector's sum so far
+
+        def project(block: int, y: int) -> None:
+            for i in range(n_t):
+                part = ops.mul_mat(t[f"mm.0.weight.{block}"], ops.view_2d(y, e, n_pos, e * 4, i * n_pos * e * 4))
+                prev = states[i]
+                acc = part if prev is None else ops.add(prev, part)
+                g.expand(acc)  # computed now: y's memory is free once the layer is done
+                states[i] = acc
+
         for i in range(v.n_layer):
             if i in v.intermediate:
                 if features:
                     kept.append(x)
                 else:
-                    part = ops.mul_mat(t[f"mm.0.weight.{1 + v.intermediate.index(i)}"], unpad(x))
-                    states = part if states is None else ops.add(states, part)
-                    g.expand(states)  # computed now, so x's memory is free after this layer
+                    project(1 + v.intermediate.index(i), x)
             x = _encoder_layer(g, w, f"v.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash, self.kv_type,
                                gated=False)
         x = layer_norm(ops, x, t["v.post_ln.weight"], t["v.post_ln.bias"], v.eps)
@@ -143,23 +155,27 @@ class VisionEncoder:
             for y in kept[1:]:
                 stack = ops.concat(stack, ops.reshape_2d(unpad(y), 1, e * n_keys), 0)
             return g, g.output(ops.concat(unpad(x), ops.reshape_2d(stack, len(kept) * e, n_keys), 0))
-        assert states is not None and cross is not None
-        states = ops.add(ops.add(states, ops.mul_mat(t["mm.0.weight.0"], unpad(x))), t["mm.0.bias"])
-
+        assert cross is not None
+        project(0, x)
         hd, n_kv = txt.head_dim, txt.n_head_kv
-        for i in txt.cross_layers:
-            b = f"blk.{i}.cross_attn_"
-            key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], states), hd, n_kv, n_keys)
-            key = rms_norm(ops, key, t[b + "k_norm.weight"], txt.eps)
-            val = ops.reshape_3d(ops.mul_mat(t[b + "v_proj.weight"], states), hd, n_kv, n_keys)
-            for src, store, dims, order in (
-                    (key, cross.k, (hd, n_keys), (0, 2, 1, 3)),
-                    (val, cross.v, (n_keys, hd) if cross.v_transposed(i) else (hd, n_keys),
-                     (1, 2, 0, 3) if cross.v_transposed(i) else (0, 2, 1, 3))):
-                dst = cross.view(ops, store, i, slot, 1)
-                s = ggml.tensor(dst)
-                dst = ops.view_3d(dst, *dims, n_kv, s.nb[1], s.nb[2], 0)  # the image's keys, not padding
-                g.expand(ops.cpy(ops.permute(src, *order), dst))
+        for tile, acc in enumerate(states):
+            assert acc is not None
+            y = ops.add(acc, t["mm.0.bias"])  # [text width, this tile's keys]
+            for i in txt.cross_layers:
+                b = f"blk.{i}.cross_attn_"
+                key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], y), hd, n_kv, n_pos)
+                key = rms_norm(ops, key, t[b + "k_norm.weight"], txt.eps)
+                val = ops.reshape_3d(ops.mul_mat(t[b + "v_proj.weight"], y), hd, n_kv, n_pos)
+                transposed = cross.v_transposed(i)
+                for src, store, order in ((key, cross.k, (0, 2, 1, 3)),
+                                          (val, cross.v, (1, 2, 0, 3) if transposed else (0, 2, 1, 3))):
+                    dst = cross.view(ops, store, i, slot, 1)
+                    s = ggml.tensor(dst)
+                    if store is cross.v and transposed:  # [keys, hd, kv heads]: this tile's columns
+                        dst = ops.view_3d(dst, n_pos, hd, n_kv, s.nb[1], s.nb[2], tile * n_pos * s.nb[0])
+                    else:  # [hd, keys, kv heads]: this tile's rows
+                        dst = ops.view_3d(dst, hd, n_pos, n_kv, s.nb[1], s.nb[2], tile * n_pos * s.nb[1])
+                    g.expand(ops.cpy(ops.permute(src, *order), dst))
         return g, None
 
     def _run(self, g: Graph, pre: Preprocessed) -> None:
