@@ -146,8 +146,8 @@ class MllamaModel:
             try:
                 where = {g: runtime.buffer_type(on) for g, on in groups.items()}
                 repack = cpu_repack_buffer_type(runtime.cpu)
-                # BF16 products are this CPU's fastest for the image's matrices (measured 3.5-4x Q8_0
-                # and 1.4x F16 at 6,400 tokens, benchmarks/README.md); F32 files stay exact.
+                # BF16 products are this CPU's fastest for the image's matrices (measured 2.7-4.6x Q8_0
+                # and 1.7-1.9x F16 at 6,432 tokens, benchmarks/README.md); F32 files stay exact.
                 bf16 = not groups["vision"] and bool(lib.cpu_has_avx512_bf16())
                 to_bf16 = [n for n in image_only_weights(config, expected, groups)
                            if gguf.tensors[n].type != ggml.F32 and n != "mm.0.weight"] if bf16 else []
