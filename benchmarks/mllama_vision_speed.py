@@ -310,15 +310,15 @@ def main() -> None:
           f"--rounds {args.rounds}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, "
           f"llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d')}")
-    ref = next((c for c in contenders if c.label.startswith("engine (this checkout), mid")), contenders[0])
+    # them/us: the median of per-round ratios against this checkout's engine on each of its files
+    peers = [c for c in contenders if c.label.startswith("engine (this checkout)")]
     print(f"{'4-tile page, median of ' + str(args.rounds) + ' interleaved rounds':<48}{'ms':>9}"
-          f"{'them/us':>11}{'cpu use':>9}")
+          + "".join(f"{'them/us (' + p.label.split(', ')[1].split()[0] + ')':>18}" for p in peers) + f"{'cpu use':>9}")
     for c in contenders:
-        peer = ref if "mid shape" in c.label else next(
-            (x for x in contenders if x.label.startswith("engine (this checkout), HF")), ref)
-        ratio = statistics.median(p["wall_ms"] / q["wall_ms"] for p, q in zip(c.rounds, peer.rounds, strict=True))
+        ratios = "".join(f"{statistics.median(a['wall_ms'] / b['wall_ms'] for a, b in zip(c.rounds, p.rounds, strict=True)):>18.2f}"
+                         for p in peers)
         use = statistics.median(r["cpu_ms"] / (r["wall_ms"] * args.threads) for r in c.rounds)
-        print(f"{c.label:<48}{c.median():>9.0f}{ratio:>11.2f}{use:>9.0%}")
+        print(f"{c.label:<48}{c.median():>9.0f}{ratios}{use:>9.0%}")
     for c in contenders:
         print(f"  {c.label}: rounds {[round(r['wall_ms']) for r in c.rounds]} ms; {c.info}")
 
