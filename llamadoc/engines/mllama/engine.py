@@ -58,9 +58,10 @@ class MllamaEngine:
 
     @staticmethod
     def _response(c: Completion, elapsed_ms: float) -> GenerationResponse:
-        # "model" is the whole call; "vision_encode", "prefill" and "decode" split it (the batch's).
         timings = {"model": round(elapsed_ms, 2)}
-        timings.update({k: round(v, 2) for k, v in c.timings_ms.items() if k != "decode_steps"})
+        # The model's "vision" is the protocol's "vision_encode", the name the pipeline records.
+        timings.update({"vision_encode" if k == "vision" else k: round(v, 2) for k, v in c.timings_ms.items()
+                        if k != "decode_steps"})
         return GenerationResponse(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=len(c.tokens),
                                   finish_reason=c.finish_reason, timings_ms=timings)
 

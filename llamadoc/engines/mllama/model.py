@@ -61,7 +61,7 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     logits: list[np.ndarray] = field(default_factory=list)  # of the first steps, when asked to keep them
-    timings_ms: dict[str, float] = field(default_factory=dict)  # the batch's: vision_encode, prefill, decode
+    timings_ms: dict[str, float] = field(default_factory=dict)  # the batch's: vision, prefill, decode
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,7 @@ class MllamaModel:
             for smp in samplers:
                 smp.close()
         t3 = time.perf_counter()
-        timings = {"vision_encode": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3,
+        timings = {"vision": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3,
                    "decode_steps": float(n_steps)}
         return [Completion(outs[i], self.tokenizer.decode(outs[i]), finish[i], len(it.prompt), kept[i], timings)
                 for i, it in enumerate(items)]
