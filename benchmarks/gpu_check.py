@@ -70,7 +70,9 @@ def engine_run(path: Path, shape: Shape, batches: list[int], n_extract: int, n_p
         times.append((time.perf_counter() - t) * 1e3)
     out["vision_ms_per_page"] = statistics.median(times[1:])  # the first includes warm-up
     out["vision_ms_first"] = times[0]
-    log(f"vision encode ms per 4-tile page: {[round(x, 1) for x in times]}")
+    out["vision_compute_MiB"] = {k: v / 2**20 for k, v in model.runtime.compute_buffer_bytes().items()}
+    log(f"vision encode ms per 4-tile page: {[round(x, 1) for x in times]}; compute buffers "
+        + ", ".join(f"{k} {v:.0f} MiB" for k, v in out["vision_compute_MiB"].items()))
 
     img = page(shape, 1000)  # cached now
     prompt = [tok.bos, tok.image] + [1000 + i % 5000 for i in range(n_prompt - 2)]

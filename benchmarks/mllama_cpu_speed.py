@@ -1,11 +1,13 @@
-"""Decode speed of the mllama engine vs llama-cpp-python on a llama model of the same text shape.
+"""Decode and prefill speed of the mllama engine vs llama-cpp-python on a llama model of the same text shape.
 
 Both files are synthetic (random weights, the same Q4_K_M mix, same tensors per text layer),
 loaded in the same process with the same threads, and measured in alternating rounds (the
 median is reported: a shared machine is noisy). llama.cpp decodes through ``Llama.eval`` plus
 an argmax, the engine through ``MllamaModel.generate`` (its sampler chain included). Also
 reports where the engine's decode time goes: ggml compute, building graphs in Python, and
-the rest of Python (inputs, sampling).
+the rest of Python (inputs, sampling), and prefill of a --prompt-token prompt (an extraction
+prompt with a schema is ~700 tokens). --no-repack keeps the engine's CPU weights out of ggml's
+repack buffers (an experiment: ggml's tiled K-quant GEMM skips repacked weights).
 
     python -m benchmarks.mllama_cpu_speed --threads 1 --tokens 32 --rounds 5
 """
@@ -73,6 +75,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=32, help="decode steps per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--prompt", type=int, default=700, help="prefill: prompt tokens")
+    ap.add_argument("--quant", default="Q4_K_M", choices=("Q4_K_M", "Q8_0"))
+    ap.add_argument("--no-repack", action="store_true", help="engine weights outside the CPU repack buffers")
     ap.add_argument("--dir", type=Path, default=None, help="keep the GGUF files here (default: a temp dir)")
     args = ap.parse_args()
     import llama_cpp
@@ -80,16 +85,20 @@ def main() -> None:
     shape = PRESETS[args.preset]
     work = args.dir or Path(tempfile.mkdtemp(prefix="mllama-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    ml, ll = work / f"mllama-{args.preset}.gguf", work / f"llama-{args.preset}.gguf"
+    ml, ll = work / f"mllama-{args.preset}-{args.quant}.gguf", work / f"llama-{args.preset}-{args.quant}.gguf"
     if not ml.exists():
-        write_mllama(ml, shape)
+        write_mllama(ml, shape, quant=args.quant)
     if not ll.exists():
-        write_llama(ll, shape)
+        write_llama(ll, shape, quant=args.quant)
+    if args.no_repack:
+        model_module.cpu_repack_buffer_type = lambda cpu: None  # type: ignore[assignment]
     prompt = [128000] + list(range(1000, 1032))
     image = Image.fromarray((np.random.default_rng(0).random((900, 700, 3)) * 255).astype(np.uint8))
 
-    llm = llamacpp_baseline.load(ll, args.threads, gpu=False, n_ctx=1024)
-    engine = model_module.MllamaModel.load(ml, threads=args.threads, n_ctx=1024)
+    n_ctx = args.prompt + args.tokens + 64
+    llm = llamacpp_baseline.load(ll, args.threads, gpu=False, n_ctx=n_ctx)
+    engine = model_module.MllamaModel.load(ml, threads=args.threads, n_ctx=n_ctx)
+    long = [128000] + [1000 + i % 5000 for i in range(args.prompt - 1)]
     ids_image = [128000, engine.tokenizer.image] + prompt[1:]
     engine.generate(image, ids_image, max_tokens=2, stop=())  # encodes and caches the image
 
@@ -103,6 +112,18 @@ def main() -> None:
                               max_tokens=args.tokens + 1, stop=())
         return out.timings_ms["decode_steps"] / out.timings_ms["decode"] * 1e3
 
+    def llama_prefill() -> float:
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(long)
+        return len(long) / (time.perf_counter() - t)
+
+    def engine_prefill(with_image: bool) -> float:
+        ids = [128000, engine.tokenizer.image] + long[2:] if with_image else long
+        out = engine.generate(image if with_image else None, ids, max_tokens=1, stop=())
+        return len(ids) / out.timings_ms["prefill"] * 1e3
+
+    prefill: dict[str, list[float]] = {"llama": [], "image": [], "text": []}
     rates: dict[str, list[float]] = {"llama": [], "image": [], "text": []}
     probes = {"image": Probe(), "text": Probe()}
     decode_time = {"image": 0.0, "text": 0.0}
@@ -113,17 +134,21 @@ def main() -> None:
                 r = engine_round(kind == "image", p)
             rates[kind].append(r)
             decode_time[kind] += args.tokens / r
+        prefill["llama"].append(llama_prefill())
+        prefill["image"].append(engine_prefill(True))
+        prefill["text"].append(engine_prefill(False))
     llm.close()
     engine.close()
 
     base = statistics.median(rates["llama"])
     t = shape.text
     print(f"command: python -m benchmarks.mllama_cpu_speed --preset {args.preset} --threads {args.threads} "
-          f"--tokens {args.tokens} --rounds {args.rounds}")
+          f"--tokens {args.tokens} --rounds {args.rounds} --prompt {args.prompt} --quant {args.quant}"
+          f"{' --no-repack' if args.no_repack else ''}")
     print(f"machine: {platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
           f"threads {args.threads}, llama-cpp-python {llama_cpp.__version__}")
     print(f"shape: {args.preset}: {t.n_layer} text layers ({len(t.cross_layers)} cross), width {t.n_embd}, "
-          f"ffn {t.n_ff}, vocab {t.n_vocab}, Q4_K_M mix; image keys per cross layer {shape.vision.n_tokens}")
+          f"ffn {t.n_ff}, vocab {t.n_vocab}, {args.quant}; image keys per cross layer {shape.vision.n_tokens}")
     print(f"{'decode, median of ' + str(args.rounds) + ' rounds':<36}{'tok/s':>8}{'vs llama.cpp':>14}"
           f"{'ggml':>8}{'graphs':>8}{'python':>8}")
     print(f"{'llama-cpp-python, llama same shape':<36}{base:>8.2f}{1.0:>14.2f}")
@@ -134,6 +159,12 @@ def main() -> None:
               f"{rest / total:>8.1%}")
     print(f"(all rounds, tok/s: llama.cpp {[round(x, 1) for x in rates['llama']]}, "
           f"image {[round(x, 1) for x in rates['image']]}, text {[round(x, 1) for x in rates['text']]})")
+    base = statistics.median(prefill["llama"])
+    print(f"{'prefill ' + str(args.prompt) + ' tokens, median':<36}{'tok/s':>8}{'vs llama.cpp':>14}")
+    for kind, label in (("llama", "llama-cpp-python, llama same shape"), ("image", "mllama engine, with a page image"),
+                        ("text", "mllama engine, text only")):
+        rate = statistics.median(prefill[kind])
+        print(f"{label:<36}{rate:>8.1f}{rate / base:>14.2f}   rounds {[round(x) for x in prefill[kind]]}")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ CPU_MID = replace(
     vision=replace(LLAMA_3_2_11B.vision, n_layer=2, n_global=1, intermediate=(0, 1), n_embd=64, n_ff=128,
                    n_head=2),
 )
+# The vision encoder's real width and token count (6,432 per 4-tile page, a 7,680-wide projector
+# input) with a quarter of its depth (8 local + 2 global layers): a page in tens of seconds on a CPU.
+CPU_PAGE = replace(
+    CPU_MID,
+    vision=replace(LLAMA_3_2_11B.vision, n_layer=8, n_global=2, intermediate=(0, 1, 3, 5, 7)),
+)
 # Seconds on a CPU: the GPU script's --tiny mode runs every code path with it.
 TINY = replace(
     CPU_MID,
@@ -72,7 +78,7 @@ TINY = replace(
                  cross_layers=(1, 3)),
     vision=replace(CPU_MID.vision, n_embd=32, n_ff=64, image_size=112),
 )
-PRESETS = {"11b": LLAMA_3_2_11B, "cpu-mid": CPU_MID, "tiny": TINY}
+PRESETS = {"11b": LLAMA_3_2_11B, "cpu-mid": CPU_MID, "cpu-page": CPU_PAGE, "tiny": TINY}
 
 
 def _pattern(ggml_type: int, rng: np.random.Generator) -> bytes:

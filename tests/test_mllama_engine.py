@@ -60,7 +60,9 @@ def test_schema_constrained_page_answer(engine: MllamaEngine) -> None:
     out = engine.generate(req)
     jsonschema.validate(json.loads(out.text), schema)
     assert out.finish_reason == "stop" and out.completion_tokens > 0 and out.prompt_tokens > 10
-    assert {"model", "vision_encode", "prefill", "decode"} <= set(out.timings_ms)
+    t = out.timings_ms  # the split the pipeline copies into each page's timings
+    assert {"model", "vision_encode", "prefill", "decode"} <= set(t) and "decode_steps" not in t
+    assert 0 < t["vision_encode"] + t["prefill"] + t["decode"] <= t["model"] + 0.05
 
 
 def test_batched_requests_equal_single_ones(engine: MllamaEngine) -> None:
@@ -119,3 +121,18 @@ def test_backends_and_memory_estimate(path: Path) -> None:
     small = Device(0, "CUDA0", "a small GPU", "GPU", memory_free=256 << 20, memory_total=1 << 30)
     with pytest.raises(ResourceError, match=r"needs \d+\.\d GiB on CUDA0 \(a small GPU\) .* 0\.2 GiB are free"):
         est.check(small)
+
+
+def test_image_weights_take_the_cpus_fastest_type(engine: MllamaEngine) -> None:
+    """Q8_0 matrices that only images meet become BF16 where the CPU multiplies BF16 natively; the
+    projector is held split by the vision state it reads (its sum is checked by the reference tests)."""
+    m = engine.model
+    t, c = m.weights.t, m.config
+    want = ggml.BF16 if ggml.lib.cpu_has_avx512_bf16() else ggml.Q8_0
+    for name in ("v.blk.0.ffn_up.weight", "v.global.blk.0.attn_q.weight",
+                 f"blk.{c.text.cross_layers[0]}.cross_attn_k_proj.weight"):
+        assert ggml.tensor(t[name]).type == want, name
+    assert ggml.tensor(t["blk.0.ffn_up.weight"]).type == ggml.Q8_0  # the text model stays as stored
+    blocks = [t[f"mm.0.weight.{j}"] for j in range(1 + len(c.vision.intermediate))]
+    assert all(ggml.shape(b)[:2] == (c.vision.n_embd, c.text.n_embd) for b in blocks)
+    assert {ggml.tensor(b).type for b in blocks} == {ggml.BF16 if want == ggml.BF16 else ggml.F16}

@@ -146,6 +146,9 @@ class MtmdEngine:
             messages.append({"role": "system", "content": request.system})
         messages.append({"role": "user", "content": content})
         response_format = {"type": "json_object", "schema": request.schema} if request.schema else None
+        import llama_cpp  # loaded already: the engine's model is a llama_cpp.Llama
+
+        llama_cpp.llama_perf_context_reset(self._llm.ctx)  # llama.cpp's own prefill/decode clocks
         started = time.perf_counter()
         try:
             out = self._llm.create_chat_completion(
@@ -168,6 +171,7 @@ class MtmdEngine:
                 ) from None
             raise EngineError(f"the model failed on this page: {message}") from None
         elapsed = (time.perf_counter() - started) * 1000
+        perf = llama_cpp.llama_perf_context(self._llm.ctx)
         choice = out["choices"][0]
         usage = out.get("usage", {})
         return GenerationResponse(
@@ -175,7 +179,9 @@ class MtmdEngine:
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason") or "stop",
-            timings_ms={"model": round(elapsed, 2)},
+            # prefill includes the image's embeddings; libmtmd does not time its encoder.
+            timings_ms={"model": round(elapsed, 2), "prefill": round(perf.t_p_eval_ms, 2),
+                        "decode": round(perf.t_eval_ms, 2)},
         )
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:

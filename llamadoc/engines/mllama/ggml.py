@@ -168,6 +168,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("base", "ggml_permute", P, [P, P, INT, INT, INT, INT]),
     ("base", "ggml_cont", P, [P, P]),
     ("base", "ggml_cpy", P, [P, P, P]),
+    ("base", "ggml_cast", P, [P, P, INT]),
     ("base", "ggml_concat", P, [P, P, P, INT]),
     ("base", "ggml_pad", P, [P, P, INT, INT, INT, INT]),
     ("base", "ggml_repeat_4d", P, [P, P, I64_, I64_, I64_, I64_]),
@@ -251,6 +252,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     ("ggml", "ggml_backend_dev_get", P, [SZ]),
     # CPU backend (libggml-cpu)
     ("cpu", "ggml_backend_cpu_set_n_threads", None, [P, INT]),
+    ("cpu", "ggml_cpu_has_avx512_bf16", INT, []),
 ]
 
 

@@ -58,7 +58,7 @@ def rms_norm(ops: ggml.Ops, x: int, weight: int, eps: float) -> int:
     return ops.mul(ops.rms_norm(x, eps), weight)
 
 
-def attention(ops: ggml.Ops, q: int, k: int, v: int, mask: int, scale: float, flash: bool) -> int:
+def attention(ops: ggml.Ops, q: int, k: int, v: int, mask: int | None, scale: float, flash: bool) -> int:
     """Multi-head attention; returns [head_dim, heads, queries, batch] (contiguous).
 
     q: [head_dim, queries, heads, batch]; k, v: [head_dim, keys, kv_heads, batch] (views are fine);

@@ -6,7 +6,7 @@ file ends in a one-line ModelError naming the file and the tensor, never in a gg
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ import numpy as np
 from llamadoc.errors import ModelError
 
 from . import ggml
+from .backend import Runtime
 from .ggml import lib
 from .gguf_io import GGUFFile, TensorInfo
+from .graph import Graph
 
 ARCH = "mllama"
 BUFFER_USAGE_WEIGHTS = 1  # enum ggml_backend_buffer_usage
@@ -350,14 +352,16 @@ def cross_norm_fixes(c: MllamaConfig) -> dict[str, Callable[[np.ndarray], np.nda
 
 def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, int],
                  cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]],
-                 repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None) -> Weights:
+                 repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None,
+                 keep_plain: Collection[str] = ()) -> Weights:
     """Create every tensor on its device: CPU tensors map the file, others are copied.
 
     ``where`` maps a group ("vision", "text.3", ...) to its buffer type.
     Tensors whose file type the engine uses as is are bound zero-copy to a read-only map of
     the file on the CPU; dense tensors stored as F16, and those ``fixes`` transforms, are
     read into F32 and copied. ``repack`` (buffer type, supports(type, ne)) moves the CPU's
-    matrix weights it supports into the CPU's repack buffers, as llama.cpp does.
+    matrix weights it supports into the CPU's repack buffers, as llama.cpp does, except those in
+    ``keep_plain`` (to be cast: ggml copies no repacked tensor).
     """
     w = Weights()
     mapped = np.memmap(f.path, dtype=np.uint8, mode="r")
@@ -372,7 +376,8 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
             continue
         buft = where[exp.group]
         widen = exp.use == DENSE and (info.type != ggml.F32 or name in fixes)
-        if repack is not None and buft == cpu_buft and exp.use == MATMUL and repack[1](info.type, info.ne):
+        if (repack is not None and buft == cpu_buft and exp.use == MATMUL and name not in keep_plain
+                and repack[1](info.type, info.ne)):
             buft = repack[0]
         direct = buft == cpu_buft and not widen and info.offset % 32 == 0
         plan.setdefault((buft, direct), []).append(name)
@@ -414,3 +419,69 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
         raise
     return w
 
+
+
+def image_only_weights(c: MllamaConfig, expected: dict[str, Expected], on_gpu: dict[str, bool]) -> list[str]:
+    """The CPU-held matrices that only encoding an image multiplies, always with thousands of
+    tokens: the vision tower's, the projector's, and the cross-attention layers' K/V projections."""
+    cross_kv = {f"blk.{i}.cross_attn_{p}_proj.weight" for i in c.text.cross_layers for p in "kv"}
+    return [n for n, e in expected.items()
+            if e.use == MATMUL and not on_gpu[e.group] and (e.group == "vision" or n in cross_kv)]
+
+
+def _derive(runtime: Runtime, w: Weights, on_gpu: bool, specs: list[tuple[str, int, tuple[int, ...]]],
+            fill: Callable[[ggml.Ops, dict[str, int]], list[int]]) -> None:
+    """New weights (name, type, ne) in one buffer on one device, filled by the copies ``fill``
+    builds (ggml runs them, on every thread or on the GPU). The tensors they come from stay
+    where they were, unused from now on."""
+    ctx = ggml.Context(len(specs))
+    w._contexts.append(ctx)
+    new = {n: ctx.new(ggml_type, *ne, name=n) for n, ggml_type, ne in specs}
+    with ggml.LogCapture() as log:
+        buf = lib.backend_alloc_ctx_tensors_from_buft(ctx.ptr, runtime.buffer_type(on_gpu))
+    if not buf:
+        raise ModelError(f"not enough memory for the converted weights ({log.last or 'allocation failed'})")
+    w._buffers.append(buf)
+    lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
+    g = Graph(runtime)
+    try:
+        for copy in fill(g.ops, new):
+            g.expand(copy)
+        g.run({})
+    finally:
+        g.free()
+    w.t.update(new)
+
+
+def _readable(ops: ggml.Ops, t: int) -> int:
+    """A tensor ggml can copy element by element: quantised types dequantise to F32 (the only
+    type ggml dequantises to)."""
+    return t if ggml.tensor(t).type in (ggml.F32, ggml.F16, ggml.BF16) else ops.cast(t, ggml.F32)
+
+
+def cast_weights(runtime: Runtime, w: Weights, names: list[str], ggml_type: int) -> None:
+    """Hold these CPU weights as ``ggml_type`` from now on."""
+    if names:
+        _derive(runtime, w, False, [(n, ggml_type, ggml.shape(w.t[n])[:2]) for n in names],
+                lambda ops, new: [ops.cpy(_readable(ops, w.t[n]), new[n]) for n in names])
+
+
+def split_projector(runtime: Runtime, w: Weights, c: MllamaConfig, ggml_type: int, on_gpu: bool) -> None:
+    """The projector's columns as one matrix per vision state it reads: ``mm.0.weight.0`` for the
+    final state, ``mm.0.weight.{1+k}`` for kept state k (whose features the reference interleaves,
+    feature e + d*K + k). The encoder can then multiply each kept state as soon as it exists
+    instead of keeping them all (5 x 33 MB for a page) and concatenating them (197 MB)."""
+    e, k_n, n_text = c.vision.n_embd, len(c.vision.intermediate), c.text.n_embd
+    names = [f"mm.0.weight.{j}" for j in range(k_n + 1)]
+
+    def fill(ops: ggml.Ops, new: dict[str, int]) -> list[int]:
+        src = _readable(ops, w.t["mm.0.weight"])
+        s = ggml.tensor(src)
+        ts = s.nb[0]
+        copies = [ops.cpy(ops.view_2d(src, e, n_text, s.nb[1], 0), new[names[0]])]
+        for k in range(k_n):  # column e + d*K + k for d = 0..e-1: a strided view, copied in order
+            cols = ops.view_3d(src, 1, e, n_text, k_n * ts, s.nb[1], (e + k) * ts)
+            copies.append(ops.cpy(ops.permute(cols, 1, 0, 2, 3), new[names[1 + k]]))
+        return copies
+
+    _derive(runtime, w, on_gpu, [(n, ggml_type, (e, n_text)) for n in names], fill)

@@ -6,6 +6,7 @@ instead of an out-of-memory failure halfway through loading.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -14,8 +15,17 @@ from llamadoc.errors import ResourceError
 from . import ggml
 from .backend import Device
 from .cache import cross_cache_bytes, self_cache_bytes
+from .ggml import lib
 from .gguf_io import GGUFFile
-from .loader import DENSE, SCALAR, Expected, MllamaConfig, check_tensors, placement
+from .loader import (
+    DENSE,
+    SCALAR,
+    Expected,
+    MllamaConfig,
+    check_tensors,
+    image_only_weights,
+    placement,
+)
 
 GIB = 1024**3
 HEADROOM = 512 * 1024**2  # the backend's own context, fragmentation, CUDA graphs
@@ -76,10 +86,23 @@ def estimate_memory(f: GGUFFile, c: MllamaConfig, expected: dict[str, Expected],
                     ("images", cross_cache_bytes(c, n_images + (n_seq if n_seq > 1 else 0), kv_type))):
         est.add("GPU", what, int(n * share))
         est.add("CPU", what, n - int(n * share))
-    # Compute buffers: the largest graph's live activations (measured graphs stay within these).
+    # Copies made at load (model.py): the projector split by the state it reads (F16 or BF16; F32
+    # for F32 files) and, on a CPU with AVX512-BF16, the image-only matrices in BF16. CPU copies
+    # are not mapped from the file, so they count where the mapped weights do not.
     v, t = c.vision, c.text
+    vision_dev = "GPU" if on_gpu["vision"] else "CPU"
+    proj = f.tensors["mm.0.weight"]
+    copies = {vision_dev: v.n_out * t.n_embd * (4 if proj.type == ggml.F32 else 2)}
+    if not on_gpu["vision"] and lib.cpu_has_avx512_bf16():
+        copies["CPU"] += sum(2 * math.prod(expected[n].ne) for n in image_only_weights(c, expected, on_gpu)
+                             if n != "mm.0.weight" and f.tensors[n].type != ggml.F32)
+    for dev, n in copies.items():
+        est.add(dev, "weights" if dev == "GPU" else "converted weights", n)
+    # Compute buffers: the largest graph's live activations. The vision graph's peak is about six
+    # token-by-width tensors and the projector's accumulated output (measured for a 4-tile page:
+    # 217 MiB for benchmarks' cpu-page shape, 260 for the 11B; this gives 238 and 288).
     n_tok = v.max_tiles * v.n_pos_padded
-    vision = 4 * n_tok * (v.n_embd * (len(v.intermediate) + 8) + 2 * v.n_ff)
+    vision = 4 * n_tok * 6 * v.n_embd + 4 * v.n_tokens * t.n_embd
     text = 4 * n_batch * (8 * t.n_embd + 3 * t.n_ff) + 4 * t.n_vocab * max(n_seq, 1)
     est.add("GPU" if on_gpu["vision"] else "CPU", "compute", max(vision, text))
     return est

@@ -29,15 +29,19 @@ from .backend import (
     repack_supports,
 )
 from .cache import CrossCache, SelfCache, pad_keys
+from .ggml import lib
 from .gguf_io import GGUFFile
 from .graph import Graph, mask_rows
 from .loader import (
     MllamaConfig,
     Weights,
+    cast_weights,
     check_tensors,
     cross_norm_fixes,
+    image_only_weights,
     load_weights,
     placement,
+    split_projector,
 )
 from .memory import MemoryEstimate, estimate_memory
 from .preprocess import Preprocessed, open_image, preprocess
@@ -100,7 +104,7 @@ class MllamaModel:
         self._cross_flash = cross_flash
         self._kv: SelfCache | None = None
         self._cross: CrossCache | None = None
-        self._vision = VisionEncoder(runtime, config, weights, flash, runtime.gpu is not None)
+        self._vision = VisionEncoder(runtime, config, weights, flash, kv_type)
         self._graph: tuple[Shape, Graph, int] | None = None  # the last decoder graph, reused while its shape holds
         self._cross_mask: tuple[object, np.ndarray] = (None, np.zeros(0))
 
@@ -116,7 +120,8 @@ class MllamaModel:
         n_gpu_layers: -1 puts everything on the GPU; N puts the last N text layers there (with
         the vision tower; N above the layer count adds the output layer); 0 keeps all on the CPU.
         flash_attn: flash attention where the GPU backend has it for these head sizes.
-        kv_f16: the KV caches' type (default F16, as llama.cpp; F32 for reference-exact runs).
+        kv_f16: the K/V type of the caches and of the vision encoder's attention (default F16, as
+        llama.cpp; F32 for reference-exact runs).
         cross_flash: decoder cross-attention as flash attention (default: where a GPU runs it).
         fix_cross_norms=False reads the cross-attention norms as stored (the behaviour of
         Ollama's own runtime on its files; kept to measure that difference, not for use).
@@ -141,9 +146,20 @@ class MllamaModel:
             try:
                 where = {g: runtime.buffer_type(on) for g, on in groups.items()}
                 repack = cpu_repack_buffer_type(runtime.cpu)
+                # BF16 products are this CPU's fastest for the image's matrices (measured 2.7-4.6x Q8_0
+                # and 1.7-1.9x F16 at 6,432 tokens, benchmarks/README.md); F32 files stay exact.
+                bf16 = not groups["vision"] and bool(lib.cpu_has_avx512_bf16())
+                to_bf16 = [n for n in image_only_weights(config, expected, groups)
+                           if gguf.tensors[n].type != ggml.F32 and n != "mm.0.weight"] if bf16 else []
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
-                                       (repack, partial(repack_supports, runtime.cpu, repack)) if repack else None)
+                                       (repack, partial(repack_supports, runtime.cpu, repack)) if repack else None,
+                                       keep_plain=[*to_bf16, "mm.0.weight"])
+                cast_weights(runtime, weights, to_bf16, ggml.BF16)
+                # The projector, split by the vision state it reads (F16 on a GPU: the vision tower
+                # ran faster in F16 than in Q8_0 on an H100, benchmarks/gpu_check_h100.md).
+                split_projector(runtime, weights, config, ggml.F32 if gguf.tensors["mm.0.weight"].type == ggml.F32
+                                else ggml.BF16 if bf16 else ggml.F16, groups["vision"])
                 tokenizer = Tokenizer(gguf)
             except BaseException:
                 runtime.free()
@@ -154,7 +170,7 @@ class MllamaModel:
         if gpu is not None and flash_attn:
             t, v = config.text, config.vision
             flash_attn = (flash_attention_supported(gpu, t.head_dim, t.n_head, t.n_head_kv, kv_type)
-                          and flash_attention_supported(gpu, v.n_embd // v.n_head, v.n_head, v.n_head, ggml.F32))
+                          and flash_attention_supported(gpu, v.n_embd // v.n_head, v.n_head, v.n_head, kv_type))
         return cls(path, config, runtime, weights, tokenizer, gpu_layers, layer_on_gpu, n_ctx, kv_type,
                    flash_attn, image_cache, n_batch, memory, cross_flash)
 
@@ -179,10 +195,7 @@ class MllamaModel:
 
     def vision_features(self, image: Image.Image) -> np.ndarray:
         """The vision tower's output before the projector: (max_tiles, tokens per tile, n_out)."""
-        cross = self._cross_cache(0)
-        out = self._vision.encode(self.preprocess(image), cross, cross.victim(), features=True)
-        assert out is not None
-        return out
+        return self._vision.features(self.preprocess(image))
 
     def _cross_uses_flash(self, layer: int) -> bool:
         """Flash attention where a GPU runs the layer; grouped matrix products on the CPU, where
@@ -494,7 +507,6 @@ class MllamaModel:
             if c is not None:
                 c.free()
         self._kv = self._cross = None
-        self._vision.close()
         self.weights.free()
         self.tokenizer.close()
         self.runtime.free()

@@ -2,72 +2,91 @@
 
 Meta's semantics: the kept intermediate states are the INPUTS of the listed local layers, and
 only pairs of invalid tokens (padded tiles, the per-tile padding) are masked from each other.
+
+Inside the graph the tokens are reordered, valid ones first: every tile's class token and
+patches (tile-major, so the first max_tiles * n_pos tokens are the unpadded output), then the
+per-tile padding tokens. Attention does not care about token order, and with valid tokens in
+one block no mask is needed: valid queries attend to every key, invalid queries to the valid
+keys only (a second, smaller attention call). ggml's CPU flash attention spends a fifth of its
+time reading a mask (benchmarks/README.md).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
 from . import ggml
 from .backend import Runtime
-from .cache import Buffers, CrossCache
-from .graph import Graph, attention, layer_norm, mask_rows, rms_norm
+from .cache import CrossCache
+from .graph import Graph, attention, layer_norm, rms_norm
 from .loader import MllamaConfig, Weights
 from .preprocess import Preprocessed
 
-
-def vision_mask(n_tiles: int, max_tiles: int, n_pos: int, n_pos_padded: int) -> np.ndarray:
-    """F16 [queries, keys] mask: -inf where both tokens are invalid (padded tile or tile padding)."""
-    valid = np.zeros((max_tiles, n_pos_padded), dtype=bool)
-    valid[:n_tiles, :n_pos] = True
-    invalid = ~valid.reshape(-1)
-    return mask_rows(invalid[:, None] & invalid[None, :])
+MLP_CHUNKS = 4
 
 
-def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, mask: int, n_head: int, eps: float,
-                   flash: bool, gated: bool) -> int:
+def _encoder_layer(g: Graph, w: Weights, prefix: str, x: int, n_valid: int, n_head: int, eps: float,
+                   flash: bool, kv_type: int, gated: bool) -> int:
     ops, t = g.ops, w.t
     n_embd, n_tok = ggml.shape(x)[:2]
     hd = n_embd // n_head
     h = layer_norm(ops, x, t[prefix + "attn_norm.weight"], t[prefix + "attn_norm.bias"], eps)
 
-    def heads(name: str) -> int:
-        y = ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok)
-        return ops.permute(y, 0, 2, 1, 3)  # [hd, tokens, heads]
+    def heads(name: str, ggml_type: int) -> int:  # [hd, tokens, heads]
+        y = ops.permute(ops.reshape_3d(ops.mul_mat(t[prefix + name], h), hd, n_head, n_tok), 0, 2, 1, 3)
+        return y if ggml_type == ggml.F32 else ops.cast(y, ggml_type)  # a node, freed after use
 
-    a = attention(ops, heads("attn_q.weight"), heads("attn_k.weight"), heads("attn_v.weight"), mask,
-                  hd ** -0.5, flash)
+    # K and V (narrow) before Q (F32, as the CPU's tiled flash attention wants it): a lower peak.
+    k, v = heads("attn_k.weight", kv_type), heads("attn_v.weight", kv_type)
+    g.expand(k)
+    g.expand(v)
+    q = heads("attn_q.weight", ggml.F32)
+
+    def first(y: int, start: int, n: int) -> int:  # tokens start..start+n of [hd, tokens, heads]
+        s = ggml.tensor(y)
+        return ops.view_3d(y, hd, n, n_head, s.nb[1], s.nb[2], start * s.nb[1])
+
+    scale = hd ** -0.5
+    rest = attention(ops, first(q, n_valid, n_tok - n_valid), first(k, 0, n_valid), first(v, 0, n_valid),
+                     None, scale, flash)  # invalid queries: the valid keys only
+    g.expand(rest)  # before the large call, so q's memory is free once that one is done
+    a = attention(ops, first(q, 0, n_valid), k, v, None, scale, flash)  # valid queries: every key
+    a = ops.concat(a, rest, 2)  # [hd, heads, tokens]
     a = ops.mul_mat(t[prefix + "attn_output.weight"], ops.reshape_2d(a, n_embd, n_tok))
     if gated:
         a = ops.scale(a, w.gates[prefix + "attn_gate"])
     x = ops.add(x, a)
-    h = layer_norm(ops, x, t[prefix + "ffn_norm.weight"], t[prefix + "ffn_norm.bias"], eps)
-    h = ops.gelu_erf(ops.add(ops.mul_mat(t[prefix + "ffn_up.weight"], h), t[prefix + "ffn_up.bias"]))
-    h = ops.add(ops.mul_mat(t[prefix + "ffn_down.weight"], h), t[prefix + "ffn_down.bias"])
+    normed = layer_norm(ops, x, t[prefix + "ffn_norm.weight"], t[prefix + "ffn_norm.bias"], eps)
+
+    def mlp(start: int, n: int) -> int:  # tokens start..start+n
+        y = ops.view_2d(normed, n_embd, n, n_embd * 4, start * n_embd * 4)
+        y = ops.gelu_erf(ops.add(ops.mul_mat(t[prefix + "ffn_up.weight"], y), t[prefix + "ffn_up.bias"]))
+        return ops.add(ops.mul_mat(t[prefix + "ffn_down.weight"], y), t[prefix + "ffn_down.bias"])
+
+    # A quarter of the tokens at a time: the hidden state (4x the width: 132 MB for a page) would
+    # be the graph's largest tensor.
+    bounds = [n_tok * i // MLP_CHUNKS for i in range(MLP_CHUNKS + 1)]
+    h = mlp(0, bounds[1])
+    for start, end in itertools.pairwise(bounds[1:]):
+        h = ops.concat(h, mlp(start, end - start), 1)
     if gated:
         h = ops.scale(h, w.gates[prefix + "ffn_gate"])
     return ops.add(x, h)
 
 
 class VisionEncoder:
-    """Encodes one preprocessed image into a cross-cache slot (and, on request, returns its features).
+    """Encodes one preprocessed image into a cross-cache slot (or returns its features).
 
-    The attention mask (6432 x 6432 in F16 for the 11B: 83 MB) depends only on the tile count,
-    so it lives in its own buffer beside the vision weights and is rewritten only when that changes.
+    kv_type: the attention's K/V type: F16 as llama.cpp's own CLIP encoder (measured faster on
+    the CPU), F32 for reference-exact runs.
     """
 
-    def __init__(self, runtime: Runtime, c: MllamaConfig, w: Weights, flash: bool, on_gpu: bool) -> None:
-        self.runtime, self.c, self.w, self.flash = runtime, c, w, flash
-        n = c.vision.max_tiles * c.vision.n_pos_padded
-        self._mask_buf = Buffers(runtime)
-        self._mask = self._mask_buf.new(on_gpu, ggml.F16, n, n, name="vision_mask")
-        self._mask_buf.allocate("vision attention mask")
-        self._mask_tiles = -1
+    def __init__(self, runtime: Runtime, c: MllamaConfig, w: Weights, flash: bool, kv_type: int) -> None:
+        self.runtime, self.c, self.w, self.flash, self.kv_type = runtime, c, w, flash, kv_type
 
-    def close(self) -> None:
-        self._mask_buf.free()
-
-    def _build(self, cross: CrossCache, slot: int, features: bool) -> tuple[Graph, int | None]:
+    def _build(self, cross: CrossCache | None, slot: int, n_tiles: int, features: bool) -> tuple[Graph, int | None]:
         v, txt, w = self.c.vision, self.c.text, self.w
         t, gates = w.t, w.gates
         g = Graph(self.runtime)
@@ -76,7 +95,7 @@ class VisionEncoder:
         side = v.image_size // p
         pixels = g.input(ggml.F32, v.image_size, v.image_size, v.n_channels, n_t, name="pixels")
         ar = g.input(ggml.I32, 1, name="aspect_ratio")
-        mask = self._mask
+        n_keys, n_valid = n_pos * n_t, n_pos * n_tiles
 
         # Patch embedding: a 14x14 stride-14 convolution as im2col (kept in F32: exact) + matmul.
         kernel = t["v.patch_embd.weight"]
@@ -94,62 +113,94 @@ class VisionEncoder:
         x = ops.add(x, ops.scale(t["v.position_embd.weight"], gates["v.position_embd.gate"]))
         x = ops.add(x, tile_embd("v.tile_position_embd", n_pos))
         x = layer_norm(ops, x, t["v.pre_ln.weight"], t["v.pre_ln.bias"], v.eps)
-        x = ops.reshape_2d(ops.pad(x, 0, n_pad - n_pos, 0, 0), e, n_pad * n_t)
+        # The tiles' tokens, then every tile's padding (zeros, as the reference pads after pre_ln).
+        x = ops.pad(ops.reshape_2d(x, e, n_keys), 0, (n_pad - n_pos) * n_t, 0, 0)
 
-        kept = []
+        def unpad(y: int) -> int:  # the tiles' tokens: the first n_keys, contiguous
+            return ops.view_2d(y, e, n_keys, e * 4, 0)
+
+        # The projector multiplies each kept state (the input of an intermediate layer) as soon as
+        # it exists, with its own block of columns, one tile's tokens at a time (the products are
+        # as wide as the text model); features=True keeps the states for the reference instead.
+        kept: list[int] = []
+        states: list[int | None] = [None] * n_t  # per tile: the projector's sum so far
+
+        def project(block: int, y: int) -> None:
+            for i in range(n_t):
+                part = ops.mul_mat(t[f"mm.0.weight.{block}"], ops.view_2d(y, e, n_pos, e * 4, i * n_pos * e * 4))
+                prev = states[i]
+                acc = part if prev is None else ops.add(prev, part)
+                g.expand(acc)  # computed now: y's memory is free once the layer is done
+                states[i] = acc
+
         for i in range(v.n_layer):
             if i in v.intermediate:
-                kept.append(x)
-            x = _encoder_layer(g, w, f"v.blk.{i}.", x, mask, v.n_head, v.eps, self.flash, gated=False)
+                if features:
+                    kept.append(x)
+                else:
+                    project(1 + v.intermediate.index(i), x)
+            x = _encoder_layer(g, w, f"v.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash, self.kv_type,
+                               gated=False)
         x = layer_norm(ops, x, t["v.post_ln.weight"], t["v.post_ln.bias"], v.eps)
-        x = ops.add(ops.reshape_3d(x, e, n_pad, n_t), tile_embd("v.post_tile_position_embd", 1))
-        x = ops.reshape_2d(x, e, n_pad * n_t)
+        post = tile_embd("v.post_tile_position_embd", 1)  # tile i's to its tokens and to its padding
+        parts = [ops.view_3d(x, e, n, n_t, e * 4, e * 4 * n, e * 4 * start)
+                 for start, n in ((0, n_pos), (n_keys, n_pad - n_pos))]
+        x = ops.concat(*(ops.reshape_2d(ops.add(y, post), e, ggml.shape(y)[1] * n_t) for y in parts), 1)
         for i in range(v.n_global):
-            x = _encoder_layer(g, w, f"v.global.blk.{i}.", x, mask, v.n_head, v.eps, self.flash, gated=True)
+            x = _encoder_layer(g, w, f"v.global.blk.{i}.", x, n_valid, v.n_head, v.eps, self.flash,
+                               self.kv_type, gated=True)
 
-        def unpad(y: int, width: int) -> int:  # [width, n_pad * tiles] -> [width, n_pos, tiles]
-            return ops.cont(ops.view_3d(y, width, n_pos, n_t, width * 4, width * 4 * n_pad, 0))
+        if features:  # the final state, then the kept ones interleaved (feature e + d*K + k)
+            stack = ops.reshape_2d(unpad(kept[0]), 1, e * n_keys)
+            for y in kept[1:]:
+                stack = ops.concat(stack, ops.reshape_2d(unpad(y), 1, e * n_keys), 0)
+            return g, g.output(ops.concat(unpad(x), ops.reshape_2d(stack, len(kept) * e, n_keys), 0))
+        assert cross is not None
+        project(0, x)
+        hd, n_kv = txt.head_dim, txt.n_head_kv
+        for tile, acc in enumerate(states):
+            assert acc is not None
+            y = ops.add(acc, t["mm.0.bias"])  # [text width, this tile's keys]
+            for i in txt.cross_layers:
+                b = f"blk.{i}.cross_attn_"
+                key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], y), hd, n_kv, n_pos)
+                key = rms_norm(ops, key, t[b + "k_norm.weight"], txt.eps)
+                val = ops.reshape_3d(ops.mul_mat(t[b + "v_proj.weight"], y), hd, n_kv, n_pos)
+                transposed = cross.v_transposed(i)
+                for src, store, order in ((key, cross.k, (0, 2, 1, 3)),
+                                          (val, cross.v, (1, 2, 0, 3) if transposed else (0, 2, 1, 3))):
+                    dst = cross.view(ops, store, i, slot, 1)
+                    s = ggml.tensor(dst)
+                    if store is cross.v and transposed:  # [keys, hd, kv heads]: this tile's columns
+                        dst = ops.view_3d(dst, n_pos, hd, n_kv, s.nb[1], s.nb[2], tile * n_pos * s.nb[0])
+                    else:  # [hd, keys, kv heads]: this tile's rows
+                        dst = ops.view_3d(dst, hd, n_pos, n_kv, s.nb[1], s.nb[2], tile * n_pos * s.nb[1])
+                    g.expand(ops.cpy(ops.permute(src, *order), dst))
+        return g, None
 
-        # Kept states stacked on a new fastest axis: feature e + d*K + k, as the reference flattens them.
-        stack = ops.reshape_2d(kept[0], 1, e * n_pad * n_t)
-        for y in kept[1:]:
-            stack = ops.concat(stack, ops.reshape_2d(y, 1, e * n_pad * n_t), 0)
-        k = len(kept)
-        feats = ops.concat(unpad(x, e), unpad(ops.reshape_2d(stack, k * e, n_pad * n_t), k * e), 0)
-        out = g.output(feats) if features else None
-        feats = ops.reshape_2d(feats, v.n_out, n_pos * n_t)
-        states = ops.add(ops.mul_mat(t["mm.0.weight"], feats), t["mm.0.bias"])  # [text width, keys]
+    def _run(self, g: Graph, pre: Preprocessed) -> None:
+        try:
+            g.run({"pixels": pre.pixel_values, "aspect_ratio": np.array([pre.aspect_ratio_id], dtype=np.int32)})
+        except BaseException:
+            g.free()
+            raise
 
-        hd, n_kv, n_keys = txt.head_dim, txt.n_head_kv, n_pos * n_t
-        for i in txt.cross_layers:
-            b = f"blk.{i}.cross_attn_"
-            key = ops.reshape_3d(ops.mul_mat(t[b + "k_proj.weight"], states), hd, n_kv, n_keys)
-            key = rms_norm(ops, key, t[b + "k_norm.weight"], txt.eps)
-            val = ops.reshape_3d(ops.mul_mat(t[b + "v_proj.weight"], states), hd, n_kv, n_keys)
-            for src, store, dims, order in (
-                    (key, cross.k, (hd, n_keys), (0, 2, 1, 3)),
-                    (val, cross.v, (n_keys, hd) if cross.v_transposed(i) else (hd, n_keys),
-                     (1, 2, 0, 3) if cross.v_transposed(i) else (0, 2, 1, 3))):
-                dst = cross.view(ops, store, i, slot, 1)
-                s = ggml.tensor(dst)
-                dst = ops.view_3d(dst, *dims, n_kv, s.nb[1], s.nb[2], 0)  # the image's keys, not padding
-                g.expand(ops.cpy(ops.permute(src, *order), dst))
-        return g, out
+    def encode(self, pre: Preprocessed, cross: CrossCache, slot: int) -> None:
+        """Run the encoder and projector on one image; its K/V land in ``slot``."""
+        g, _ = self._build(cross, slot, pre.n_tiles, features=False)
+        self._run(g, pre)
+        g.free()
+        cross.slots[slot].n_keys = pre.n_tiles * self.c.vision.n_pos
 
-    def encode(self, pre: Preprocessed, cross: CrossCache, slot: int, features: bool = False) -> np.ndarray | None:
-        """Run the encoder on one image; its K/V land in ``slot``. Returns the features if asked:
+    def features(self, pre: Preprocessed) -> np.ndarray:
+        """The encoder's output before the projector (no cache is touched):
 
         (max_tiles, tokens per tile, n_out) float32, unused tiles included, as the reference returns them.
         """
         v = self.c.vision
-        if pre.n_tiles != self._mask_tiles:
-            ggml.set_data(self._mask, vision_mask(pre.n_tiles, v.max_tiles, v.n_pos, v.n_pos_padded))
-            self._mask_tiles = pre.n_tiles
-        g, out = self._build(cross, slot, features)
-        try:
-            g.run({"pixels": pre.pixel_values, "aspect_ratio": np.array([pre.aspect_ratio_id], dtype=np.int32)})
-            result = ggml.get_data(out, 3) if out is not None else None
-        finally:
-            g.free()
-        cross.slots[slot].n_keys = pre.n_tiles * v.n_pos
+        g, out = self._build(None, 0, pre.n_tiles, features=True)
+        self._run(g, pre)
+        assert out is not None
+        result = ggml.get_data(out).reshape(v.max_tiles, v.n_pos, v.n_out)
+        g.free()
         return result
