@@ -8,7 +8,9 @@ noise falls on all of them alike. Figures are wall times of encoding a page: pre
 included, the cross-attention K/V of the text layers included where the model computes them per
 image (the engine; transformers' k/v projections are timed with it).
 
-    python -m benchmarks.mllama_vision_speed --base /work/wt-encoder-base --python-hf /work/venv-bench/bin/python
+    python -m benchmarks.mllama_vision_speed --base ../base --python-hf ../venv-bench/bin/python
+
+(../base: a checkout of the commit to compare with; ../venv-bench: a venv with torch and transformers.)
 
 Files (synthetic, random weights) go to --dir: the mid shape ("cpu-page": 16 text layers, the real
 vision width and 6,432 tokens, 8 + 2 vision layers, Q8_0) for the engine at both commits; a
