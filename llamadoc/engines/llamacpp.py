@@ -64,13 +64,6 @@ def round_up(value: int, step: int = 256) -> int:
     return -(-value // step) * step
 
 
-def describe_system() -> str:
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info()
-    return info.decode() if isinstance(info, bytes) else str(info)
-
-
 def load_llama(options: LoadOptions, n_ctx: int, threads: int, what: str = "", **extra: Any) -> Any:
     """A llama_cpp.Llama as both engines want it: all layers on the GPU unless told
     otherwise, flash attention where there is a GPU, batches as large as the context."""
