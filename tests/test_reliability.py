@@ -164,7 +164,7 @@ def _interrupt(tmp_path: Path, model_args: list[str], docs: Path, signals: list[
             time.sleep(0.05)
         proc.send_signal(sig)
     try:
-        _, stderr = proc.communicate(timeout=30)  # within a page's time (pages take milliseconds here)
+        _, stderr = proc.communicate(timeout=60)  # within a page's time (pages take milliseconds here; CI is slow)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise AssertionError("the run did not stop") from None
