@@ -372,14 +372,28 @@ class Reader:
 
     def sources(self, documents: Sequence[str | Path] | Sequence[Source], select: Selection | None = None,
                 stdin: BinaryIO | None = None) -> list[Source]:
-        """The documents named by paths, folders, globs and '-' (stdin), or given as Sources."""
+        """The documents named by paths, folders, globs and '-' (stdin), or given as Sources, in order."""
         select = select or Selection()
-        given = list(documents)
-        if given and all(isinstance(d, Source) for d in given):
-            return [d for d in given if isinstance(d, Source)]
-        return collect([os.fspath(d) for d in given if not isinstance(d, Source)], include=select.include,
-                       exclude=select.exclude, stdin=stdin, stdin_limit=stdin_limit(),
-                       spool_dir=self.settings.home / "tmp", include_body=select.include_body)
+        if sum(os.fspath(d) == "-" for d in documents if not isinstance(d, Source)) > 1:
+            raise UsageError("'-' (stdin) can be given once")
+        out: list[Source] = []
+        names: list[str] = []
+
+        def expand() -> None:  # the names given so far, in order, before a Source given as it is
+            if names:
+                out.extend(collect(names, include=select.include, exclude=select.exclude, stdin=stdin,
+                                   stdin_limit=stdin_limit(), spool_dir=self.settings.home / "tmp",
+                                   include_body=select.include_body))
+                names.clear()
+
+        for d in documents:
+            if isinstance(d, Source):
+                expand()
+                out.append(d)
+            else:
+                names.append(os.fspath(d))
+        expand()
+        return out
 
     def _store_notes(self, results: Store) -> list[str]:
         """One line each for what went wrong with the caches this run: never silent, never more."""

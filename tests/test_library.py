@@ -98,3 +98,15 @@ def test_options_check_themselves_with_the_clis_messages(make: object, message: 
 def test_output_spec_checks_its_format() -> None:
     with pytest.raises(OutputError, match="--format 'xml' is not one of text, json, jsonl, md"):
         OutputSpec(Path("out"), "xml")
+
+
+def test_sources_given_as_they_are_keep_their_place_among_paths(text_model: Path, mmproj: Path,
+                                                               tmp_path: Path) -> None:
+    from llamadoc.sources import Source
+
+    a, b = make_image(tmp_path / "a.png"), make_image(tmp_path / "b.png")
+    given = Source(label="in-memory.png", data=make_image(tmp_path / "m.png").read_bytes())
+    reader = tiny_reader(text_model, mmproj)
+    assert [s.label for s in reader.sources([str(a), given, str(b)])] == [str(a), "in-memory.png", str(b)]
+    with pytest.raises(UsageError, match="can be given once"):
+        reader.sources(["-", given, "-"])
