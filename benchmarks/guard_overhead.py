@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamadoc.guard import GuardPolicy  # noqa: E402
+from llamadoc.inputs.sources import collect  # noqa: E402
 from llamadoc.reader import Reader  # noqa: E402
-from llamadoc.sources import collect  # noqa: E402
 from llamadoc.tasks import Ask  # noqa: E402
 from tests import tinymodels  # noqa: E402
 from tests.conftest import make_pdf  # noqa: E402

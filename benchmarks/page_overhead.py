@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llamadoc import render  # noqa: E402
 from llamadoc.guard import GuardPolicy  # noqa: E402
+from llamadoc.inputs.sources import collect  # noqa: E402
+from llamadoc.outputs import render  # noqa: E402
 from llamadoc.reader import Reader  # noqa: E402
-from llamadoc.sources import collect  # noqa: E402
 from llamadoc.tasks import Extract, load_schema  # noqa: E402
 from tests import tinymodels  # noqa: E402
 

@@ -31,9 +31,9 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks.mllama_synth import PRESETS, write_mllama
+from llamadoc.batch.options import RunOptions
 from llamadoc.guard import GuardPolicy
-from llamadoc.options import RunOptions
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
 from llamadoc.ray import Cluster, run_batch
 from llamadoc.reader import Events, Reader
 from llamadoc.results import DocumentResult

@@ -1,5 +1,5 @@
 """python -m llamadoc"""
 
-from llamadoc.cli import main
+from llamadoc.cli.app import main
 
 main()

@@ -24,18 +24,18 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from llamadoc import engines, registry
+from llamadoc.batch.options import RunOptions
+from llamadoc.batch.pipeline import Pipeline, run_options
 from llamadoc.config import Settings, load_settings
 from llamadoc.engines.base import LoadOptions, Sampling, VisionEngine
 from llamadoc.errors import DownloadError, GuardError, LlamadocError, UsageError
 from llamadoc.guard import Guard, GuardPolicy
-from llamadoc.options import RunOptions
-from llamadoc.output import Claims, OutputSpec, WriteFailed, Writer, output_names
-from llamadoc.pipeline import Pipeline, run_options
-from llamadoc.raster import RasterOptions
-from llamadoc.render import EXTENSIONS
-from llamadoc.report import DEFAULT_FAIL_ON, Report
+from llamadoc.inputs.raster import RasterOptions
+from llamadoc.inputs.sources import Shard, Source, collect, stdin_limit, unpack
+from llamadoc.outputs.render import EXTENSIONS
+from llamadoc.outputs.report import DEFAULT_FAIL_ON, Report
+from llamadoc.outputs.writer import Claims, OutputSpec, WriteFailed, Writer, output_names
 from llamadoc.results import DocumentResult, ModelInfo, PageResult, Status
-from llamadoc.sources import Shard, Source, collect, stdin_limit, unpack
 from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
 
@@ -74,7 +74,7 @@ class Runner(Protocol):
 
 class Models(Protocol):
     """Where a Reader's models come from when not from this machine's registry (the default):
-    a running `llamadoc serve` (llamadoc.remote.ServerModels), or a server's own shared engines."""
+    a running `llamadoc serve` (llamadoc.models.remote.ServerModels), or a server's own shared engines."""
 
     def resolve(self) -> registry.ResolvedModel: ...
 

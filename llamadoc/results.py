@@ -1,6 +1,6 @@
 """The data that flows through the pipeline: pages in, page and document results out.
 
-Plain data, no logic: rendering lives in render.py, decisions in the stages.
+Plain data, no logic: rendering lives in outputs/render.py, decisions in the stages.
 """
 
 from __future__ import annotations

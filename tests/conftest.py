@@ -59,7 +59,7 @@ def guard_model(models_dir: Path) -> Path:
 @pytest.fixture
 def run_cli() -> Callable[..., object]:
     """Run the real CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
-    from llamadoc.cli import app
+    from llamadoc.cli.app import app
 
     def run(*args: str, stdin: bytes | None = None) -> object:
         runner = CliRunner()

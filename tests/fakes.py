@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from llamadoc.batch.options import RunOptions
+from llamadoc.batch.pipeline import Pipeline
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest
 from llamadoc.guard import Guard, GuardPolicy
-from llamadoc.options import RunOptions
-from llamadoc.pipeline import Pipeline
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
+from llamadoc.inputs.sources import collect
 from llamadoc.results import DocumentResult, ModelInfo
-from llamadoc.sources import collect
 from llamadoc.tasks import Task
 
 

@@ -114,11 +114,11 @@ def test_an_argument_that_names_no_document_fails_without_a_file(run_cli: Any, m
 
 
 def test_copies_of_a_document_another_run_holds_are_left_to_it(tmp_path: Path) -> None:
-    from llamadoc.options import RunOptions
-    from llamadoc.pipeline import Pipeline
-    from llamadoc.raster import RasterOptions
+    from llamadoc.batch.options import RunOptions
+    from llamadoc.batch.pipeline import Pipeline
+    from llamadoc.inputs.raster import RasterOptions
+    from llamadoc.inputs.sources import collect
     from llamadoc.results import ModelInfo, Status
-    from llamadoc.sources import collect
     from llamadoc.tasks import Describe
     from tests.fakes import ScriptedEngine
 

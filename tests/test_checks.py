@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from llamadoc import checks, einvoice
-from llamadoc.raster import Document, RasterOptions
-from llamadoc.sources import Source
+from llamadoc.evidence import checks
+from llamadoc.inputs import einvoice
+from llamadoc.inputs.raster import Document, RasterOptions
+from llamadoc.inputs.sources import Source
 from llamadoc.tasks import load_schema
 
 ROOT = Path(__file__).resolve().parents[1]

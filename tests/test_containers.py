@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from llamadoc import containers
-from llamadoc.raster import Document, RasterOptions
-from llamadoc.sources import Source, collect
+from llamadoc.inputs import containers
+from llamadoc.inputs.raster import Document, RasterOptions
+from llamadoc.inputs.sources import Source, collect
 from tests.conftest import make_image, make_pdf
 from tests.documents import cii_xml, make_mail, make_msg
 

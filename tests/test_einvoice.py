@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llamadoc import einvoice
 from llamadoc.errors import DocumentError
-from llamadoc.raster import Document, RasterOptions
-from llamadoc.sources import Source
+from llamadoc.inputs import einvoice
+from llamadoc.inputs.raster import Document, RasterOptions
+from llamadoc.inputs.sources import Source
 from llamadoc.tasks import load_schema, schema_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from llamadoc import einvoice
 from llamadoc.errors import DocumentError
-from llamadoc.raster import Document, RasterOptions
+from llamadoc.inputs import einvoice
+from llamadoc.inputs.raster import Document, RasterOptions
+from llamadoc.inputs.sources import Source
 from llamadoc.results import Status
-from llamadoc.sources import Source
 from tests.conftest import CORPUS, parse_json
 from tests.documents import Invoice, cii_xml, make_einvoice_pdf, ubl_xml
 from tests.fakes import ScriptedEngine

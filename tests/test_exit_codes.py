@@ -95,7 +95,7 @@ def test_a_bug_in_our_image_code_is_not_called_a_bad_image(run_cli: Any, model_a
     def bug(img: Any) -> Any:
         raise TypeError("our conversion broke")
 
-    monkeypatch.setattr("llamadoc.raster.page_rgb", bug)
+    monkeypatch.setattr("llamadoc.inputs.raster.page_rgb", bug)
     result = run_cli("ask", str(chart), "-q", "?", *model_args, *FAST)
     assert result.exit_code == 1
     assert "internal error: TypeError: our conversion broke" in result.stderr
@@ -202,7 +202,7 @@ def test_130_interrupted(run_cli: Any, model_args: list[str], chart: Path, monke
 
 
 def test_the_cli_imports_no_engine_until_a_page_needs_one(tmp_path: Path) -> None:
-    code = ("import sys, llamadoc.cli; from llamadoc.cli import app; "
+    code = ("import sys, llamadoc.cli.app; from llamadoc.cli.app import app; "
             "heavy = [m for m in ('llama_cpp', 'pymupdf', 'numpy', 'gguf') if m in sys.modules]; print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from llamadoc.batch.options import RunOptions
 from llamadoc.engines.base import Sampling
 from llamadoc.errors import ExitCode, OutputError, UsageError
 from llamadoc.guard import GuardPolicy
-from llamadoc.options import RunOptions
-from llamadoc.output import OutputSpec
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
+from llamadoc.inputs.sources import Shard
+from llamadoc.outputs.report import Report
+from llamadoc.outputs.writer import OutputSpec
 from llamadoc.reader import Events, Reader, Selection
-from llamadoc.report import Report
 from llamadoc.results import DocumentResult, Status
-from llamadoc.sources import Shard
 from llamadoc.tasks import Ask, Extract
 from tests.conftest import make_image, make_pdf
 
@@ -102,7 +102,7 @@ def test_output_spec_checks_its_format() -> None:
 
 def test_sources_given_as_they_are_keep_their_place_among_paths(text_model: Path, mmproj: Path,
                                                                tmp_path: Path) -> None:
-    from llamadoc.sources import Source
+    from llamadoc.inputs.sources import Source
 
     a, b = make_image(tmp_path / "a.png"), make_image(tmp_path / "b.png")
     given = Source(label="in-memory.png", data=make_image(tmp_path / "m.png").read_bytes())

@@ -19,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def mllama_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from typer.testing import CliRunner
 
-    from llamadoc.cli import app
+    from llamadoc.cli.app import app
 
     out = tmp_path_factory.mktemp("mllama") / "tiny-mllama.gguf"
     result = CliRunner().invoke(app, ["models", "convert", str(FIXTURES / "tiny" / "checkpoint"), str(out),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamadoc.output import output_names
-from llamadoc.sources import Source
+from llamadoc.inputs.sources import Source
+from llamadoc.outputs.writer import output_names
 
 
 def names(*rels: str, labels: tuple[str, ...] = ()) -> list[str]:

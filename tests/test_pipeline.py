@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llamadoc.batch.pipeline import document_status
 from llamadoc.engines.base import GenerationRequest
-from llamadoc.pipeline import document_status
-from llamadoc.report import Report
+from llamadoc.outputs.report import Report
 from llamadoc.results import DocumentResult, PageResult, Status
 from llamadoc.tasks import NOT_FOUND, Ask, Extract, Task
 from tests.conftest import make_pdf

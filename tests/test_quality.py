@@ -10,7 +10,7 @@ import pymupdf
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from llamadoc.quality import cut_runaway, is_blank
+from llamadoc.evidence.quality import cut_runaway, is_blank
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 PDFS = sorted(CORPUS.glob("zugferd_corpus/**/*.pdf")) + sorted(CORPUS.glob("invoice2data/*.pdf"))

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from llamadoc.errors import DocumentError, UsageError
-from llamadoc.raster import RasterOptions, open_document, parse_pages, select_pages
-from llamadoc.sources import Source
+from llamadoc.inputs.raster import RasterOptions, open_document, parse_pages, select_pages
+from llamadoc.inputs.sources import Source
 from tests.conftest import CORPUS, make_image, make_pdf
 
 

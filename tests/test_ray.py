@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
+from llamadoc.batch.options import RunOptions
 from llamadoc.codec import to_dict
 from llamadoc.errors import ExitCode, GuardError, UsageError
 from llamadoc.guard import GuardPolicy
-from llamadoc.options import RunOptions
-from llamadoc.output import OutputSpec
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
+from llamadoc.outputs.report import Report
+from llamadoc.outputs.writer import OutputSpec
 from llamadoc.ray import Cluster, run_batch
 from llamadoc.reader import Events, Reader
-from llamadoc.report import Report
 from llamadoc.results import DocumentResult
 from llamadoc.tasks import Ask, Describe, Extract, Task
 from tests.conftest import make_image, make_pdf
@@ -224,8 +224,8 @@ def test_the_cli_without_ray_names_the_extra(run_cli: Any, model_args: list[str]
 
 
 def test_help_and_the_cli_module_never_import_ray() -> None:
-    code = ("import sys, llamadoc.cli\n"
-            "try:\n    llamadoc.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys, llamadoc.cli.app\n"
+            "try:\n    llamadoc.cli.app.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'ray' not in sys.modules and 'pyarrow' not in sys.modules, 'ray was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from typer.testing import CliRunner
 
-from llamadoc.cli import app
+from llamadoc.cli.app import app
 from tests.tinymodels import write_mmproj, write_text_model
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, not here: its asserts stay rewritten

@@ -342,7 +342,7 @@ def test_a_write_that_fails_is_that_documents_failure(run_cli: Any, model_args: 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     docs = folder(tmp_path, 3)
     out = tmp_path / "out"
-    from llamadoc import output
+    from llamadoc.outputs import writer as output
 
     real = output.write_atomic
 
@@ -522,7 +522,7 @@ def test_two_runs_on_one_output_never_do_a_document_twice(model_args: list[str],
 def test_a_document_another_run_holds_is_left_to_it(run_cli: Any, model_args: list[str], tmp_path: Path) -> None:
     import hashlib
 
-    from llamadoc.output import Claims
+    from llamadoc.outputs.writer import Claims
 
     docs = folder(tmp_path, 3)
     out = tmp_path / "out"

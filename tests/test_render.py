@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llamadoc import render
+from llamadoc.outputs import render
 from llamadoc.results import DocumentResult, PageResult, Status
 
 

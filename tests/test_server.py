@@ -230,7 +230,7 @@ def test_serve_without_the_extra_names_it(run_cli: Any, monkeypatch: pytest.Monk
 
 
 def test_help_does_not_import_the_web_stack() -> None:
-    code = ("import sys\nfrom llamadoc.cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom llamadoc.cli.app import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('starlette', 'uvicorn', 'llama_cpp') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from llamadoc.sniff import signature, sniff
+from llamadoc.inputs.sniff import signature, sniff
 
 
 def _saved(fmt: str, **options: object) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from llamadoc.sources import collect
+from llamadoc.inputs.sources import collect
 from tests.conftest import make_image, make_pdf
 
 

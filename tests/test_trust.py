@@ -10,8 +10,8 @@ from typing import Any
 import pymupdf
 import pytest
 
-from llamadoc.options import RunOptions
-from llamadoc.raster import RasterOptions
+from llamadoc.batch.options import RunOptions
+from llamadoc.inputs.raster import RasterOptions
 from llamadoc.results import Status
 from llamadoc.tasks import Describe, Extract, load_schema
 from tests.conftest import CORPUS, make_pdf

@@ -12,7 +12,7 @@ from typing import Any
 
 from llamadoc.engines.base import Sampling
 from llamadoc.errors import UsageError
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from llamadoc import interrupt
-from llamadoc.codec import from_dict, to_dict
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
-from llamadoc.errors import LlamadocError
-from llamadoc.guard import Guard
-from llamadoc.options import RunOptions
-from llamadoc.prefetch import (
+from llamadoc.batch.options import RunOptions
+from llamadoc.batch.prefetch import (
     ALL_DONE,
     DOC_END,
     Busy,
@@ -39,8 +35,12 @@ from llamadoc.prefetch import (
     PageSkipped,
     Prefetcher,
 )
+from llamadoc.codec import from_dict, to_dict
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
+from llamadoc.errors import LlamadocError
+from llamadoc.guard import Guard
+from llamadoc.inputs.sources import Source
 from llamadoc.results import Check, DocumentResult, ModelInfo, PageResult, Status, Verdict
-from llamadoc.sources import Source
 from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import FollowUpAnswer, PageReply, Task
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llamadoc.errors import DocumentError
+from llamadoc.evidence.quality import is_blank
 from llamadoc.guard import Guard
-from llamadoc.quality import is_blank
-from llamadoc.raster import Document, RasterOptions, open_document
+from llamadoc.inputs.raster import Document, RasterOptions, open_document
+from llamadoc.inputs.sources import Source
 from llamadoc.results import DocumentResult, Page, Verdict
-from llamadoc.sources import Source
 from llamadoc.tasks import Plan, Task
 
 

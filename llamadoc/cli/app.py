@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llamadoc.cli_common import Config, handles_errors, say, set_traceback
-from llamadoc.cli_models import doctor, models_app
+from llamadoc.cli.common import Config, handles_errors, say, set_traceback
+from llamadoc.cli.models import doctor, models_app
 from llamadoc.errors import ExitCode, UsageError
 
 EXIT_CODES = (
@@ -91,16 +91,16 @@ Server = Annotated[str | None, typer.Option(
 def _run(make_task: Callable[[], Any], o: dict[str, Any], per_page: bool = False) -> None:
     """Options -> Reader.run_batch -> lines on stdout and stderr -> the report's exit code."""
     from llamadoc import interrupt
+    from llamadoc.batch.options import RunOptions
+    from llamadoc.cli.progress import Progress
     from llamadoc.engines.base import Sampling
     from llamadoc.guard import GuardPolicy, parse_categories
-    from llamadoc.options import RunOptions
-    from llamadoc.output import OutputSpec
-    from llamadoc.progress import Progress
-    from llamadoc.raster import RasterOptions
+    from llamadoc.inputs.raster import RasterOptions
+    from llamadoc.inputs.sources import Shard as ShardSpec
+    from llamadoc.outputs.render import for_stdout
+    from llamadoc.outputs.report import parse_fail_on
+    from llamadoc.outputs.writer import OutputSpec
     from llamadoc.reader import Events, Reader, Selection
-    from llamadoc.render import for_stdout
-    from llamadoc.report import parse_fail_on
-    from llamadoc.sources import Shard as ShardSpec
 
     interrupt.install()  # main() did, unless the app runs in-process (tests)
     # Everything the user typed is checked before a model is resolved (or downloaded).
@@ -167,7 +167,7 @@ def _server(o: dict[str, Any]) -> Any:
     if not o["server"]:
         return None
     from llamadoc.config import load_settings
-    from llamadoc.remote import ServerModels
+    from llamadoc.models.remote import ServerModels
 
     return ServerModels(o["server"], load_settings(o["config"]), o["model"], os.environ.get("LLAMADOC_API_KEY"))
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llamadoc.cli_common import Config, handles_errors, say
+from llamadoc.cli.common import Config, handles_errors, say
 from llamadoc.errors import UsageError
 
 models_app = typer.Typer(help="List, download, inspect, check and delete models.", no_args_is_help=True)

@@ -26,9 +26,9 @@ from functools import partial
 from html.parser import HTMLParser
 from typing import IO, Any
 
-from llamadoc import textpage
-from llamadoc.einvoice import root_kind
-from llamadoc.sniff import signature, sniff
+from llamadoc.inputs import textpage
+from llamadoc.inputs.einvoice import root_kind
+from llamadoc.inputs.sniff import signature, sniff
 
 MAX_MEMBER = 256 << 20  # bytes one member may unpack to (and an e-mail may hold)
 MAX_TOTAL = 1 << 30  # bytes all of one container given may unpack to, nested ones included

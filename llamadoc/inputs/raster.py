@@ -19,11 +19,11 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from llamadoc import einvoice, textpage
 from llamadoc.errors import DocumentError, UsageError
+from llamadoc.inputs import einvoice, textpage
+from llamadoc.inputs.sniff import HEAD, KINDS, signature
+from llamadoc.inputs.sources import Source
 from llamadoc.results import Page
-from llamadoc.sniff import HEAD, KINDS, signature
-from llamadoc.sources import Source
 
 # A Letter/A4 page at about 100 DPI; models.toml sets the budget per model.
 DEFAULT_MAX_PIXELS = 1_254_400

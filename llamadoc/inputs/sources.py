@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
-from llamadoc import containers
-from llamadoc.einvoice import root_kind
 from llamadoc.errors import UsageError
-from llamadoc.sniff import HEAD, sniff
+from llamadoc.inputs import containers
+from llamadoc.inputs.einvoice import root_kind
+from llamadoc.inputs.sniff import HEAD, sniff
 
 # Suffixes looked at when walking folders (and .xml files that hold an e-invoice); a file
 # named on the command line is sniffed whatever its name.

@@ -9,7 +9,7 @@ import io
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from llamadoc.einvoice import EInvoice, iso_date
+from llamadoc.inputs.einvoice import EInvoice, iso_date
 
 _STYLE = ("body { font-family: sans-serif; font-size: 10pt; } h1 { font-size: 15pt; } h2 { font-size: 11pt; }"
           " td, th { padding: 1pt 5pt; text-align: left; vertical-align: top; }"

@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-from llamadoc import render
 from llamadoc.errors import OutputError
 from llamadoc.files import sweep_temp, write_atomic
+from llamadoc.inputs.sources import Source
+from llamadoc.outputs import render
 from llamadoc.results import DocumentResult, Status
-from llamadoc.sources import Source
 
 STATE_DIR = ".llamadoc"  # inside OUT: the result store and the locks of the runs writing there
 

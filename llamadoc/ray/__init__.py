@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from llamadoc.batch.options import RunOptions
 from llamadoc.errors import UsageError
-from llamadoc.options import RunOptions
-from llamadoc.output import OutputSpec
+from llamadoc.inputs.sources import Source
+from llamadoc.outputs.report import DEFAULT_FAIL_ON, Report
+from llamadoc.outputs.writer import OutputSpec
 from llamadoc.ray.cluster import INSTALL, Cluster
 from llamadoc.reader import Events, Reader, Selection
-from llamadoc.report import DEFAULT_FAIL_ON, Report
-from llamadoc.sources import Source
 from llamadoc.tasks import Task
 
 

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamadoc import engines
+from llamadoc.batch.options import RunOptions
+from llamadoc.batch.pipeline import DocState, Finished, ModelStep, known_result
+from llamadoc.batch.prefetch import Admitted, Gate, Known
 from llamadoc.codec import from_dict
 from llamadoc.errors import ClusterError, UsageError
-from llamadoc.options import RunOptions
-from llamadoc.pipeline import DocState, Finished, ModelStep, known_result
-from llamadoc.prefetch import Admitted, Gate, Known
+from llamadoc.inputs.sources import Source
 from llamadoc.ray.cluster import Cluster
 from llamadoc.ray.workers import Answer, Prepare, unpack_error
 from llamadoc.reader import Reader
 from llamadoc.results import DocumentResult, PageResult, Status
-from llamadoc.sources import Source
 from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import Task
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from llamadoc.inputs.sources import DOCUMENT_SUFFIXES, Source
 from llamadoc.reader import Reader, Selection
-from llamadoc.sources import DOCUMENT_SUFFIXES, Source
 
 _CHUNK = 1 << 20
 

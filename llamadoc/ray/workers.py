@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from llamadoc import engines
+from llamadoc.batch.options import RunOptions
+from llamadoc.batch.pipeline import DocState, ModelStep, skipped_page
+from llamadoc.batch.prefetch import DocFailed, DocStart, PageReady, PageSkipped, Preparer
 from llamadoc.codec import to_dict
 from llamadoc.errors import LlamadocError
-from llamadoc.options import RunOptions
-from llamadoc.pipeline import DocState, ModelStep, skipped_page
-from llamadoc.prefetch import DocFailed, DocStart, PageReady, PageSkipped, Preparer
+from llamadoc.inputs.sources import Source
 from llamadoc.reader import Reader
-from llamadoc.sources import Source
 from llamadoc.store import RunIdentity
 from llamadoc.tasks import Task
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
 from llamadoc.errors import EngineError, LlamadocError
-from llamadoc.remote import ConcurrentBatch
+from llamadoc.models.remote import ConcurrentBatch
 
 if TYPE_CHECKING:
     from llamadoc.engines.mllama.scheduler import Scheduler

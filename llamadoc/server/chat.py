@@ -1,7 +1,7 @@
 """Ollama and OpenAI requests -> what the engine takes: a prompt, a system text, at most one page
 image, a JSON Schema, a token budget and sampling. Each bad input is one clear 4xx line.
 
-Images go through the same code as image files on the command line (raster.py: EXIF
+Images go through the same code as image files on the command line (inputs/raster.py: EXIF
 orientation, transparency, the model's pixel budget), and only data the request carries is
 read: an image URL that is not a data: URI is refused, never fetched.
 """
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from llamadoc.engines.base import GenerationRequest, Sampling
 from llamadoc.errors import LlamadocError
-from llamadoc.raster import RasterOptions, open_document
+from llamadoc.inputs.raster import RasterOptions, open_document
+from llamadoc.inputs.sniff import HEAD, IMAGE_FORMATS, sniff
+from llamadoc.inputs.sources import Source
 from llamadoc.server.failures import ApiError
-from llamadoc.sniff import HEAD, IMAGE_FORMATS, sniff
-from llamadoc.sources import Source
 
 if TYPE_CHECKING:
     from PIL.Image import Image

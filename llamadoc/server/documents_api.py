@@ -18,16 +18,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llamadoc.batch.options import RunOptions
 from llamadoc.engines.base import Sampling
 from llamadoc.errors import UsageError
-from llamadoc.options import RunOptions
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
+from llamadoc.inputs.sources import Source, printable
+from llamadoc.outputs.render import FORMATS, for_stdout
 from llamadoc.reader import Events
-from llamadoc.render import FORMATS, for_stdout
 from llamadoc.results import DocumentResult
 from llamadoc.server.failures import ApiError
 from llamadoc.server.resident import Resident
-from llamadoc.sources import Source, printable
 from llamadoc.tasks import Ask, Describe, Extract, Task
 from llamadoc.tasks.schema import check_schema
 

@@ -1,5 +1,5 @@
 """llamadoc's engine routes, /v1/engine/*: the server's engines for `llamadoc ask|describe|extract
---server` (llamadoc.remote speaks the other end). The client's pipeline screens each page with
+--server` (llamadoc.models.remote speaks the other end). The client's pipeline screens each page with
 this server's guard model under its own policy; when this server screens its own requests, a
 client that would go unscreened is refused."""
 
@@ -16,7 +16,7 @@ from starlette.routing import Route
 from llamadoc.engines.base import GenerationResponse
 from llamadoc.errors import GuardError, LlamadocError
 from llamadoc.guard import Guard
-from llamadoc.remote import judge_from_wire, request_from_wire, response_to_wire
+from llamadoc.models.remote import judge_from_wire, request_from_wire, response_to_wire
 from llamadoc.server.answer import POLL_S
 from llamadoc.server.batcher import Busy, Ticket
 from llamadoc.server.failures import ApiError

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from llamadoc import __version__
 from llamadoc.errors import LlamadocError
-from llamadoc.raster import RasterOptions
+from llamadoc.inputs.raster import RasterOptions
 from llamadoc.server.answer import Answer, complete, generate, primed
 from llamadoc.server.chat import (
     ANY_OBJECT,

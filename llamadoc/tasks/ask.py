@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llamadoc.errors import UsageError
-from llamadoc.quality import cut_runaway
+from llamadoc.evidence.quality import cut_runaway
 from llamadoc.results import DocumentResult
 from llamadoc.tasks.base import FollowUp, PageReply, Plan
 
 if TYPE_CHECKING:
-    from llamadoc.raster import Document
+    from llamadoc.inputs.raster import Document
 
 NOT_FOUND = "NOT ON THIS PAGE"
 NO_ANSWER = "The pages read do not answer this question."

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llamadoc.results import Check, DocumentResult, Verdict
 
 if TYPE_CHECKING:
-    from llamadoc.raster import Document
+    from llamadoc.inputs.raster import Document
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from llamadoc.quality import cut_runaway
+from llamadoc.evidence.quality import cut_runaway
 from llamadoc.results import DocumentResult, Status
 from llamadoc.tasks.base import FollowUp, PageReply, Plan
 
 if TYPE_CHECKING:
-    from llamadoc.raster import Document
+    from llamadoc.inputs.raster import Document
 
 _UNAVAILABLE = {Status.BLOCKED: "was withheld by the guard", Status.SKIPPED: "was skipped"}
 

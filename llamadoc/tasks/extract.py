@@ -14,16 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llamadoc import checks, einvoice
-from llamadoc.einvoice import EInvoice
 from llamadoc.errors import DocumentError, UsageError
+from llamadoc.evidence import checks
+from llamadoc.inputs import einvoice
+from llamadoc.inputs.einvoice import EInvoice
 from llamadoc.results import Check, DocumentResult
 from llamadoc.tasks.base import FollowUp, PageReply, Plan
 from llamadoc.tasks.describe import strip_fence
 from llamadoc.tasks.schema import check_schema, schema_error
 
 if TYPE_CHECKING:
-    from llamadoc.raster import Document
+    from llamadoc.inputs.raster import Document
 
 EMBEDDED_MODES = ("prefer", "compare", "ignore")
 INVOICE_TOTALS = frozenset({"net_total", "tax_total", "gross_total"})
