@@ -64,11 +64,12 @@ def read(image: Image, index: int, width: float, height: float) -> PageWords:
     (the page's own unit: PDF points, or the page image's pixels)."""
     import pymupdf
 
-    gray = image.convert("L")
-    if gray.width * gray.height > MAX_PIXELS:
-        scale = (MAX_PIXELS / (gray.width * gray.height)) ** 0.5
-        gray = gray.resize((max(1, int(gray.width * scale)), max(1, int(gray.height * scale))))
-    pix = pymupdf.Pixmap(pymupdf.csGRAY, gray.width, gray.height, gray.tobytes(), False)
+    # RGB: MuPDF's OCR device reads no words from a grey pixmap (seen with PyMuPDF 1.26).
+    rgb = image.convert("RGB")
+    if rgb.width * rgb.height > MAX_PIXELS:
+        scale = (MAX_PIXELS / (rgb.width * rgb.height)) ** 0.5
+        rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))))
+    pix = pymupdf.Pixmap(pymupdf.csRGB, rgb.width, rgb.height, rgb.tobytes(), False)
     pix.set_dpi(72, 72)  # one pixel, one point: the OCR page measures the image in pixels
     folder = tessdata()
     if folder is None:

@@ -357,11 +357,11 @@ class Document:
             try:
                 page = self._pdf[index - 1]
                 zoom = OCR_DPI / 72
-                pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csGRAY, alpha=False)
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
             except _pdf_errors() as err:
                 raise DocumentError(f"page {index} of {self.label} cannot be rendered ({decoder_message(err)})") \
                     from None
-            image = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+            image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
             return ocr.read(image, index, page.rect.width, page.rect.height)
         frame = self._frame(index)
         return ocr.read(frame, index, frame.width, frame.height)
