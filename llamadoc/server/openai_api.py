@@ -17,7 +17,6 @@ from starlette.routing import Route
 
 from llamadoc import __version__
 from llamadoc.errors import LlamadocError
-from llamadoc.inputs.raster import RasterOptions
 from llamadoc.server.answer import Answer, complete, generate, primed
 from llamadoc.server.chat import (
     ANY_OBJECT,
@@ -89,7 +88,7 @@ async def completions(request: Request) -> Response:
     system, prompt, images = conversation([_turn(i, m) for i, m in enumerate(messages)])
     if len(images) > 1:
         raise ApiError(400, f"the model reads one image per request, not {len(images)}: send one request per page")
-    budget = resident.reader.max_pixels or RasterOptions().budget
+    budget = resident.max_pixels
     image = await to_thread.run_sync(page_image, images[0], "the image", budget) if images else None
     limit = req.get("max_completion_tokens", req.get("max_tokens"))
     chat = Chat(prompt=prompt, system=system, image=image, schema=_schema(req.get("response_format")),
@@ -145,7 +144,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 async def models(request: Request) -> Response:
     resident: Resident = request.app.state.resident
-    created = int(resident.reader.resolved.model_path.stat().st_mtime)
+    created = int(resident.models.resolve().model_path.stat().st_mtime)
     return JSONResponse({"object": "list", "data": [
         {"id": resident.name, "object": "model", "created": created, "owned_by": "llamadoc"}]})
 
