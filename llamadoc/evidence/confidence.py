@@ -21,7 +21,6 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from llamadoc.evidence.checks import _path
 from llamadoc.results import Evidence
@@ -117,7 +116,7 @@ def value_probabilities(logprobs: Sequence[tuple[bytes, float]]) -> dict[str, fl
         chosen = [lp for (piece, lp), stop in zip(logprobs, ends, strict=True)
                   if stop > first and stop - len(piece) < last]
         if chosen:
-            out[path] = round(math.exp(min(chosen)), 4)
+            out[path] = _short(math.exp(min(chosen)))
     return out
 
 
@@ -127,14 +126,12 @@ def combined(model_p: float | None, evidence: Evidence, page_has_words: bool) ->
         return 1.0
     p = NO_MODEL_P if model_p is None else model_p
     if evidence.source in ("text", "ocr"):
-        return round(1 - (1 - p) / 2, 4)
+        return _short(1 - (1 - p) / 2)
     if page_has_words and evidence.why_not is not None and evidence.why_not.startswith("not found"):
-        return round(p / 2, 4)
-    return round(p, 4)
+        return _short(p / 2)
+    return _short(p)
 
 
-def leaf_paths(fields: Any) -> list[str]:
-    """The paths of every leaf of a record, in order."""
-    from llamadoc.evidence.checks import _leaves
-
-    return [_path(keys) for keys, _ in _leaves(fields)]
+def _short(p: float) -> float:
+    """Four significant digits: enough to compare with a threshold, and a tiny probability stays above 0."""
+    return float(f"{p:.4g}")

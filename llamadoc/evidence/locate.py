@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from typing import Any
 
@@ -29,6 +29,7 @@ from llamadoc.evidence.checks import (
 )
 from llamadoc.results import Evidence, PageWords
 
+_CENT = Decimal("0.01")
 MAX_NUMBER_WORDS = 3  # "1 234 567,89", "EUR 1.234,56"
 MAX_DATE_WORDS = 4  # "5. Dezember 2026", "December 5, 2026"
 MAX_TEXT_LINES = 4  # a name or an IBAN wrapped over a few lines; an address goes by its parts
@@ -199,6 +200,8 @@ class Locator:
         part of an address)."""
         if kind == "number":
             targets = _as_numbers(value)
+            # A price kept to four places in the data is printed to the cent: 67.2269 as 67,23.
+            targets |= {t.quantize(_CENT, ROUND_HALF_UP) for t in targets if -t.as_tuple().exponent > 2}  # type: ignore[operator]
             return [[run] for run in _minimal([(i, j) for i, j, values in page.numbers if targets & values])]
         if kind == "date":
             wanted = _dates_in(_fold(str(value)))
