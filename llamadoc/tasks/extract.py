@@ -213,7 +213,7 @@ class Extract:
                     ("not found", "no page")):
                 reasons.append(f"{v.path}: no evidence ({v.evidence.why_not})")
             if v.confidence is not None and v.confidence < self.review_below:
-                reasons.append(f"{v.path}: confidence {v.confidence:.2f} is under {self.review_below:g}")
+                reasons.append(f"{v.path}: confidence {v.confidence:g} is under {self.review_below:g}")
             reasons += [f"{v.path}: {c.name.split(':')[0]} check failed: {c.detail}" for c in v.checks
                         if c.status == "fail" and not c.name.startswith("grounding")]
         reasons += [f"{c.name} check failed: {c.detail}" for c in doc.checks if c.status == "fail"]
