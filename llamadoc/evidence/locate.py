@@ -108,8 +108,9 @@ class _Page:
         only, across line breaks and hyphenation; each place a list of runs of words."""
         found = []
         keys, words = self.keys, self.words.words
-        for i, key in enumerate(keys):
-            if not key or not target.startswith(key):
+        for i in range(len(keys)):
+            key = next((k for k in self.heads[i] if target.startswith(k)), None)
+            if key is None:
                 continue
             have, j, runs = key, i + 1, [(i, i + 1)]
             while len(have) < len(target) and j < len(keys):
@@ -127,9 +128,25 @@ class _Page:
                 have += keys[j]
                 j += 1
                 runs[-1] = (runs[-1][0], j)
+            if have != target and j < len(keys) and runs[-1][1] == j and words[j].line == words[j - 1].line:
+                # The last word may go on past the value after a mark: "562044387/2015".
+                tail = next((t for t in self.tails[j] if have + t == target), None)
+                if tail is not None:
+                    have, runs[-1] = have + tail, (runs[-1][0], j + 1)
             if have == target:
                 found.append(runs)
         return found
+
+    @cached_property
+    def heads(self) -> list[list[str]]:
+        """Each word's key, and the keys of what follows a mark inside it ("n°562044387" ->
+        "562044387"): a value may be printed glued to its label."""
+        return [[self.keys[i], *_after_marks(w)] if self.keys[i] else [] for i, w in enumerate(self.folded)]
+
+    @cached_property
+    def tails(self) -> list[list[str]]:
+        """The keys of what precedes a mark inside each word ("562044387/2015" -> "562044387")."""
+        return [[_key(part) for part in _before_marks(w)] for w in self.folded]
 
     def _below(self, first: int, last: int, have: str, target: str) -> int | None:
         """The word that carries a value on at the next line down, aligned with its first word."""
@@ -272,6 +289,16 @@ class Locator:
                 last_line = w.line
         return Evidence(page.source, page=index, boxes=boxes, page_size=[page.width, page.height],
                         text="\n".join(lines), occurrences=count)
+
+
+def _after_marks(word: str) -> list[str]:
+    parts = re.split(r"[^\w]+", word)
+    return [k for n in range(1, len(parts)) if (k := _key("".join(parts[n:])))]
+
+
+def _before_marks(word: str) -> list[str]:
+    parts = re.split(r"[^\w]+", word)
+    return ["".join(parts[:n]) for n in range(len(parts) - 1, 0, -1) if _key("".join(parts[:n]))]
 
 
 def _minimal(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
