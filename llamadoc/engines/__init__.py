@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
-from llamadoc.errors import ModelError
+from llamadoc.errors import ModelError, UsageError
 
 # Requests each engine decodes together (its max_batch), known before it loads.
 BATCH = {"mtmd": 1, "mllama": 8}
+MAX_GRAMMAR = 1 << 20  # characters of GBNF a schema may become (examples/invoice.yaml: about 3 KiB)
 
 
 def check_schema(schema: dict[str, Any]) -> None:
@@ -16,7 +17,10 @@ def check_schema(schema: dict[str, Any]) -> None:
     checked once, before the first page, rather than failing every page with it."""
     from llamadoc.engines.llamacpp import schema_grammar  # both engines decode with its grammar
 
-    schema_grammar(schema)
+    grammar = schema_grammar(schema)
+    if len(grammar) > MAX_GRAMMAR:  # llama.cpp would parse it for every request: refused, not slowly served
+        raise UsageError(f"the JSON schema makes a grammar of {len(grammar) >> 10:,} KiB, over the limit of "
+                         f"{MAX_GRAMMAR >> 10:,} KiB", hint="simplify the schema (fewer repetitions and variants)")
 
 
 def load_vision_engine(engine: str, options: LoadOptions, max_pixels: int) -> VisionEngine:
