@@ -12,6 +12,7 @@ import math
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,6 +40,7 @@ IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexE
 _PILLOW = {"PNG": ["PNG"], "JPEG": ["JPEG"], "TIFF": ["TIFF"], "BigTIFF": ["TIFF"], "GIF": ["GIF"],
            "WebP": ["WEBP"], "BMP": ["BMP"], "HEIF": ["HEIF"], "AVIF": ["AVIF"], "JPEG 2000": ["JPEG2000"],
            "PNM": ["PPM"]}
+MAX_ATTACHMENT = 16 << 20  # bytes a PDF's attachment may inflate to (an e-invoice XML is some KiB)
 # Pillow plugins whose decoders run another program (EPS: Ghostscript on the file's PostScript):
 # never handed bytes, whatever they announce.
 RUNS_PROGRAMS = frozenset({"EPS"})
@@ -341,13 +343,42 @@ class Document:
         return einvoice.find(self.embedded_files())
 
     def embedded_files(self) -> dict[str, bytes]:
-        """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""
+        """XML files attached to a PDF (e-invoice XML lives in one); empty for images and XML, and
+        when an attachment would inflate past MAX_ATTACHMENT: PyMuPDF reads an attachment whole,
+        and a 1 MB one can inflate to gigabytes."""
         if self._pdf is None or self._xml is not None:
             return {}
         try:
-            return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
+            names = [n for n in self._pdf.embfile_names() if n.lower().endswith(".xml")]
+            if not names or not self._attachments_bounded(len(self._pdf.embfile_names())):
+                return {}
+            return {name: self._pdf.embfile_get(name) for name in names}
         except _pdf_errors() as err:
             raise DocumentError(f"the attachments of {self.label} cannot be read ({decoder_message(err)})") from None
+
+    def _attachments_bounded(self, count: int) -> bool:
+        """Whether each of the PDF's ``count`` attachments inflates to at most MAX_ATTACHMENT bytes,
+        found by inflating at most that much of each. Unfiltered and Flate streams are checked;
+        an attachment under another filter, or not marked as one, is not read at all."""
+        pdf, checked = self._pdf, 0
+        for xref in range(1, pdf.xref_length()):
+            if pdf.xref_get_key(xref, "Type") != ("name", "/EmbeddedFile") or not pdf.xref_is_stream(xref):
+                continue
+            kind, value = pdf.xref_get_key(xref, "Filter")
+            raw = pdf.xref_stream_raw(xref)
+            if kind == "null":
+                size = len(raw)
+            elif value in ("/FlateDecode", "[/FlateDecode]") and pdf.xref_get_key(xref, "DecodeParms")[0] == "null":
+                try:
+                    size = len(zlib.decompressobj().decompress(raw, MAX_ATTACHMENT + 1))
+                except zlib.error:
+                    return False
+            else:
+                return False
+            if size > MAX_ATTACHMENT:
+                return False
+            checked += 1
+        return checked >= count
 
     def selected(self) -> list[int]:
         indices = select_pages(self.options.pages, self.page_count)

@@ -10,7 +10,6 @@ from typing import Any
 
 from llamadoc.errors import UsageError
 
-
 # What a schema may cost, checked before anything walks it whole (jsonschema), writes it out (the
 # prompt) or turns it into a grammar: YAML aliases make a 400-byte file a structure of millions of
 # nodes, and a grammar spells every repetition out (minItems: 10000000 is ten million rules).
