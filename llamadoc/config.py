@@ -288,6 +288,22 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
     )
 
 
+@dataclass(frozen=True)
+class ServerEnvironment:
+    """What the environment says to `llamadoc serve` and its clients."""
+
+    api_key: str | None  # LLAMADOC_API_KEY: the server's key, and the one --server clients send
+    origins: tuple[str, ...]  # LLAMADOC_ORIGINS: web origins allowed besides the defaults
+
+
+def server_environment(env: Mapping[str, str] | None = None) -> ServerEnvironment:
+    env = os.environ if env is None else env
+    # Comma-separated, quotes and spaces around each trimmed, as Ollama reads OLLAMA_ORIGINS.
+    parts = (p.strip().strip("\"'").strip() for p in env.get("LLAMADOC_ORIGINS", "").split(","))
+    origins = tuple(p for p in parts if p)
+    return ServerEnvironment(api_key=env.get("LLAMADOC_API_KEY") or None, origins=origins)
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):
