@@ -79,7 +79,7 @@ def image_from_wire(data: Any, max_pixels: int | None = None) -> Image:
         raise UsageError("the page image is not base64") from None
     if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
         raise UsageError("the page image is not a PNG (the engine protocol carries PNG only)")
-    limit = max_pixels or PILImage.MAX_IMAGE_PIXELS
+    limit = max_pixels or int(PILImage.MAX_IMAGE_PIXELS or 0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
@@ -146,16 +146,6 @@ def response_from_wire(body: dict[str, Any]) -> GenerationResponse:
 def judge_to_wire(r: JudgeRequest) -> dict[str, Any]:
     return {"prompt": r.prompt, "answer_prefix": r.answer_prefix, "grammar": r.grammar, "max_tokens": r.max_tokens,
             "unsafe_word": r.unsafe_word, "image": image_to_wire(r.image) if r.image is not None else None}
-
-
-def judge_from_wire(body: dict[str, Any], max_pixels: int | None = None) -> JudgeRequest:
-    try:
-        prompt, prefix, grammar = str(body["prompt"]), str(body["answer_prefix"]), str(body["grammar"])
-        max_tokens, unsafe_word, image = int(body["max_tokens"]), str(body["unsafe_word"]), body["image"]
-    except (KeyError, TypeError, ValueError, OverflowError) as err:
-        raise UsageError(f"not a guard request ({type(err).__name__}: {err})") from None
-    return JudgeRequest(prompt=prompt, answer_prefix=prefix, grammar=grammar, max_tokens=max_tokens,
-                        unsafe_word=unsafe_word, image=image_from_wire(image, max_pixels) if image is not None else None)
 
 
 def error_to_wire(err: LlamadocError) -> dict[str, Any]:
