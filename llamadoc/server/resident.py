@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from llamadoc import __version__, registry
@@ -44,13 +45,16 @@ class Resident:
 
     @property
     def name(self) -> str:
-        return self.reader.resolved.name
+        """What clients see the model called: its registry name or address, or for a model given
+        as a path the file's name (a path on this machine is not the clients' business)."""
+        r = self.reader.resolved
+        return Path(r.name).name if registry.looks_like_path(r.name) else r.name
 
     def names(self) -> list[str]:
         """What a request may call the model: its name (and Ollama's name:latest when it has no
         tag), the path or address the server was started with, and the file."""
         r = self.reader.resolved
-        names = [r.name, *([f"{r.name}:latest"] if ":" not in r.name else []), str(r.model_path)]
+        names = [self.name, r.name, *([f"{r.name}:latest"] if ":" not in r.name else []), str(r.model_path)]
         if self.options.model:
             names.append(self.options.model)
         return list(dict.fromkeys(names))
@@ -147,10 +151,11 @@ def _batch(engine: str) -> int:
 
 
 class Shared:
-    """The server's models as a Reader's (llamadoc.reader.Models), for the document routes."""
+    """The server's models as a Reader's (llamadoc.reader.Models), for the document routes. With
+    ``cancelled``, a job's pages stop reaching the engine once it is set (its client went away)."""
 
-    def __init__(self, resident: Resident) -> None:
-        self._resident = resident
+    def __init__(self, resident: Resident, cancelled: threading.Event | None = None) -> None:
+        self._resident, self._cancelled = resident, cancelled
 
     def resolve(self) -> registry.ResolvedModel:
         return self._resident.reader.resolved
@@ -159,7 +164,7 @@ class Shared:
         return self._resident.reader.model_sha256
 
     def vision_engine(self, options: LoadOptions, max_pixels: int) -> VisionEngine:
-        return BatchedEngine(self._resident.batcher, self._resident.engine())
+        return BatchedEngine(self._resident.batcher, self._resident.engine(), self._cancelled)
 
     def guard(self, policy: GuardPolicy) -> Guard:
         guard = self._resident.guard
