@@ -166,10 +166,10 @@ def _server(o: dict[str, Any]) -> Any:
     """A running server's models, when --server (or LLAMADOC_HOST) names one: never a silent local load."""
     if not o["server"]:
         return None
-    from llamadoc.config import load_settings
+    from llamadoc.config import load_settings, server_environment
     from llamadoc.models.remote import ServerModels
 
-    return ServerModels(o["server"], load_settings(o["config"]), o["model"], os.environ.get("LLAMADOC_API_KEY"))
+    return ServerModels(o["server"], load_settings(o["config"]), o["model"], server_environment().api_key)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -251,23 +251,47 @@ def serve(
     keep_alive: Annotated[str, typer.Option("--keep-alive", help="Unload after this long idle: 5m, 1h, -1 never.")
                           ] = "5m",
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 503.")] = 16,
+    api_key_file: Annotated[Path | None, typer.Option(
+        "--api-key-file", help="Require the Bearer token in this file on every route (or set LLAMADOC_API_KEY).")
+    ] = None,
     api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="LLAMADOC_API_KEY", help="Require this Bearer token on every route.")] = None,
+        "--api-key", help="The token itself: visible to every user in `ps`, prefer --api-key-file.")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", help="Also let web pages from this origin call (repeatable, * wildcards; also "
+        "LLAMADOC_ORIGINS). Default: localhost, 127.0.0.1, 0.0.0.0 and app schemes.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also accept this Host name: a LAN name or a reverse proxy's (repeatable).")] = None,
     preload: Annotated[bool, typer.Option("--preload", help="Load the models now, not on the first request.")] = False,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer a request may have.")] = 1024,
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 64,
+    max_prompt_kb: Annotated[int, typer.Option("--max-prompt-kb", help="Largest prompt text, in KiB (413).")] = 256,
+    max_pages: Annotated[int, typer.Option("--max-pages", help="Pages read of one uploaded document.")] = 100,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Connections open at once.")] = 256,
+    guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None,
     config: Config = None, verbose: Verbose = False,
 ) -> None:
     """Keep the models loaded for Ollama, OpenAI and llamadoc clients (and --server)."""
     o = dict(locals())
-    from llamadoc.guard import GuardPolicy
+    from llamadoc.config import server_environment
+    from llamadoc.guard import GuardPolicy, parse_categories
     from llamadoc.server import serve as run
-    from llamadoc.server.options import ServeOptions, parse_duration
+    from llamadoc.server.options import ServeOptions, parse_duration, read_key
 
-    policy = GuardPolicy(mode=o.pop("guard"), model=o.pop("guard_model"))
+    policy = GuardPolicy(mode=o.pop("guard"), model=o.pop("guard_model"), threshold=o.pop("guard_threshold"),
+                         categories=parse_categories(o.pop("guard_categories")))
     idle = parse_duration(o.pop("keep_alive"))
-    run(ServeOptions(**o, guard=policy, keep_alive=idle), notify=say)
+    env = server_environment()
+    key_file, key = o.pop("api_key_file"), o.pop("api_key")
+    if key_file is not None and key is not None:
+        raise UsageError("--api-key and --api-key-file both give a key", hint="keep --api-key-file")
+    if key is not None:
+        say("warning: --api-key is visible to every user of this machine (ps, /proc); "
+            "use --api-key-file or LLAMADOC_API_KEY")
+    key = read_key(key_file) if key_file is not None else key if key is not None else env.api_key
+    origins = (*env.origins, *(o.pop("allow_origin") or ()))
+    hosts = tuple(o.pop("allow_host") or ())
+    run(ServeOptions(**o, guard=policy, keep_alive=idle, api_key=key, origins=origins, hosts=hosts), notify=say)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
