@@ -94,7 +94,7 @@ def test_model_routes(served: Served, text_model: Path) -> None:
     assert listed.model == text_model.name and listed.details is not None  # a name, never the path
     assert listed.details.format == "gguf" and httpx.get(f"{served.url}/api/tags").json()["models"][0]["name"] == \
         text_model.name
-    assert listed.digest == served.resident.reader.model_sha256
+    assert listed.digest == served.resident.models.sha256()
     shown = c.show(str(text_model))
     assert shown.capabilities == ["completion", "vision"] and shown.modelinfo["general.architecture"] == "llama"
     assert [m.model for m in c.ps().models] == [text_model.name]  # loaded by the tests before
@@ -223,7 +223,7 @@ def test_keep_alive_zero_unloads_after_the_request(text_model: Path, mmproj: Pat
         deadline = time.monotonic() + 10
         while c.ps().models and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert c.ps().models == [] and s.resident.reader._engine is None
+        assert c.ps().models == [] and s.resident.models.loaded is None
         loaded = c.chat(model=str(text_model), messages=[], keep_alive="5m")  # an empty chat loads it again
         assert loaded.done_reason == "load" and [m.model for m in c.ps().models] == [text_model.name]
 

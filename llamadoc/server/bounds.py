@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from anyio import CapacityLimiter, to_thread
 from starlette.requests import Request
 
-from llamadoc.inputs.raster import RasterOptions
 from llamadoc.server.failures import ApiError
 from llamadoc.server.resident import Resident
 
@@ -67,7 +66,7 @@ async def run(kind: str, fn: Callable[..., T], *args: Any) -> T:
 
 def budget(resident: Resident) -> int:
     """The pixels a page image is read at: the model's budget, never past the ceiling."""
-    return min(resident.reader.max_pixels or RasterOptions().budget, resident.options.max_image_pixels)
+    return min(resident.max_pixels, resident.options.max_image_pixels)
 
 
 async def decode(resident: Resident, data: bytes, label: str) -> Image:

@@ -118,7 +118,7 @@ def checked_schema(schema: Any, what: str) -> dict[str, Any]:
     except LlamadocError as err:
         raise ApiError(400, str(err)) from None
     try:
-        engines.check_schema(schema)
+        engines.check_grammar(schema)
     except LlamadocError as err:
         raise ApiError(400, f"{what}: {err}") from None
     return schema

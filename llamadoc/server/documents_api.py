@@ -31,7 +31,7 @@ from llamadoc.server import bounds
 from llamadoc.server.answer import POLL_S
 from llamadoc.server.bounds import check_prompt
 from llamadoc.server.failures import ApiError
-from llamadoc.server.resident import Resident, Shared
+from llamadoc.server.resident import Batched, Resident
 from llamadoc.tasks import Ask, Describe, Extract, Task
 from llamadoc.tasks.schema import check_schema
 
@@ -143,8 +143,7 @@ async def _job(request: Request, resident: Resident, task: Task, sources: list[S
     without holding a thread). Its client is watched meanwhile: when it hangs up, or the server
     stops, the job's pages leave the engine's queue and the batch ends at its next page."""
     cancelled = threading.Event()
-    reader = Reader(settings=resident.reader.settings, max_tokens=resident.options.max_tokens,
-                    guard=resident.options.guard, models=Shared(resident, cancelled))
+    reader = Reader(models=Batched(resident.models, resident.batcher, resident.needs, cancelled))
 
     def check(*_args: Any) -> None:
         if cancelled.is_set():

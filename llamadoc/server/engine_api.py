@@ -22,7 +22,7 @@ from starlette.routing import Route
 from llamadoc.engines.base import GenerationRequest, GenerationResponse
 from llamadoc.errors import GuardError, LlamadocError, UsageError
 from llamadoc.guard import MODES, Guard
-from llamadoc.models.remote import image_from_wire, request_from_wire, response_to_wire
+from llamadoc.models.wire import image_from_wire, request_from_wire, response_to_wire
 from llamadoc.server.answer import POLL_S, judged
 from llamadoc.server.batcher import Busy, Ticket
 from llamadoc.server.bounds import bounds, check_prompt, run

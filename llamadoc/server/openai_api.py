@@ -146,7 +146,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 async def models(request: Request) -> Response:
     resident: Resident = request.app.state.resident
-    created = int(resident.reader.resolved.model_path.stat().st_mtime)
+    created = int(resident.models.resolve().model_path.stat().st_mtime)
     return JSONResponse({"object": "list", "data": [
         {"id": resident.name, "object": "model", "created": created, "owned_by": "llamadoc"}]})
 
