@@ -31,16 +31,15 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     from llamadoc.server.app import build
     from llamadoc.server.resident import Resident
 
+    if not is_loopback(options.host):  # said first: a wrong --host is the likely mistake
+        notify(f"warning: plain HTTP on {options.host}: the API key and every document cross the network "
+               "unencrypted; put a TLS reverse proxy (Caddy, nginx) in front and keep llamadoc on 127.0.0.1")
     sock = listen(options.host, options.port)
     resident = Resident(options, notify)
     host, port = sock.getsockname()[:2]
     app = build(resident, notify)
     server = http.Server(http.config(app, options), app.state.bounds.stopping)
-    http.quiet_repeats()
     notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*)")
-    if not is_loopback(options.host):
-        notify(f"warning: plain HTTP on {options.host}: the API key and every document cross the network "
-               "unencrypted; put a TLS reverse proxy (Caddy, nginx) in front and keep llamadoc on 127.0.0.1")
     server.run(sockets=[sock])
     if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
         notify("stopped; the engine was mid-generation, so its model is left to the process's exit")

@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import hmac
 import socket
-import sys
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 
 from anyio import to_thread
@@ -29,7 +27,6 @@ from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
 
 REAP_S = 1.0  # how often idle models are checked against keep-alive
-REPEAT_S = 60.0  # the same bug's traceback is logged at most this often
 BODY_IDLE_S = 20.0  # seconds a request body may go without a byte
 CLOSE_S = 3.0  # seconds the engine gets to stop at shutdown; then the process exits without unloading it
 
@@ -54,17 +51,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(request.url.path, exc.status_code, str(exc.detail))
 
 
-_logged: dict[str, float] = {}  # a bug's first line -> when its traceback was last logged
-
-
 async def _bug(request: Request, exc: Exception) -> Response:
-    """A bug: its traceback to the server's stderr (once a minute for the same one), one line to
-    the client."""
-    first = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    now = time.monotonic()
-    if now - _logged.get(first, -REPEAT_S) >= REPEAT_S:
-        _logged[first] = now
-        traceback.print_exception(exc, file=sys.stderr)
+    """A bug: one line to the client. Starlette raises it on after this answer, and uvicorn logs
+    its traceback (the same one at most once a minute: server/http.py)."""
     return _error(request.url.path, 500, f"internal error: {type(exc).__name__}: {exc} (see the server's log)")
 
 
@@ -142,6 +131,7 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        http.quiet_repeats()
         http.repeats_once(asyncio.get_running_loop())
         if options.preload:
             await to_thread.run_sync(resident.engine)

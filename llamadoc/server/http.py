@@ -149,7 +149,9 @@ class Once(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = f"{record.name}:{str(record.msg).splitlines()[0] if record.msg else ''}"
+        exc = record.exc_info[1] if record.exc_info else None
+        what = f"{type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
+        key = f"{record.name}:{str(record.msg).splitlines()[0] if record.msg else ''}:{what}"
         now = time.monotonic()
         with self._lock:
             since, held = self._seen.get(key, (0.0, 0))
@@ -165,10 +167,12 @@ class Once(logging.Filter):
 
 
 def quiet_repeats() -> None:
-    """Every logger the server's errors reach (uvicorn's, asyncio's) repeats itself at most once a minute."""
-    once = Once()
+    """Every logger the server's errors reach (uvicorn's, asyncio's) repeats itself at most once a
+    minute; installed once per process."""
     for name in ("uvicorn", "uvicorn.error", "asyncio", "llamadoc"):
-        logging.getLogger(name).addFilter(once)
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, Once) for f in logger.filters):
+            logger.addFilter(Once())
 
 
 def repeats_once(loop: asyncio.AbstractEventLoop) -> None:
