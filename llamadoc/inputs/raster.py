@@ -183,7 +183,8 @@ class Document:
         self.page_count = 0
         self._pdf: Any = None
         self._image: Image.Image | None = None
-        self._xml: tuple[str, bytes] | None = None  # (name, XML) of a standalone e-invoice
+        self._xml: einvoice.Found | None = None  # a standalone e-invoice, parsed when opened
+        self._attached: einvoice.Found | None = None  # a PDF's, parsed on first need
         self._info: dict[int, tuple[str | None, bool]] = {}  # page_info, read once per page
         self._open()
 
@@ -265,7 +266,7 @@ class Document:
             invoice = einvoice.parse(data, self.label)
         except DocumentError as err:
             raise DocumentError(err.message, hint="llamadoc reads XML that is a CII or UBL e-invoice") from None
-        self._xml = (name, data)
+        self._xml = einvoice.Found(name, data, invoice)
         self._open_pdf(textpage.render_html(textpage.invoice_html(invoice, name)))
 
     def _open_image(self, data: bytes, name: str) -> None:
@@ -290,11 +291,18 @@ class Document:
         # An MPO (what phone cameras write as .jpg) keeps a second, smaller view after the photo.
         self.page_count = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
-    def e_invoice(self) -> tuple[str, bytes] | None:
-        """The e-invoice XML (name, bytes) this document is, or that a PDF carries; None when none."""
+    def e_invoice(self) -> einvoice.Found | None:
+        """The e-invoice this document is, or that a PDF carries, parsed once; None when none.
+        A DocumentError (one line) when a PDF carries one that cannot be read."""
         if self._xml is not None:
             return self._xml
-        return einvoice.find(self.embedded_files())
+        if self._attached is None:
+            found = einvoice.find(self.embedded_files())
+            if found is None:
+                return None
+            name, xml = found
+            self._attached = einvoice.Found(name, xml, einvoice.parse(xml, name))
+        return self._attached
 
     def embedded_files(self) -> dict[str, bytes]:
         """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""

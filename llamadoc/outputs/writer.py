@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-from llamadoc.errors import OutputError
+from llamadoc.errors import OutputError, WriteFailed
 from llamadoc.files import sweep_temp, write_atomic
 from llamadoc.inputs.sources import Source
 from llamadoc.outputs import render
@@ -42,14 +42,6 @@ class OutputSpec:
     @property
     def state(self) -> Path | None:
         return self.dir / STATE_DIR if self.dir is not None else None
-
-
-class WriteFailed(Exception):
-    """A result file could not be written: that document's failure, not the batch's."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot write {path}: {reason}")
-        self.path = path
 
 
 def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
