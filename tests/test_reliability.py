@@ -113,9 +113,14 @@ def test_a_result_entry_of_another_shape_is_a_miss_and_replaced(run_cli: Any, mo
     assert again.stderr.count("cache entries could not be read") == 1  # one line, no more
     doc = json.loads((out / "a.json").read_text())
     assert doc["status"] == "ok" and not doc["cached"]  # done again
-    third = run_cli(*args)
-    assert third.exit_code == 0 and "could not be read" not in third.stderr  # the entry was replaced
-    assert "(1 from earlier runs)" not in third.stderr or json.loads(entry.read_text())["status"] == "ok"
+    # A second, new document makes the third run print its summary, which counts the
+    # results that came from the store: a.pdf's, read from the entry the second run replaced.
+    other = make_pdf(tmp_path / "b.pdf", ["Invoice 8"])
+    third = run_cli(*args, str(other))
+    assert third.exit_code == 0, third.stderr
+    assert "could not be read" not in third.stderr  # the entry was replaced ...
+    assert "2 documents: ok 2" in third.stderr and "(1 from earlier runs)" in third.stderr  # ... and read
+    assert json.loads(entry.read_text())["status"] == "ok"
 
 
 @pytest.mark.parametrize("entry", [[], {}, {"text": 5}, {"text": "safe", "p_unsafe": "high"}, "[" * 50_000],
