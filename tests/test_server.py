@@ -349,6 +349,7 @@ def test_the_server_answers_503_with_retry_after(text_model: Path, mmproj: Path,
         deadline = time.monotonic() + 10
         while not s.resident.batcher._waiting and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert s.resident.batcher._waiting, "the second request never reached the queue"
         r = httpx.post(f"{s.url}/api/chat", json=body)
         assert r.status_code == 503 and r.headers["Retry-After"] and "busy" in r.json()["error"]
         engine.release.set()
