@@ -427,25 +427,7 @@ def test_a_name_that_is_not_utf8_is_read_and_labelled(run_cli: Any, model_args: 
     assert (out / "plain.json").is_file()
 
 
-# -- 9, 10. options and inputs get one clear line ------------------------------------
-
-
-@pytest.mark.parametrize("option, message", [
-    (["--max-pixels", "-5"], "--max-pixels -5 is too small"),
-    (["--max-pixels", "0"], "--max-pixels 0 is too small"),
-    (["--dpi", "nan"], "--dpi nan is out of range"),
-    (["--dpi", "1e-9"], "--dpi 1e-09 is out of range"),
-    (["--max-tokens", "0"], "--max-tokens must be at least 1"),
-    (["--temperature", "-1"], "--temperature must be 0 or more"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--guard-threshold", "1.5"], "--guard-threshold must be between 0 and 1"),
-])
-def test_bad_options_are_one_line_and_exit_2(run_cli: Any, model_args: list[str], chart: Path, option: list[str],
-                                             message: str) -> None:
-    result = run_cli("ask", str(chart), "-q", "?", *model_args, *option)
-    assert result.exit_code == 2
-    [line] = result.stderr.strip().splitlines()
-    assert message in line
+# -- 9, 10. inputs get one clear line (options: test_exit_codes.USAGE_ERRORS) ---------
 
 
 def test_a_pipe_is_read_like_stdin(run_cli: Any, model_args: list[str], chart: Path, tmp_path: Path) -> None:
