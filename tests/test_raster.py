@@ -146,7 +146,8 @@ def test_a_gif_bomb_is_one_line_on_the_command_line(run_cli: Any, model_args: li
     bomb = bomb_gif(tmp_path / "bomb.gif", (4, 4), [(0, 0), (65000, 65000)])
     result = run_cli("describe", str(bomb), *model_args, "--max-tokens", "4")
     assert result.exit_code == 1 and "internal error" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (f"llamadoc: {bomb} is too large to decode safely (over "
+    # Frame 1 was read (and is blank); frame 2 is the page that failed.
+    assert result.stderr.splitlines()[-1] == (f"llamadoc: page 2: {bomb} is too large to decode safely (over "
                                               f"{Image.MAX_IMAGE_PIXELS:,} pixels) (downscale it first; this "
                                               "limit guards against decompression bombs)")
 
