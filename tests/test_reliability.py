@@ -64,6 +64,36 @@ def test_a_result_file_follows_the_options_of_the_last_run(run_cli: Any, model_a
     assert (out / "oyo.json").stat().st_mtime_ns == before  # the same result again: left alone
 
 
+@pytest.mark.parametrize("fmt, ext", [("text", ".txt"), ("md", ".md")])
+def test_a_document_that_fails_takes_its_earlier_result_file_away(run_cli: Any, model_args: list[str],
+                                                                  tmp_path: Path, fmt: str, ext: str) -> None:
+    """Text and Markdown have nothing to say for a document that did not open, so no file: and
+    none left from an earlier run either, or the folder would show a result this run did not get.
+    The failure itself is in the summary (and in the JSON and JSONL formats' files)."""
+    docs = folder(tmp_path, 2)
+    out = tmp_path / "o"
+    args = ["describe", str(docs), *model_args, *MODEL_FLAGS, "--format", fmt, "-o", str(out)]
+    assert run_cli(*args).exit_code == 0
+    assert [p.name for p in outputs(out)] == [f"doc00{ext}", f"doc01{ext}"]
+    (docs / "doc00.pdf").write_bytes(b"%PDF-1.4 truncated")
+    again = run_cli(*args)
+    assert again.exit_code == 1
+    assert "2 documents: ok 1, partial 0, failed 1" in again.stderr and "doc00.pdf is not a readable PDF" in again.stderr
+    assert [p.name for p in outputs(out)] == [f"doc01{ext}"]  # the folder mirrors the last run
+
+
+def test_an_answer_the_guard_withholds_takes_the_earlier_file_away(run_cli: Any, model_args: list[str],
+                                                                   guard_model: Path, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "a.pdf", ["Invoice 7"])
+    out = tmp_path / "o"
+    args = ["ask", str(pdf), "-q", "What is it?", *model_args, *MODEL_FLAGS, "--format", "text", "-o", str(out)]
+    assert run_cli(*args).exit_code == 0 and (out / "a.txt").read_text().strip()
+    strict = ["--guard", "block", "--guard-model", str(guard_model), "--guard-threshold", "0"]  # all unsafe
+    blocked = run_cli(*args, *strict)
+    assert blocked.exit_code == 3 and "withheld" in blocked.stderr
+    assert outputs(out) == []  # the answer the guard now withholds is not left on disk
+
+
 # -- 2. a cache entry of an unexpected shape is a miss --------------------------------
 
 
