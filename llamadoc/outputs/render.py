@@ -29,6 +29,8 @@ def to_text(doc: DocumentResult) -> str:
 
 
 def to_markdown(doc: DocumentResult) -> str:
+    if doc.status in (Status.FAILED, Status.SKIPPED) and not doc.pages:
+        return ""  # as in text: a document that was not read has no Markdown, only its failure
     return f"# {Path(doc.source).name}\n\n{markdown(doc)}\n"
 
 
