@@ -82,12 +82,14 @@ def test_a_document_that_fails_takes_its_earlier_result_file_away(run_cli: Any, 
     assert [p.name for p in outputs(out)] == [f"doc01{ext}"]  # the folder mirrors the last run
 
 
+@pytest.mark.parametrize("fmt, ext", [("text", ".txt"), ("md", ".md")])
 def test_an_answer_the_guard_withholds_takes_the_earlier_file_away(run_cli: Any, model_args: list[str],
-                                                                   guard_model: Path, tmp_path: Path) -> None:
+                                                                   guard_model: Path, tmp_path: Path,
+                                                                   fmt: str, ext: str) -> None:
     pdf = make_pdf(tmp_path / "a.pdf", ["Invoice 7"])
     out = tmp_path / "o"
-    args = ["ask", str(pdf), "-q", "What is it?", *model_args, *MODEL_FLAGS, "--format", "text", "-o", str(out)]
-    assert run_cli(*args).exit_code == 0 and (out / "a.txt").read_text().strip()
+    args = ["ask", str(pdf), "-q", "What is it?", *model_args, *MODEL_FLAGS, "--format", fmt, "-o", str(out)]
+    assert run_cli(*args).exit_code == 0 and (out / f"a{ext}").read_text().strip()
     strict = ["--guard", "block", "--guard-model", str(guard_model), "--guard-threshold", "0"]  # all unsafe
     blocked = run_cli(*args, *strict)
     assert blocked.exit_code == 3 and "withheld" in blocked.stderr
