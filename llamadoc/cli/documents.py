@@ -283,7 +283,6 @@ def extract(
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after; each value
     with where the page prints it, a confidence and its checks."""
-    from llamadoc.tasks import Extract, load_schema
+    from llamadoc.tasks import Extract
 
-    run(lambda: Extract(schema=load_schema(schema), schema_path=schema, embedded=embedded,
-                        review_below=review_below), o)
+    run(lambda: Extract.from_file(schema, embedded=embedded, review_below=review_below), o)

@@ -23,7 +23,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from llamadoc.codec import from_dict
+from llamadoc.codec import ForeignResult, from_dict
 from llamadoc.errors import OutputError, UsageError
 from llamadoc.evidence import checks
 from llamadoc.inputs import einvoice
@@ -83,7 +83,7 @@ def _result(text: str) -> tuple[DocumentResult | None, str]:
     body.pop("pages_read", None)
     try:
         return from_dict(body), ""
-    except ValueError as err:
+    except ForeignResult as err:
         return None, f"not a result of this version ({err})"
 
 

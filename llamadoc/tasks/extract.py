@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamadoc.errors import DocumentError, UsageError
@@ -28,7 +29,7 @@ from llamadoc.inputs.einvoice import EInvoice
 from llamadoc.results import Check, DocumentResult, Evidence, PageWords, Value
 from llamadoc.tasks.base import FollowUp, PageReply, Plan
 from llamadoc.tasks.describe import strip_fence
-from llamadoc.tasks.schema import check_schema, schema_error
+from llamadoc.tasks.schema import check_schema, load_schema, schema_error
 
 if TYPE_CHECKING:
     from llamadoc.inputs.raster import Document
@@ -65,6 +66,11 @@ class Extract:
         where = "the schema" if self.schema_path == "<dict>" else f"schema file {self.schema_path}"
         check_schema(self.schema, where)
 
+    @classmethod
+    def from_file(cls, path: str | Path, embedded: str = "prefer", review_below: float = REVIEW_BELOW) -> Extract:
+        """Extract under the JSON Schema in a .json or YAML file."""
+        return cls(schema=load_schema(path), schema_path=str(path), embedded=embedded, review_below=review_below)
+
     def options(self) -> dict[str, Any]:
         canonical = json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
         return {"schema": self.schema_path, "schema_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
@@ -79,15 +85,15 @@ class Extract:
         """Look for an e-invoice: the document itself (an XML file), or in its attachments."""
         if self.embedded == "ignore":
             return Plan(words=True)
-        found = document.e_invoice()
-        if found is None:
-            return Plan(words=True)
-        name, xml = found
         try:
-            embedded = Embedded(name, einvoice.parse(xml, name))
+            found = document.e_invoice()
         except DocumentError as err:
             return Plan(notes=[f"the embedded e-invoice cannot be used ({err}); the pages were read instead"],
                         words=True)
+        if found is None:
+            return Plan(words=True)
+        name = found.name
+        embedded = Embedded(name, found.invoice)
         plan = Plan(context=embedded, words=True)
         if self.embedded == "prefer":
             why_not = self._unfit(embedded.invoice)
