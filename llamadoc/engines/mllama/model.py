@@ -76,6 +76,7 @@ class BatchItem:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # texts that end the answer (the Scheduler honours them)
 
 
 @dataclass

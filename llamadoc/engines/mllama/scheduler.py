@@ -9,17 +9,15 @@ One thread drives a Scheduler; it holds no lock of its own.
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from llamadoc.engines.textstream import TextStream
 from llamadoc.errors import UsageError
 
 from .model import BatchItem, Completion, MllamaModel, _Seq
 from .sampling import Sampler
-
-_UTF8 = codecs.getincrementaldecoder("utf-8")
 
 
 @dataclass
@@ -27,7 +25,9 @@ class Running:
     """One sequence in the scheduler: its tokens so far, and how it ended."""
 
     item: BatchItem
-    on_text: Callable[[str], None]  # decoded text as it grows (whole UTF-8 characters only)
+    # Decoded text as it grows (whole UTF-8 characters, never a stop text), at every step;
+    # returning False ends the sequence there ("cancelled": its client went away).
+    on_text: Callable[[str], object]
     seq: _Seq
     sampler: Sampler
     tokens: list[int] = field(default_factory=list)
@@ -35,7 +35,7 @@ class Running:
     finish: str | None = None  # "stop" | "length" | "cancelled" once it has ended
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: _UTF8("replace"))
+    text: TextStream = field(default_factory=TextStream)
 
 
 class Scheduler:
@@ -56,7 +56,7 @@ class Scheduler:
     def busy(self) -> bool:
         return self.free < len(self.rows)
 
-    def add(self, item: BatchItem, on_text: Callable[[str], None] = lambda _t: None) -> Running:
+    def add(self, item: BatchItem, on_text: Callable[[str], object] = lambda _t: None) -> Running:
         """Prefill a new sequence in a free row; it decodes with the others from the next step.
         A sequence that ends at once (its first token is an end token) never takes the row."""
         if item.max_tokens < 1:
@@ -66,7 +66,7 @@ class Scheduler:
         self.encoded += encoded
         sampler = Sampler(self.model.tokenizer, self.model.n_vocab, item.temperature, item.top_p, item.seed,
                           item.grammar)
-        running = Running(item, on_text, seq, sampler, timings_ms=timings)
+        running = Running(item, on_text, seq, sampler, timings_ms=timings, text=TextStream(item.stop))
         running.timings_ms["decode"] = 0.0
         if not self._accept(running, sampler.sample(logits)):
             self.rows[row] = running
@@ -95,8 +95,7 @@ class Scheduler:
 
     def completion(self, r: Running) -> Completion:
         """An ended sequence as generate_batch reports one."""
-        return Completion(r.tokens, self.model.tokenizer.decode(r.tokens), r.finish or "length", len(r.item.prompt),
-                          [], r.timings_ms)
+        return Completion(r.tokens, r.text.text, r.finish or "length", len(r.item.prompt), [], r.timings_ms)
 
     def cancel(self, running: Running) -> None:
         """Free a sequence's row now (its client went away)."""
@@ -109,7 +108,10 @@ class Scheduler:
         if token in self.model.tokenizer.stop:
             return self._end(r, "stop")
         r.tokens.append(token)
-        r.on_text(r._decoder.decode(self.model.tokenizer.piece(token)))
+        if r.on_text(r.text.feed(self.model.tokenizer.piece(token))) is False:
+            return self._end(r, "cancelled")
+        if r.text.stopped:
+            return self._end(r, "stop")
         if len(r.tokens) >= r.item.max_tokens or r.seq.n_past + 1 > self.model.n_ctx:
             return self._end(r, "length")
         r.next = token
@@ -117,7 +119,7 @@ class Scheduler:
 
     def _end(self, r: Running, reason: str) -> bool:
         r.finish = reason
-        tail = r._decoder.decode(b"", final=True)
+        tail = r.text.finish() if reason != "cancelled" else ""
         if tail:
             r.on_text(tail)
         r.sampler.close()
