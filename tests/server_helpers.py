@@ -49,8 +49,9 @@ def offline_home(home: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serving(**options: object) -> Iterator[Served]:
-    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends."""
+def serving(log: list[str] | None = None, **options: object) -> Iterator[Served]:
+    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends;
+    the server's stderr lines (access lines among them) go to ``log`` when given."""
     import uvicorn
 
     from llamadoc.server import listen
@@ -58,8 +59,9 @@ def serving(**options: object) -> Iterator[Served]:
 
     opts = ServeOptions(**{"threads": 1, **options, "port": 0})  # type: ignore[arg-type]
     sock = listen(opts.host, 0)
-    resident = Resident(opts, notify=lambda _m: None)
-    server = uvicorn.Server(uvicorn.Config(build(resident), log_level="warning", lifespan="on"))
+    say = log.append if log is not None else (lambda _m: None)
+    resident = Resident(opts, notify=say)
+    server = uvicorn.Server(uvicorn.Config(build(resident, say), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

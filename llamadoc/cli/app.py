@@ -267,7 +267,11 @@ def serve(
 
     policy = GuardPolicy(mode=o.pop("guard"), model=o.pop("guard_model"))
     idle = parse_duration(o.pop("keep_alive"))
-    run(ServeOptions(**o, guard=policy, keep_alive=idle), notify=say)
+    try:
+        run(ServeOptions(**o, guard=policy, keep_alive=idle), notify=say)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a server has no documents to keep, it just stops
+        say("stopped")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.errors import LlamadocError
 from llamadoc.server import documents_api, engine_api, ollama_api, openai_api
+from llamadoc.server.access import AccessLog
 from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
 
@@ -138,6 +139,7 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
     )
     app.state.resident = resident
     app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body)
+    app.add_middleware(AccessLog, log=notify)  # outermost: it sees every refusal, the key's and the limit's too
     return app
 
 

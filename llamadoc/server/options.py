@@ -14,6 +14,7 @@ from llamadoc.guard import GuardPolicy
 DEFAULT_PORT = 11435  # Ollama's 11434 plus one: both can run on one machine
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_S = (2**63 - 1) / 1e9  # Go's time.Duration, what Ollama can hold: about 292 years
 
 
 def parse_duration(value: str | float | int, what: str = "--keep-alive") -> float | None:
@@ -34,6 +35,8 @@ def parse_duration(value: str | float | int, what: str = "--keep-alive") -> floa
             seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if not math.isfinite(seconds):
         raise UsageError(f"{what} {value!r} is not a duration")
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"{what} {value!r} is out of range", hint="at most 2562047h; -1 keeps the model loaded")
     return None if seconds < 0 else seconds
 
 

@@ -10,17 +10,27 @@ pipeline's pages join the batcher's batches like any other request.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llamadoc import __version__, registry
 from llamadoc.engines.base import LoadOptions, VisionEngine
+from llamadoc.errors import UsageError
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.reader import Reader
 from llamadoc.server.batcher import BatchedEngine, Batcher
 from llamadoc.server.options import ServeOptions
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DEFAULT: Final = "default"  # a request that gives no keep_alive: the server's --keep-alive
+KeepAlive = float | None | Literal["default"]  # seconds; None: for good
 
 
 class Resident:
@@ -33,8 +43,12 @@ class Resident:
         self.batcher = Batcher(self.engine, options.max_queue)
         self.documents = Reader(settings=self.reader.settings, max_tokens=options.max_tokens, guard=options.guard,
                                 models=Shared(self))
-        self.keep_alive = options.keep_alive  # a request may change it, as Ollama's keep_alive does
+        self.keep_alive = options.keep_alive  # the latest request's, as Ollama's keep_alive
+        self.notify = notify
         self._lock = threading.Lock()
+        self._reload = threading.Lock()
+        self._trained: int | None = None
+        self.images = Kept()  # images that /api/generate's context names
         self._in_flight = 0
         self._last_used = time.monotonic()
         self.loaded_at: float | None = None  # wall-clock time the vision engine loaded
@@ -58,6 +72,10 @@ class Resident:
     def serves(self, name: str) -> bool:
         return name in self.names()
 
+    def reads_one_image(self) -> bool:
+        """Llama 3.2 Vision reads one image a sequence; libmtmd's models read several."""
+        return self.reader.resolved.engine == "mllama"
+
     # -- loading ---------------------------------------------------------------------------
 
     def engine(self) -> VisionEngine:
@@ -77,9 +95,15 @@ class Resident:
         return self.reader.guard
 
     @contextlib.contextmanager
-    def use(self) -> Iterator[None]:
-        """Around every request: the models stay while one runs, and keep_alive counts from its end."""
+    def use(self, keep_alive: KeepAlive = DEFAULT) -> Iterator[None]:
+        """Around every request: the models stay while one runs, and keep_alive counts from its end.
+
+        As Ollama applies it, the keep_alive in force is the latest request's own, or the server's
+        --keep-alive when it gives none: one client's keep_alive 0 unloads the models after its
+        request, and does not become every later request's.
+        """
         with self._lock:
+            self.keep_alive = self.options.keep_alive if keep_alive == DEFAULT else keep_alive
             self._in_flight += 1
         try:
             yield
@@ -88,10 +112,33 @@ class Resident:
                 self._in_flight -= 1
                 self._last_used = time.monotonic()
 
-    def set_keep_alive(self, seconds: float | None) -> None:
-        """A request's keep_alive: how long the models stay after it (None: for good)."""
-        with self._lock:
-            self.keep_alive = seconds
+    def ensure_context(self, n_ctx: int) -> None:
+        """A request's num_ctx: load the model again with that context when the loaded one is
+        smaller (as Ollama does), up to what the model was trained for."""
+        trained = self.trained_context()
+        if trained is not None and n_ctx > trained:
+            raise UsageError(f"num_ctx {n_ctx} is more than {self.name}'s trained context of {trained} tokens")
+        with self._reload:
+            have = getattr(self.engine(), "n_ctx", None)
+            if have is None or n_ctx <= have:
+                return
+            self.notify(f"loading {self.name} again with a context of {n_ctx} tokens (was {have})")
+            self.batcher.release()  # waits for the sequences under way; waiting requests stay queued
+            with self._lock:
+                # The Reader holds the engine and its load options; the lead's Models seam will
+                # make this a call of its own.
+                engine, self.reader._engine = self.reader._engine, None
+                if engine is not None:
+                    engine.close()
+                self.reader._load = replace(self.reader._load, n_ctx=n_ctx)
+                self.loaded_at = None
+            self.engine()
+
+    def trained_context(self) -> int | None:
+        """The context the model was trained for (its GGUF's context_length), if it says."""
+        if self._trained is None:
+            self._trained = self.summary().context or 0
+        return self._trained or None
 
     def expires_at(self) -> float | None:
         """Wall-clock time the models unload if nothing comes; None: never (or not loaded)."""
@@ -138,6 +185,33 @@ class Resident:
 
     def summary(self) -> registry.GgufSummary:
         return registry.gguf_summary(self.reader.resolved.model_path)
+
+
+class Kept:
+    """The latest images of /api/generate's conversations, by hash: its ``context`` names them,
+    so a follow-up prompt without the image still asks about it. A few, by least recent use."""
+
+    def __init__(self, most: int = 8) -> None:
+        self.most = most
+        self._images: OrderedDict[str, Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, image: Image) -> str:
+        h = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=16)
+        h.update(image.tobytes())
+        key = h.hexdigest()
+        with self._lock:
+            self._images[key] = image
+            self._images.move_to_end(key)
+            while len(self._images) > self.most:
+                self._images.popitem(last=False)
+        return key
+
+    def recall(self, key: object) -> Image:
+        with self._lock:
+            image = self._images[str(key)]  # KeyError: no longer held
+            self._images.move_to_end(str(key))
+            return image
 
 
 def _batch(engine: str) -> int:
