@@ -103,19 +103,32 @@ _NOT_IN_STRINGS = r'"\\\x7F\x00-\x1F'
 def schema_grammar(schema: dict[str, Any]) -> str:
     """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses,
     with raw control characters kept out of strings (escapes such as \\n stay allowed)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     remote = next(_remote_refs(schema), None)
     if remote is not None:  # the converter would fetch it over the network
         raise UsageError(f"the JSON schema refers to {remote!r}, and llamadoc never fetches schemas",
                          hint="put that definition into the schema's $defs and refer to it as #/$defs/...")
     try:
-        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
+        grammar = _to_gbnf(schema)
     except Exception as err:  # the converter raises several types on schemas it cannot express
         reason = " ".join(str(err).split())
         raise UsageError(f"the JSON schema cannot be turned into a grammar: {reason[:160]}",
                          hint="simplify the schema (plain types, properties, items, enums)") from None
     return _strict_strings(grammar)
+
+
+def _to_gbnf(schema: dict[str, Any]) -> str:
+    """llama-cpp-python's json_schema_to_gbnf, with its literals' backslashes escaped: it writes an
+    enum value or a key as JSON text (json.dumps) into a GBNF literal, where "\\n" then reads as
+    a raw newline, and a value "a\nb" came out unparseable."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):  # type: ignore[misc]
+        def _format_literal(self, literal: str) -> str:
+            return str(super()._format_literal(literal.replace("\\", "\\\\")))
+
+    converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
+    return str(converter.format_grammar())
 
 
 def _strict_strings(grammar: str) -> str:

@@ -20,7 +20,7 @@ MAX_DURATION_S = (2**63 - 1) / 1e9  # Go's time.Duration, what Ollama can hold: 
 def parse_duration(value: str | float | int, what: str = "--keep-alive") -> float | None:
     """Seconds from a duration as Ollama takes one ("5m", "1h30m", "30s", 300, "0"); None (never
     expire) for a negative one, as Ollama's -1."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UsageError(f"{what} {value!r} is not a duration")
     if isinstance(value, int | float):
         seconds = float(value)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from llamadoc.engines import llamacpp
-from llamadoc.errors import PageError, UsageError
+from llamadoc.errors import ContextFull, PageError, UsageError
 
 from . import ggml
 from .backend import (
@@ -339,8 +339,8 @@ class MllamaModel:
         if bad:
             raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self.tokenizer.n_tokens - 1})")
         if len(prompt) >= self.n_ctx:
-            raise PageError(f"the prompt has {len(prompt)} tokens; the context holds {self.n_ctx}",
-                            hint="raise --ctx")
+            raise ContextFull(f"the prompt is {len(prompt)} tokens long but the context holds {self.n_ctx}",
+                              need=len(prompt) + 1, have=self.n_ctx, hint="raise --ctx")
 
     def logits(self, image: Image.Image | None, token_ids: Sequence[int]) -> np.ndarray:
         """Logits (n_tokens, n_vocab) at every position of one sequence, from an empty cache."""
