@@ -122,11 +122,12 @@ def _to_gbnf(schema: dict[str, Any]) -> str:
     a raw newline, and a value "a\nb" came out unparseable."""
     from llama_cpp.llama_grammar import SchemaConverter
 
-    class Converter(SchemaConverter):  # type: ignore[misc]
+    class Converter(SchemaConverter):  # type: ignore[no-untyped-call,unused-ignore]
         def _format_literal(self, literal: str) -> str:
-            return str(super()._format_literal(literal.replace("\\", "\\\\")))
+            return str(super()._format_literal(literal.replace("\\", "\\\\")))  # type: ignore[no-untyped-call]
 
-    converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter: Any = Converter(prop_order={}, allow_fetch=False, dotall=False,  # type: ignore[no-untyped-call]
+                               raw_pattern=False)
     converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
     return str(converter.format_grammar())
 
