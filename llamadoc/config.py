@@ -51,6 +51,10 @@ _OLLAMA_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+DEFAULT_STDIN_LIMIT = 2 << 30  # bytes a pipe may carry; past it the document fails
+# The pixel budget of a page when models.toml gives the model none: a Letter/A4 page at about 100 DPI.
+DEFAULT_MAX_PIXELS = 1_254_400
+
 @dataclass(frozen=True)
 class HfRef:
     """A file in a Hugging Face repository: hf://owner/repo[@revision]/path/in/repo."""
@@ -198,6 +202,9 @@ class Settings:
     hf_token: str | None = None  # None: huggingface_hub looks in its usual places
     hf_cache: Path | None = None  # huggingface_hub's cache, whose files are used in place
     ollama_stores: tuple[Path, ...] = ()  # Ollama's own model folders, whose blobs are used in place
+    stdin_limit: int = DEFAULT_STDIN_LIMIT  # bytes a pipe may carry (LLAMADOC_STDIN_LIMIT)
+    server: str | None = None  # a running `llamadoc serve` for the document commands (LLAMADOC_HOST)
+    api_key: str | None = None  # its Bearer token (LLAMADOC_API_KEY)
 
     @property
     def models_dir(self) -> Path:
@@ -285,7 +292,34 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         hf_token=env.get("HF_TOKEN") or None,
         hf_cache=_hf_cache(env),
         ollama_stores=_ollama_stores(env),
+        stdin_limit=_stdin_limit(env),
+        server=env.get("LLAMADOC_HOST") or None,
+        api_key=env.get("LLAMADOC_API_KEY") or None,
     )
+
+
+def raise_errors(env: Mapping[str, str] | None = None) -> bool:
+    """LLAMADOC_RAISE_ERRORS=1: re-raise errors with their traceback (debugging, tests); read
+    apart from the settings, since a broken setting is among the errors it shows."""
+    return (os.environ if env is None else env).get("LLAMADOC_RAISE_ERRORS", "") not in ("", "0")
+
+
+def echo_ggml_logs(env: Mapping[str, str] | None = None) -> bool:
+    """LLAMADOC_GGML_LOG=1: show ggml's own log lines (debugging the mllama engine)."""
+    return (os.environ if env is None else env).get("LLAMADOC_GGML_LOG") == "1"
+
+
+def _stdin_limit(env: Mapping[str, str]) -> int:
+    value = env.get("LLAMADOC_STDIN_LIMIT", "")
+    if not value:
+        return DEFAULT_STDIN_LIMIT
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ConfigError(f"LLAMADOC_STDIN_LIMIT={value!r} is not a number of bytes")
+    return limit
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from llamadoc.batch.options import RunOptions
 from llamadoc.batch.pipeline import Pipeline
+from llamadoc.config import Settings
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.inputs.raster import RasterOptions
 from llamadoc.inputs.sources import collect
+from llamadoc.models.base import EngineNeeds
+from llamadoc.registry import ResolvedModel
 from llamadoc.results import DocumentResult, ModelInfo
 from llamadoc.tasks import Task
 
@@ -75,10 +78,44 @@ def guard_over(engine: ScriptedGuard, **policy: object) -> Guard:
     return Guard(load=lambda: engine, policy=GuardPolicy(**policy), name=engine.model_name)  # type: ignore[arg-type]
 
 
+class ScriptedModels:
+    """Models (llamadoc.models.base) over a scripted engine: the pipeline's seam, for its logic."""
+
+    def __init__(self, engine: ScriptedEngine, guard: Guard | None = None) -> None:
+        self.engine, self._guard = engine, guard
+        self.loads = 0  # how often a run asked for the engine
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=Path("/nonexistent"), offline=True, ollama_registry="http://127.0.0.1:9")
+
+    @property
+    def policy(self) -> GuardPolicy:
+        return self._guard.policy if self._guard else GuardPolicy(mode="off")
+
+    def resolve(self) -> ResolvedModel:
+        return ResolvedModel(name="scripted", engine="scripted", model_path=Path("-"))
+
+    def sha256(self) -> str:
+        return "0" * 64
+
+    def vision_engine(self, needs: EngineNeeds) -> ScriptedEngine:
+        self.loads += 1
+        return self.engine
+
+    def guard(self) -> Guard | None:
+        return self._guard
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(name="scripted", path="-", engine="scripted")
+
+    def close(self) -> None:
+        pass
+
+
 def run_pipeline(engine: ScriptedEngine, task: Task, paths: Sequence[Path], options: RunOptions | None = None,
                  guard: Guard | None = None) -> list[DocumentResult]:
     """The pipeline over files, as the Reader runs it, with a scripted engine."""
-    model = ModelInfo(name="scripted", path="-", engine="scripted")
-    pipeline = Pipeline(lambda: engine, task, options or RunOptions(raster=RasterOptions(dpi=20)), lambda: model,
-                        guard=guard, batch=engine.max_batch)
+    pipeline = Pipeline(ScriptedModels(engine, guard), task, options or RunOptions(raster=RasterOptions(dpi=20)),
+                        guard=guard)
     return list(pipeline.run(collect([str(p) for p in paths])))

@@ -118,14 +118,13 @@ def test_copies_of_a_document_another_run_holds_are_left_to_it(tmp_path: Path) -
     from llamadoc.batch.pipeline import Pipeline
     from llamadoc.inputs.raster import RasterOptions
     from llamadoc.inputs.sources import collect
-    from llamadoc.results import ModelInfo, Status
+    from llamadoc.results import Status
     from llamadoc.tasks import Describe
-    from tests.fakes import ScriptedEngine
+    from tests.fakes import ScriptedEngine, ScriptedModels
 
     a = make_image(tmp_path / "a.png")
     shutil.copy(a, tmp_path / "b.png")
-    model = ModelInfo(name="scripted", path="-", engine="scripted")
-    pipeline = Pipeline(lambda: ScriptedEngine(lambda _r, _n: "x"), Describe(), RunOptions(raster=RasterOptions(dpi=20)),
-                        lambda: model, claim=lambda _sha: False)
+    pipeline = Pipeline(ScriptedModels(ScriptedEngine(lambda _r, _n: "x")), Describe(),
+                        RunOptions(raster=RasterOptions(dpi=20)), claim=lambda _sha: False)
     docs = list(pipeline.run(collect([str(a), str(tmp_path / "b.png")])))
     assert [d.status for d in docs] == [Status.SKIPPED, Status.SKIPPED]

@@ -392,15 +392,15 @@ def test_concurrent_pulls_download_each_file_once(tmp_path, served, registry_ser
 
 
 def test_progress_bars_appear_only_on_a_terminal(monkeypatch):
-    from llamadoc.registry import progress
+    from llamadoc.registry import transfer
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    assert type(progress.progress_bar("x.gguf", 10)).__name__ == "_NoBar"  # pytest captures stderr: no terminal
-    monkeypatch.setattr(progress.sys, "stderr", Terminal())
-    bar = progress.progress_bar("x.gguf", 10)
+    assert type(transfer.progress_bar("x.gguf", 10)).__name__ == "_NoBar"  # pytest captures stderr: no terminal
+    monkeypatch.setattr(transfer.sys, "stderr", Terminal())
+    bar = transfer.progress_bar("x.gguf", 10)
     bar.advance(10)
     bar.close()
     assert type(bar).__name__ == "_RichBar"

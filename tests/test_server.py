@@ -92,7 +92,7 @@ def test_model_routes(served: Served, text_model: Path) -> None:
     c = served.ollama()
     [listed] = c.list().models
     assert listed.model == str(text_model) and listed.details is not None and listed.details.format == "gguf"
-    assert listed.digest == served.resident.reader.model_sha256
+    assert listed.digest == served.resident.models.sha256()
     shown = c.show(str(text_model))
     assert shown.capabilities == ["completion", "vision"] and shown.modelinfo["general.architecture"] == "llama"
     assert [m.model for m in c.ps().models] == [str(text_model)]  # loaded by the tests before
@@ -220,7 +220,7 @@ def test_keep_alive_zero_unloads_after_the_request(text_model: Path, mmproj: Pat
         deadline = time.monotonic() + 10
         while c.ps().models and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert c.ps().models == [] and s.resident.reader._engine is None
+        assert c.ps().models == [] and s.resident.models.loaded is None
         loaded = c.chat(model=str(text_model), messages=[], keep_alive="5m")  # an empty chat loads it again
         assert loaded.done_reason == "load" and [m.model for m in c.ps().models] == [str(text_model)]
 

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from llamadoc import interrupt
+from llamadoc import engines, interrupt
 from llamadoc.batch.options import RunOptions
 from llamadoc.batch.prefetch import (
     ALL_DONE,
@@ -37,10 +37,11 @@ from llamadoc.batch.prefetch import (
 )
 from llamadoc.codec import from_dict, to_dict
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
-from llamadoc.errors import LlamadocError
+from llamadoc.errors import LlamadocError, UsageError
 from llamadoc.guard import Guard
 from llamadoc.inputs.sources import Source
-from llamadoc.results import Check, DocumentResult, ModelInfo, PageResult, Status, Verdict
+from llamadoc.models.base import EngineNeeds, Models
+from llamadoc.results import Check, DocumentResult, PageResult, Status, Verdict
 from llamadoc.store import RunIdentity, Store
 from llamadoc.tasks import FollowUpAnswer, PageReply, Task
 
@@ -104,10 +105,9 @@ class Finished:
 class Pipeline:
     def __init__(
         self,
-        engine: Callable[[], VisionEngine],
+        models: Models,
         task: Task,
         options: RunOptions,
-        model: Callable[[], ModelInfo],
         *,
         identity: RunIdentity | None = None,
         guard: Guard | None = None,
@@ -115,7 +115,6 @@ class Pipeline:
         force: bool = False,
         claim: Callable[[str], bool] = lambda _sha: True,
         on_page: Callable[[PageResult], None] = lambda _p: None,
-        batch: int = 1,
     ) -> None:
         self.task = task
         self.options = options
@@ -123,13 +122,15 @@ class Pipeline:
         self.identity = identity or RunIdentity(task.name, run_options(task, options, guard))
         self.results = Finished(store, self.identity, force)  # for resuming, keyed by the identity and the hash
         self.claim = claim
-        self.batch = max(1, batch)
-        self.step = ModelStep(engine, task, options, model, identity=self.identity, guard=guard, on_page=on_page)
+        self.step = ModelStep(models, task, options, identity=self.identity, guard=guard, on_page=on_page)
+        # Pages answered together: the engine's own max_batch, read once it has loaded (a batch
+        # whose documents all come from the store never loads it). Until then, prefetching is bounded by this.
+        self.batch = 1
         self._finished: dict[str, DocumentResult] = {}  # by hash, for duplicates
 
     def run(self, sources: Iterable[Source]) -> Iterator[DocumentResult]:
         """Results document by document, as each finishes, in the order given."""
-        items: queue.Queue[object] = queue.Queue(maxsize=2 * self.batch + 2)
+        items: queue.Queue[object] = queue.Queue(maxsize=_ahead(self.batch))
         stop = threading.Event()
         prefetcher = Prefetcher(task=self.task, raster=self.options.raster, guard=self.guard,
                                 lookup=self.results.lookup, claim=self.claim)
@@ -159,6 +160,9 @@ class Pipeline:
                 elif isinstance(item, PageSkipped):
                     docs[-1].pages[item.index] = skipped_page(item)
                 elif isinstance(item, PageReady):
+                    if self.batch != self.step.engine().max_batch:  # loads the engine for the first page
+                        self.batch = self.step.engine().max_batch
+                        _widen(items, _ahead(self.batch))
                     docs[-1].in_flight += 1
                     batch.append((docs[-1], item))
                     if len(batch) >= self.batch:
@@ -191,24 +195,37 @@ class ModelStep:
 
     def __init__(
         self,
-        engine: Callable[[], VisionEngine],
+        models: Models,
         task: Task,
         options: RunOptions,
-        model: Callable[[], ModelInfo],
         *,
         identity: RunIdentity,
         guard: Guard | None = None,
         on_page: Callable[[PageResult], None] = lambda _p: None,
     ) -> None:
-        self.engine = engine  # loads the vision engine on first call (Reader.vision_engine)
+        self.models = models
         self.task = task
         self.options = options
-        self.model = model  # the model's info, with its device once loaded
+        self.needs = engine_needs(task, options)
+        self._engine: VisionEngine | None = None
         self.identity = identity
         self.guard = guard
         self.block = guard is not None and guard.policy.mode == "block"
         self.on_page = on_page
         self._follow_up_ms = 0.0  # the current document's follow-up calls
+
+    def engine(self) -> VisionEngine:
+        """The vision engine, loaded on the first call, once it is known the task can run on it."""
+        if self._engine is None:
+            if self.task.schema is not None:
+                # Checked before the model loads: exit 2 once rather than every page failed with it.
+                engines.check_grammar(self.task.schema)
+            engine = self.models.vision_engine(self.needs)
+            if self.task.schema is not None and not engine.supports_schema:
+                raise UsageError(f"the {engine.name} engine cannot decode under a JSON Schema",
+                                 hint="pick a model on the mtmd or mllama engine for extract")
+            self._engine = engine
+        return self._engine
 
     # -- pages ---------------------------------------------------------------------
 
@@ -361,7 +378,7 @@ class ModelStep:
         if isinstance(item, Busy):
             doc.status, doc.skipped_reason = Status.SKIPPED, BUSY
             return doc
-        doc.model = self.model()
+        doc.model = self.models.info()
         if isinstance(item, DocFailed):
             doc.errors = [item.error]
             doc.status = document_status(doc, opened=False)
@@ -377,7 +394,7 @@ class ModelStep:
         self.task.combine(doc, usable, item.plan, self._follow_up)
         if self._follow_up_ms:
             doc.timings_ms["combine"] = round(self._follow_up_ms, 2)
-        doc.model = self.model()  # a follow-up call may have been the first to load it
+        doc.model = self.models.info()  # a follow-up call may have been the first to load it
         doc.status = document_status(doc)
         if doc.status is Status.FAILED and not doc.errors:
             doc.errors = [f"page {p.index}: {e}" for p in doc.pages for e in p.errors][:5]
@@ -391,6 +408,25 @@ def known_result(item: Known, finished: dict[str, DocumentResult]) -> DocumentRe
         return replace(item.stored, source=item.source.label, cached=True)
     first = finished[item.sha256]
     return replace(first, source=item.source.label, duplicate_of=first.source)
+
+
+def _ahead(batch: int) -> int:
+    """Items prepared ahead of the model: enough to fill the next batch, few enough to bound memory."""
+    return 2 * batch + 2
+
+
+def _widen(items: queue.Queue[object], size: int) -> None:
+    with items.mutex:
+        items.maxsize = size
+        items.not_full.notify_all()
+
+
+def engine_needs(task: Task, options: RunOptions) -> EngineNeeds:
+    """What the engine's context must hold for this run: a page of its pixel budget, the task's
+    prompt (bytes bound the tokens of any byte-level tokenizer; a schema can be thousands of
+    tokens) and an answer of its --max-tokens."""
+    prompt = max(1024, len(task.prompt(2).encode("utf-8")) + 256)
+    return EngineNeeds(prompt_tokens=prompt, max_tokens=options.max_tokens, max_pixels=options.raster.budget)
 
 
 def run_options(task: Task, options: RunOptions, guard: Guard | None) -> dict[str, object]:

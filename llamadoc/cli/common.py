@@ -2,24 +2,23 @@
 
 As httpie's ``raw_main`` does: a user's mistake is one line and its exit code; a bug
 is "internal error" and exit 1; ``--traceback`` (a root option) or
-``LLAMADOC_RAISE_ERRORS=1`` re-raises instead, for debugging and for tests.
+``LLAMADOC_RAISE_ERRORS=1`` re-raises instead, for debugging and for tests. Every command
+runs inside ``Commands.invoke``, so no command maps an error itself.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
+from llamadoc import config
 from llamadoc.errors import ExitCode, LlamadocError
 
-F = TypeVar("F", bound=Callable[..., Any])
-RAISE_ENV = "LLAMADOC_RAISE_ERRORS"
 _root = {"traceback": False}  # set by the root command on every run, so one run never leaks into the next
 
 Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
@@ -37,18 +36,18 @@ def set_traceback(on: bool) -> None:
 
 def raise_errors() -> bool:
     """True under `llamadoc --traceback ...` or LLAMADOC_RAISE_ERRORS=1."""
-    return _root["traceback"] or os.environ.get(RAISE_ENV, "") not in ("", "0")
+    return _root["traceback"] or config.raise_errors()
 
 
-def handles_errors(fn: F) -> F:
-    """One place maps exceptions to one-line messages and exit codes."""
+class Commands(TyperGroup):
+    """The root command group: every command (and `models ...`, nested in it) runs in invoke,
+    the one place exceptions become one-line messages and exit codes."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Any: typer types it with the click it vendors, which is private
         try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, BrokenPipeError):
-            raise
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException, BrokenPipeError):
+            raise  # the command line's own: usage errors (exit 2), --help, and exits a command chose
         except LlamadocError as err:
             if raise_errors():
                 raise
@@ -66,4 +65,3 @@ def handles_errors(fn: F) -> F:
                 "(rerun as `llamadoc --traceback ...` to see where, and report it)")
             raise typer.Exit(int(ExitCode.FAILED)) from None
 
-    return wrapper  # type: ignore[return-value]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from llamadoc.cli.common import Config, handles_errors, say
+from llamadoc.cli.common import Config, say
 from llamadoc.errors import UsageError
 
 models_app = typer.Typer(help="List, download, inspect, check and delete models.", no_args_is_help=True)
@@ -45,7 +45,7 @@ def _source_of(settings: Any, spec: Any) -> Any:
 
 
 def _presence(spec: Any, files: list[Any]) -> str:
-    from llamadoc.registry.progress import human_size
+    from llamadoc.registry.transfer import human_size
 
     declared = [f for f in files if f.role in {d.role for d in spec.files}]
     if all(f.present for f in declared):
@@ -56,7 +56,6 @@ def _presence(spec: Any, files: list[Any]) -> str:
 
 
 @models_app.command("list")
-@handles_errors
 def models_list(config: Config = None) -> None:
     """The models llamadoc knows: engine, size, memory, the source they come from, and whether they are here."""
     from rich.console import Console
@@ -65,7 +64,7 @@ def models_list(config: Config = None) -> None:
     from llamadoc import registry
     from llamadoc.config import load_settings
     from llamadoc.registry.locate import HF_CACHE, OLLAMA
-    from llamadoc.registry.progress import human_size
+    from llamadoc.registry.transfer import human_size
 
     settings = load_settings(config)
     table = Table(box=None, pad_edge=False)
@@ -100,7 +99,6 @@ def _disk_used(folder: Path) -> int:
 
 
 @models_app.command("pull")
-@handles_errors
 def models_pull(
     names: ModelNames,
     source: Annotated[
@@ -145,12 +143,11 @@ def models_pull(
 
 
 @models_app.command("rm")
-@handles_errors
 def models_rm(names: ModelNames, config: Config = None) -> None:
     """Delete llamadoc's copies of models (never Ollama's or the Hugging Face cache's)."""
     from llamadoc import registry
     from llamadoc.config import load_settings
-    from llamadoc.registry.progress import human_size
+    from llamadoc.registry.transfer import human_size
 
     settings = load_settings(config)
     for name in names:
@@ -169,7 +166,6 @@ def models_rm(names: ModelNames, config: Config = None) -> None:
 
 
 @models_app.command("path")
-@handles_errors
 def models_path(
     name: ModelName,
     role: Annotated[str, typer.Option("--file", help="model, mmproj, template or params.")] = "model",
@@ -197,13 +193,12 @@ def models_path(
 
 
 @models_app.command("info")
-@handles_errors
 def models_info(name: ModelName, config: Config = None) -> None:
     """A model's entry, its files, and what their GGUF headers say."""
     from llamadoc import registry
     from llamadoc.config import load_settings
     from llamadoc.errors import ModelError
-    from llamadoc.registry.progress import human_size
+    from llamadoc.registry.transfer import human_size
 
     settings = load_settings(config)
     target = _model_or_path(settings, name)
@@ -273,7 +268,6 @@ def _count(n: int) -> str:
 
 
 @models_app.command("verify")
-@handles_errors
 def models_verify(
     names: Annotated[
         list[str] | None, typer.Argument(help="Model names or .gguf paths; all downloaded models if none.")
@@ -313,7 +307,6 @@ def models_verify(
 
 
 @models_app.command("convert")
-@handles_errors
 def models_convert(
     hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face Llama 3.2 Vision folder (config.json + safetensors).")],
     out: Annotated[Path, typer.Argument(help="The GGUF file to write.")],
@@ -330,7 +323,6 @@ def models_convert(
     print(report.path)
 
 
-@handles_errors
 def doctor(config: Config = None) -> None:
     """Versions, compiled-in ggml backends, GPUs, and where models live."""
     import platform

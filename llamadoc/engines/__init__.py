@@ -7,28 +7,43 @@ from typing import Any
 from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
 from llamadoc.errors import ModelError
 
-# Requests each engine decodes together (its max_batch), known before it loads.
-BATCH = {"mtmd": 1, "mllama": 8}
 
-
-def check_schema(schema: dict[str, Any]) -> None:
-    """A UsageError when a JSON schema cannot become a grammar for constrained decoding:
-    checked once, before the first page, rather than failing every page with it."""
+def check_grammar(schema: dict[str, Any]) -> None:
+    """A UsageError when a JSON Schema (already valid as one) cannot become a grammar for
+    constrained decoding: checked once, before the first page, rather than failing every page."""
     from llamadoc.engines.llamacpp import schema_grammar  # both engines decode with its grammar
 
     schema_grammar(schema)
+
+
+def vision_engine_class(engine: str) -> type[VisionEngine]:
+    """The class of a vision engine, whose attributes declare what it can do (max_batch,
+    max_images, supports_schema) before one is loaded: for a Ray driver sizing its batches."""
+    if engine == "mtmd":
+        from llamadoc.engines.mtmd import MtmdEngine
+
+        return MtmdEngine
+    if engine == "mllama":
+        from llamadoc.engines.mllama.engine import MllamaEngine
+
+        return MllamaEngine
+    raise _not_vision(engine)
+
+
+def _not_vision(engine: str) -> ModelError:
+    return ModelError(f"engine {engine!r} cannot answer questions about pages", hint="pick a vision model")
 
 
 def load_vision_engine(engine: str, options: LoadOptions, max_pixels: int) -> VisionEngine:
     if engine == "mtmd":
         from llamadoc.engines.mtmd import MtmdEngine
 
-        return MtmdEngine(options, max_pixels)
+        return MtmdEngine(options, max_pixels)  # it sizes the context for its images' tokens
     if engine == "mllama":
         from llamadoc.engines.mllama.engine import MllamaEngine
 
         return MllamaEngine(options)
-    raise ModelError(f"engine {engine!r} cannot answer questions about pages", hint="pick a vision model")
+    raise _not_vision(engine)
 
 
 def load_guard_engine(engine: str, options: LoadOptions, model_name: str) -> GuardEngine:

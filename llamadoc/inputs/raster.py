@@ -19,14 +19,13 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from llamadoc.config import DEFAULT_MAX_PIXELS
 from llamadoc.errors import DocumentError, UsageError
 from llamadoc.inputs import einvoice, textpage
 from llamadoc.inputs.sniff import HEAD, KINDS, signature
 from llamadoc.inputs.sources import Source
 from llamadoc.results import Page
 
-# A Letter/A4 page at about 100 DPI; models.toml sets the budget per model.
-DEFAULT_MAX_PIXELS = 1_254_400
 MIN_PIXELS = 1024  # 32 x 32: the smallest page a vision encoder can take
 MAX_DPI = 300  # above this the budget, not the DPI, is the limit worth raising
 MIN_DPI = 36

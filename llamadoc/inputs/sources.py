@@ -14,7 +14,6 @@ import fnmatch
 import glob
 import hashlib
 import io
-import os
 import stat
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
+from llamadoc.config import DEFAULT_STDIN_LIMIT
 from llamadoc.errors import UsageError
 from llamadoc.inputs import containers
 from llamadoc.inputs.einvoice import root_kind
@@ -38,7 +38,6 @@ DOCUMENT_SUFFIXES = frozenset({
 # E-mails and archives: opened whatever --include says, since it chooses among what is inside.
 CONTAINER_SUFFIXES = frozenset({".eml", ".msg", ".zip", ".tar", ".tgz", ".tar.gz"})
 STDIN_LABEL = "<stdin>"
-STDIN_LIMIT = 2 << 30  # bytes a pipe may carry; past it the document fails (LLAMADOC_STDIN_LIMIT)
 _CHUNK = 1 << 20
 
 
@@ -95,7 +94,7 @@ def collect(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     stdin: BinaryIO | None = None,
-    stdin_limit: int = STDIN_LIMIT,
+    stdin_limit: int = DEFAULT_STDIN_LIMIT,
     spool_dir: Path | None = None,
     include_body: bool = False,
 ) -> list[Source]:
@@ -219,20 +218,6 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
-
-
-def stdin_limit(env: dict[str, str] | None = None) -> int:
-    """LLAMADOC_STDIN_LIMIT (bytes), or the default."""
-    value = (env if env is not None else os.environ).get("LLAMADOC_STDIN_LIMIT", "")
-    if not value:
-        return STDIN_LIMIT
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise UsageError(f"LLAMADOC_STDIN_LIMIT={value!r} is not a number of bytes")
-    return limit
 
 
 def _flatten(paths: Iterable[Path]) -> Iterator[Path]:

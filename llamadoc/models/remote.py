@@ -4,15 +4,13 @@ With ``--server URL`` (or LLAMADOC_HOST) the CLI runs the same Reader and pipeli
 local run; only the engines differ. Documents are opened, rasterised, cached and written
 here; each page image travels to the server's vision engine, and each Llama Guard prompt
 (rendered here, under this run's policy) to the server's guard. The server's
-/v1/engine/* routes speak the small JSON protocol below; the ``*_wire`` functions are
-shared with llamadoc.server, so both ends read it the same way. Only the standard
-library talks HTTP here: the client needs nothing the CLI does not already install.
+/v1/engine/* routes speak the small JSON protocol of models.wire, shared with
+llamadoc.server. Only the standard library talks HTTP here: the client needs nothing the
+CLI does not already install.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import threading
 import time
@@ -22,108 +20,21 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llamadoc import errors, interrupt
+from llamadoc import interrupt
 from llamadoc.config import ModelSpec, Settings
-from llamadoc.engines.base import (
-    GenerationRequest,
-    GenerationResponse,
-    GuardOutput,
-    JudgeRequest,
-    LoadOptions,
-    Sampling,
-)
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest
 from llamadoc.errors import EngineError, GuardError, LlamadocError, ModelError, UsageError
 from llamadoc.guard import Guard, GuardPolicy
+from llamadoc.models.base import EngineNeeds, describe
+from llamadoc.models.wire import error_from_wire, judge_to_wire, request_to_wire, response_from_wire
 from llamadoc.registry import ResolvedModel
+from llamadoc.results import ModelInfo
 from llamadoc.store import Store
-
-if TYPE_CHECKING:
-    from PIL.Image import Image
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server at all; answers may take minutes
 BUSY_PATIENCE = 600.0  # seconds a request keeps retrying a server whose queue is full
-# The errors a server reports by name, raised here as the same class, so a remote page fails
-# with the same status, message and exit code as a local one.
-_ERRORS: dict[str, type[LlamadocError]] = {
-    cls.__name__: cls for cls in (
-        errors.UsageError, errors.ConfigError, errors.ModelError, errors.OutputError, errors.ResourceError,
-        errors.GuardError, errors.DownloadError, errors.DocumentError, errors.PageError, errors.EngineError)
-}
-
-
-# -- the wire format, both ends --------------------------------------------------------------
-
-def image_to_wire(image: Image) -> str:
-    """A page image as base64 PNG: lossless, so the server's engine sees this run's pixels."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)  # level 1: 5x faster than the default, a little larger
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def image_from_wire(data: str) -> Image:
-    from PIL import Image as PILImage
-
-    try:
-        img = PILImage.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        img.load()
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UsageError(f"the page image cannot be decoded ({err})") from None
-    return img
-
-
-def request_to_wire(r: GenerationRequest, guard_mode: str) -> dict[str, Any]:
-    return {
-        "prompt": r.prompt, "images": [image_to_wire(i) for i in r.images], "system": r.system, "schema": r.schema,
-        "max_tokens": r.max_tokens,
-        "sampling": {"temperature": r.sampling.temperature, "top_p": r.sampling.top_p, "seed": r.sampling.seed},
-        "guard": guard_mode,
-    }
-
-
-def request_from_wire(body: dict[str, Any]) -> tuple[GenerationRequest, str]:
-    """The request and the guard mode the client screens it under."""
-    try:
-        s = body["sampling"]
-        request = GenerationRequest(
-            prompt=str(body["prompt"]), images=tuple(image_from_wire(i) for i in body["images"]),
-            system=body["system"], schema=body["schema"], max_tokens=int(body["max_tokens"]),
-            sampling=Sampling(temperature=float(s["temperature"]), top_p=float(s["top_p"]), seed=int(s["seed"])),
-        )
-        return request, str(body["guard"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise UsageError(f"not an engine request ({type(err).__name__}: {err})") from None
-
-
-def response_to_wire(r: GenerationResponse) -> dict[str, Any]:
-    return {"text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "finish_reason": r.finish_reason, "timings_ms": r.timings_ms}
-
-
-def response_from_wire(body: dict[str, Any]) -> GenerationResponse:
-    return GenerationResponse(text=body["text"], prompt_tokens=body["prompt_tokens"],
-                              completion_tokens=body["completion_tokens"], finish_reason=body["finish_reason"],
-                              timings_ms=dict(body["timings_ms"]))
-
-
-def judge_to_wire(r: JudgeRequest) -> dict[str, Any]:
-    return {"prompt": r.prompt, "answer_prefix": r.answer_prefix, "grammar": r.grammar, "max_tokens": r.max_tokens,
-            "unsafe_word": r.unsafe_word, "image": image_to_wire(r.image) if r.image is not None else None}
-
-
-def judge_from_wire(body: dict[str, Any]) -> JudgeRequest:
-    try:
-        return JudgeRequest(prompt=str(body["prompt"]), answer_prefix=str(body["answer_prefix"]),
-                            grammar=str(body["grammar"]), max_tokens=int(body["max_tokens"]),
-                            unsafe_word=str(body["unsafe_word"]),
-                            image=image_from_wire(body["image"]) if body["image"] is not None else None)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UsageError(f"not a guard request ({type(err).__name__}: {err})") from None
-
-
-def error_to_wire(err: LlamadocError) -> dict[str, Any]:
-    return {"error": str(err), "kind": type(err).__name__, "message": err.message, "hint": err.hint}
 
 
 # -- the client --------------------------------------------------------------------------
@@ -176,9 +87,9 @@ class Client:
         if err.code == 401:
             return UsageError(f"the llamadoc server at {self.url} refused the API key",
                               hint="set LLAMADOC_API_KEY to the key `llamadoc serve --api-key` was given")
-        cls = _ERRORS.get(str(body.get("kind")))
-        if cls is not None:
-            return cls(str(body.get("message")), hint=body.get("hint"))
+        known = error_from_wire(body)
+        if known is not None:
+            return known
         message = body.get("error") if isinstance(body.get("error"), str) else f"HTTP {err.code}"
         return EngineError(f"the llamadoc server at {self.url} failed: {message}")
 
@@ -287,25 +198,38 @@ class RemoteGuardEngine:
 
 
 class ServerModels:
-    """The Reader's models on a running server (``Reader(models=ServerModels(...))``)."""
+    """The Models of a run on a running server (``Reader(models=ServerModels(...))``). Load
+    options (--gpu-layers, --threads, --ctx) are the server's own: it loaded the model."""
 
-    def __init__(self, url: str, settings: Settings, model: str | None = None, api_key: str | None = None) -> None:
+    def __init__(self, url: str, settings: Settings, model: str | None = None, api_key: str | None = None,
+                 guard: GuardPolicy | None = None) -> None:
         self.client = Client(url, api_key)
-        self.settings, self._model = settings, model
+        self._settings, self._model = settings, model
+        # The policy this run screens under, with the server's guard model; the server refuses
+        # an unscreened run when it screens its own requests.
+        self._policy = guard or GuardPolicy()
         self._info: ServerInfo | None = None
-        # The policy this run screens under, as its Guard was made with (no Guard: off). The
-        # server refuses an unscreened run when it screens its own requests.
-        self._guard_mode = "off"
+        self._lock = threading.Lock()
+        self._engine: RemoteVisionEngine | None = None
+        self._guard: Guard | None = None
 
     @property
-    def info(self) -> ServerInfo:
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def policy(self) -> GuardPolicy:
+        return self._policy
+
+    @property
+    def server(self) -> ServerInfo:
         if self._info is None:
             body = self.client.call("/v1/engine/info", timeout=CONNECT_TIMEOUT)
             self._info = ServerInfo(model=body["model"], guard=body["guard"], max_batch=int(body["max_batch"]))
         return self._info
 
     def resolve(self) -> ResolvedModel:
-        m = self.info.model
+        m = self.server.model
         if self._model is not None and self._model not in m["names"]:
             raise ModelError(f"the llamadoc server at {self.client.url} serves {m['name']}, not {self._model}",
                              hint="drop --model, or start a server for that model")
@@ -315,15 +239,24 @@ class ServerModels:
                              mmproj_path=Path(m["mmproj"]) if m["mmproj"] else None, spec=spec)
 
     def sha256(self) -> str:
-        return str(self.info.model["sha256"])
+        return str(self.server.model["sha256"])
 
-    def vision_engine(self, options: LoadOptions, max_pixels: int) -> RemoteVisionEngine:
-        # Load options (--gpu-layers, --threads, --ctx) are the server's own: it loaded the model.
-        return RemoteVisionEngine(self.client, self.info, self._guard_mode)
+    def vision_engine(self, needs: EngineNeeds) -> RemoteVisionEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = RemoteVisionEngine(self.client, self.server, self._policy.mode)
+            return self._engine
 
-    def guard(self, policy: GuardPolicy) -> Guard:
-        self._guard_mode = policy.mode
-        g = self.info.guard
+    def guard(self) -> Guard | None:
+        if self._policy.mode == "off":
+            return None
+        with self._lock:
+            if self._guard is None:
+                self._guard = self._server_guard()
+            return self._guard
+
+    def _server_guard(self) -> Guard:
+        policy, g = self._policy, self.server.guard
         if g is None:
             raise GuardError(f"the llamadoc server at {self.client.url} runs without a guard",
                              hint="start it with --guard block, or pass --guard off to go unscreened")
@@ -332,3 +265,14 @@ class ServerModels:
                              f"not {policy.model}", hint="drop --guard-model")
         return Guard(load=lambda: RemoteGuardEngine(self.client), policy=policy, name=g["name"],
                      store=Store(self.settings.cache_dir / "guard"), identity=g["identity"])
+
+    def info(self) -> ModelInfo:
+        return describe(self.resolve(), self.sha256(), self._engine)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+            if self._guard is not None:
+                self._guard.close()

@@ -22,7 +22,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from llamadoc import engines
@@ -32,6 +32,8 @@ from llamadoc.batch.prefetch import Admitted, Gate, Known
 from llamadoc.codec import from_dict
 from llamadoc.errors import ClusterError, UsageError
 from llamadoc.inputs.sources import Source
+from llamadoc.models.base import ModelSettings
+from llamadoc.models.local import LocalModels
 from llamadoc.ray.cluster import Cluster
 from llamadoc.ray.workers import Answer, Prepare, unpack_error
 from llamadoc.reader import Reader
@@ -63,7 +65,11 @@ class RayRunner:
     """A Runner for Reader.run_batch that reads the documents on a Ray cluster."""
 
     def __init__(self, reader: Reader, cluster: Cluster) -> None:
+        if not isinstance(reader.models, LocalModels):
+            raise UsageError("a Ray batch loads its models on the cluster's workers, not from a server",
+                             hint="drop --server (or LLAMADOC_HOST), or run without --ray")
         self.reader = reader
+        self.spec = reader.models.spec  # what each worker loads its own models from
         self.cluster = cluster
 
     def __call__(self, task: Task, sources: Sequence[Source], options: RunOptions | None, *, force: bool,
@@ -76,8 +82,7 @@ class RayRunner:
         gate = Gate(results.lookup, claim)
         # Finishes the documents no worker reads (unreadable here, or left to another run):
         # it never calls the engine for them.
-        step = ModelStep(reader.engine_for(task), task, options, reader.model_info, identity=identity,
-                         guard=reader.guard)
+        step = ModelStep(reader.models, task, options, identity=identity, guard=reader.guard)
         first: dict[str, DocumentResult] = {}  # by hash, for duplicates
         waiting: dict[str, list[Known]] = {}  # duplicates of documents still on the cluster
         todo: list[Admitted] = []
@@ -95,10 +100,12 @@ class RayRunner:
         if not todo:
             return
         if task.schema is not None:
-            engines.check_schema(task.schema)  # exit 2 here, not once per worker
-        with _session(self.cluster, reader.args["verbose"]):
-            pool = _pool(self.cluster, reader)
-            for doc in _stream(_dataset(todo, reader, task, options, identity, pool)):
+            engines.check_grammar(task.schema)  # exit 2 here, not once per worker
+        spec = self.spec
+        batch = engines.vision_engine_class(reader.models.resolve().engine).max_batch
+        with _session(self.cluster, spec.verbose):
+            pool = _pool(self.cluster, spec)
+            for doc in _stream(_dataset(todo, spec, batch, task, options, identity, pool)):
                 if doc.sha256 is None or doc.sha256 in first:
                     continue  # a retried batch's second answer: the first was written
                 results.keep(doc)
@@ -145,13 +152,13 @@ def _session(cluster: Cluster, verbose: bool) -> Iterator[None]:
         ray.shutdown()
 
 
-def _pool(cluster: Cluster, reader: Reader) -> Pool:
+def _pool(cluster: Cluster, spec: ModelSettings) -> Pool:
     """One worker per GPU when the cluster has GPUs (and the model offloads layers), else one;
     refused before it starts when this machine's instance could never hold the pool."""
     import ray
 
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if reader.args["gpu_layers"] != 0 else 0
+    gpus = int(resources.get("GPU", 0)) if spec.gpu_layers != 0 else 0
     low, high = cluster.workers or ((gpus, gpus) if gpus else (1, 1))
     if cluster.address == "local":
         cpus = resources.get("CPU", 0.0)
@@ -162,12 +169,12 @@ def _pool(cluster: Cluster, reader: Reader) -> Pool:
         if gpus and low > gpus:
             raise UsageError(f"this machine has {gpus} GPUs for {low} workers of one GPU each",
                              hint=f"use --workers {gpus} or fewer")
-    threads = reader.args["threads"] or max(1, int(cluster.cpus_per_worker))
+    threads = spec.threads or max(1, int(cluster.cpus_per_worker))
     return Pool(low, high, cluster.cpus_per_worker, 1 if gpus else 0, threads)
 
 
-def _dataset(todo: Sequence[Admitted], reader: Reader, task: Task, options: RunOptions, identity: RunIdentity,
-             pool: Pool) -> Dataset:
+def _dataset(todo: Sequence[Admitted], spec: ModelSettings, batch: int, task: Task, options: RunOptions,
+             identity: RunIdentity, pool: Pool) -> Dataset:
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
 
@@ -176,19 +183,18 @@ def _dataset(todo: Sequence[Admitted], reader: Reader, task: Task, options: RunO
     context.print_on_execution_start = False
     # A pipe's content lives in an unnamed file of this process: the worker gets the bytes.
     rows = [{"sha256": a.sha256, "source": pickle.dumps(_portable(a.source))} for a in todo]
-    args = dict(reader.args)
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_BLOCKS)).map(
         Prepare,  # type: ignore[arg-type]  # Ray's annotations do not admit callable classes, its docs do
-        fn_constructor_kwargs=dict(reader_args=args, task=task, options=options),
+        fn_constructor_kwargs=dict(spec=spec, task=task, options=options),
         compute=ray.data.ActorPoolStrategy(min_size=1), num_cpus=1,
     )
     with warnings.catch_warnings():
         # Bounded retries have no named parameter in Ray 2.60; its remote args still carry them.
         warnings.simplefilter("ignore", RayDeprecationWarning)
         return ds.map_batches(
-            Answer, fn_constructor_kwargs=dict(reader_args=args | {"threads": pool.threads}, task=task,
+            Answer, fn_constructor_kwargs=dict(spec=replace(spec, threads=pool.threads), task=task,
                                                options=options, identity=identity),
-            batch_size=engines.BATCH.get(reader.resolved.engine, 1),
+            batch_size=batch,  # what one worker's engine decodes together
             compute=ray.data.ActorPoolStrategy(min_size=pool.low, max_size=pool.high),
             num_cpus=pool.cpus, num_gpus=pool.gpus or None, max_restarts=RETRIES, max_task_retries=RETRIES,
         )

@@ -17,16 +17,17 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from llamadoc import engines
 from llamadoc.batch.options import RunOptions
 from llamadoc.batch.pipeline import DocState, ModelStep, skipped_page
 from llamadoc.batch.prefetch import DocFailed, DocStart, PageReady, PageSkipped, Preparer
 from llamadoc.codec import to_dict
 from llamadoc.errors import LlamadocError
 from llamadoc.inputs.sources import Source
-from llamadoc.reader import Reader
+from llamadoc.models.base import ModelSettings
+from llamadoc.models.local import LocalModels
 from llamadoc.store import RunIdentity
 from llamadoc.tasks import Task
 
@@ -47,18 +48,18 @@ def unpack_error(blob: bytes) -> LlamadocError:
 class Prepare:
     """A CPU worker ahead of the model workers: one document in, its prepared pages out."""
 
-    def __init__(self, reader_args: dict[str, Any], task: Task, options: RunOptions) -> None:
+    def __init__(self, spec: ModelSettings, task: Task, options: RunOptions) -> None:
         # Nothing that can fail happens here: Ray would retry a failed constructor and then
         # report it without its message. The guard resolves on the first document.
-        self.reader_args, self.task, self.options = reader_args, task, options
+        self.spec, self.task, self.options = spec, task, options
         self._preparer: Preparer | None = None
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         try:
             if self._preparer is None:
                 # A CPU worker: its guard runs on the CPU, on one thread per reserved CPU.
-                reader = Reader(**(self.reader_args | {"gpu_layers": 0, "threads": 1}))
-                self._preparer = Preparer(self.task, self.options.raster, reader.guard)
+                models = LocalModels(replace(self.spec, gpu_layers=0, threads=1))
+                self._preparer = Preparer(self.task, self.options.raster, models.guard())
             source: Source = pickle.loads(row["source"])
             prepared = _prepared(list(self._preparer.prepare(source, row["sha256"])))
         except LlamadocError as err:
@@ -80,17 +81,14 @@ def _prepared(items: list[Any]) -> Prepared:
 class Answer:
     """A model worker: the engine and the guard, loaded on the first batch and kept."""
 
-    def __init__(self, reader_args: dict[str, Any], task: Task, options: RunOptions, identity: RunIdentity) -> None:
-        self.reader_args, self.task, self.options, self.identity = reader_args, task, options, identity
+    def __init__(self, spec: ModelSettings, task: Task, options: RunOptions, identity: RunIdentity) -> None:
+        self.spec, self.task, self.options, self.identity = spec, task, options, identity
         self._step: ModelStep | None = None
-        self._batch = 1
 
     def _model_step(self) -> ModelStep:
         if self._step is None:
-            reader = Reader(**self.reader_args)
-            self._step = ModelStep(reader.engine_for(self.task), self.task, self.options, reader.model_info,
-                                   identity=self.identity, guard=reader.guard)
-            self._batch = engines.BATCH.get(reader.resolved.engine, 1)
+            models = LocalModels(self.spec)
+            self._step = ModelStep(models, self.task, self.options, identity=self.identity, guard=models.guard())
         return self._step
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -116,6 +114,7 @@ class Answer:
                     state.in_flight += 1
                     work.append((state, page))
             states.append(state)
-        for start in range(0, len(work), self._batch):  # pages of several documents together, as locally
-            step.answer(work[start:start + self._batch])
+        batch = step.engine().max_batch if work else 1
+        for start in range(0, len(work), batch):  # pages of several documents together, as locally
+            step.answer(work[start:start + batch])
         return [json.dumps(to_dict(step.finish(state)), ensure_ascii=False) for state in states]

@@ -30,7 +30,7 @@ from llamadoc.gguf_header import read_header
 from llamadoc.registry import download, huggingface
 from llamadoc.registry.download import Notify
 from llamadoc.registry.hashing import fresh_sha256
-from llamadoc.registry.progress import human_size, progress_bar
+from llamadoc.registry.transfer import human_size, progress_bar
 
 # As the converter names them (llamadoc.engines.mllama.convert.QUANTS, which loads ggml: not for `models list`).
 QUANTS = ("Q4_K_M", "Q8_0", "F16", "F32")

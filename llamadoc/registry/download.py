@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from llamadoc import __version__
 from llamadoc.errors import DownloadError, ModelError
-from llamadoc.registry.progress import Bar, human_size, progress_bar
+from llamadoc.registry.transfer import Bar, human_size, progress_bar
 
 Notify = Callable[[str], None]
 

@@ -15,7 +15,7 @@ from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import Notify, locked, partial_path
 from llamadoc.registry.hashing import fresh_sha256
 from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate, present_source
-from llamadoc.registry.progress import human_size
+from llamadoc.registry.transfer import human_size
 
 _OWNERS = {OLLAMA: "in Ollama's store", HF_CACHE: "in the Hugging Face cache", USER_PATH: "your own file"}
 

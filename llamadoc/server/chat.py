@@ -184,7 +184,7 @@ def checked_schema(schema: Any, what: str) -> dict[str, Any]:
     except jsonschema.SchemaError as err:
         raise ApiError(400, f"{what} is not a valid JSON Schema: {err.message}") from None
     try:
-        engines.check_schema(schema)
+        engines.check_grammar(schema)
     except LlamadocError as err:
         raise ApiError(400, f"{what}: {err}") from None
     return schema

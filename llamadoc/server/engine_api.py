@@ -16,7 +16,7 @@ from starlette.routing import Route
 from llamadoc.engines.base import GenerationResponse
 from llamadoc.errors import GuardError, LlamadocError
 from llamadoc.guard import Guard
-from llamadoc.models.remote import judge_from_wire, request_from_wire, response_to_wire
+from llamadoc.models.wire import judge_from_wire, request_from_wire, response_to_wire
 from llamadoc.server.answer import POLL_S
 from llamadoc.server.batcher import Busy, Ticket
 from llamadoc.server.failures import ApiError

@@ -12,7 +12,7 @@ from typing import Any
 
 from llamadoc import errors
 from llamadoc.errors import LlamadocError
-from llamadoc.models.remote import error_to_wire
+from llamadoc.models.wire import error_to_wire
 
 
 class ApiError(Exception):

@@ -19,7 +19,6 @@ from starlette.routing import Route
 from llamadoc import __version__, registry
 from llamadoc.engines.base import Message
 from llamadoc.errors import LlamadocError
-from llamadoc.inputs.raster import RasterOptions
 from llamadoc.server import access
 from llamadoc.server.answer import Answer, complete, generate, primed
 from llamadoc.server.chat import (
@@ -91,7 +90,7 @@ async def _chat(resident: Resident, body: dict[str, Any], turns: list[Turn]) -> 
     options = _options(body)
     fmt = body.get("format")
     schema = None if fmt in (None, "") else ANY_OBJECT if fmt == "json" else checked_schema(fmt, "format")
-    budget = resident.reader.max_pixels or RasterOptions().budget
+    budget = resident.max_pixels
     messages = await with_images(conversation(turns), resident.reads_one_image(), budget)
     return Chat(messages=messages, schema=schema,
                 max_tokens=token_budget(options.get("num_predict"), "num_predict", resident.options.max_tokens),
@@ -262,10 +261,10 @@ def _details(resident: Resident) -> dict[str, Any]:
 
 
 def _entry(resident: Resident) -> dict[str, Any]:
-    r = resident.reader.resolved
+    r = resident.models.resolve()
     files = [r.model_path, *([r.mmproj_path] if r.mmproj_path else [])]
     return {"name": r.name, "model": r.name, "modified_at": _stamp(r.model_path.stat().st_mtime),
-            "size": sum(Path(f).stat().st_size for f in files), "digest": resident.reader.model_sha256,
+            "size": sum(Path(f).stat().st_size for f in files), "digest": resident.models.sha256(),
             "details": _details(resident)}
 
 
@@ -278,7 +277,7 @@ async def show(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     _model(request, resident, await json_body(request))
     s = await to_thread.run_sync(resident.summary)
-    r = resident.reader.resolved
+    r = resident.models.resolve()
     info: dict[str, Any] = {"general.architecture": s.architecture, "general.parameter_count": s.parameters}
     if s.context:
         info[f"{s.architecture}.context_length"] = s.context
@@ -291,11 +290,11 @@ async def show(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     resident: Resident = request.app.state.resident
-    if resident.loaded_at is None:
+    engine = resident.models.loaded  # never loads it: an unloaded model is not running
+    if engine is None:
         return JSONResponse({"models": []})
     entry = await to_thread.run_sync(_entry, resident)
     expires = resident.expires_at()
-    engine = resident.reader.engine
     entry.update({
         "expires_at": _stamp(expires) if expires is not None else "9999-12-31T23:59:59Z",
         "size_vram": entry["size"] if engine.gpu_layers else 0,
@@ -313,7 +312,7 @@ async def pull(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     body = await json_body(request)
     name = body.get("model") or body.get("name")
-    settings = resident.reader.settings
+    settings = resident.models.settings
     if not isinstance(name, str) or name not in settings.models:
         raise ApiError(404, f"model {name!r} is not in the registry (see `llamadoc models list`)")
     spec = settings.model(name)

@@ -16,7 +16,6 @@ from starlette.routing import Route
 
 from llamadoc import __version__
 from llamadoc.errors import LlamadocError
-from llamadoc.inputs.raster import RasterOptions
 from llamadoc.server import access
 from llamadoc.server.answer import Answer, complete, generate, primed
 from llamadoc.server.chat import (
@@ -97,7 +96,7 @@ async def completions(request: Request) -> Response:
     tool_choice(req.get("tool_choice", req.get("function_call")) if tools else None, name)
     if req.get("n") not in (None, 1):
         raise ApiError(400, "n must be 1: the server gives one answer per request")
-    budget = resident.reader.max_pixels or RasterOptions().budget
+    budget = resident.max_pixels
     turns = conversation([_turn(i, m) for i, m in enumerate(messages)])
     limit = req.get("max_completion_tokens", req.get("max_tokens"))
     chat = Chat(messages=await with_images(turns, resident.reads_one_image(), budget),
@@ -157,7 +156,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 
 def _card(resident: Resident, name: str) -> dict[str, Any]:
-    created = int(resident.reader.resolved.model_path.stat().st_mtime)
+    created = int(resident.models.resolve().model_path.stat().st_mtime)
     return {"id": name, "object": "model", "created": created, "owned_by": "llamadoc"}
 
 

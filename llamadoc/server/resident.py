@@ -1,10 +1,10 @@
-"""The models a server keeps loaded: one Reader's engines, shared by every request, and unloaded
-after --keep-alive without a request, as Ollama does.
+"""The models a server keeps loaded: this machine's models (models.local), shared by every
+request, and unloaded after --keep-alive without a request, as Ollama does.
 
-The Reader resolves the models at start (a missing one stops `llamadoc serve` with exit 2),
-loads them on the first request (or at start with --preload), and its guard screens every
-request. The document routes run a second Reader over the same engines (``Shared``): its
-pipeline's pages join the batcher's batches like any other request.
+They resolve at start (a missing one stops `llamadoc serve` with exit 2), load on the first
+request (or at start with --preload), and the guard screens every request. The document
+routes run a Reader over the same models (``Batched``): its pipeline's pages join the
+batcher's batches like any other request.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from llamadoc import __version__, registry
-from llamadoc.engines.base import LoadOptions, VisionEngine
+from llamadoc import __version__, engines, registry
+from llamadoc.config import DEFAULT_MAX_PIXELS, Settings, load_settings
+from llamadoc.engines.base import VisionEngine
 from llamadoc.errors import UsageError
 from llamadoc.guard import Guard, GuardPolicy
+from llamadoc.models.base import EngineNeeds, Models, ModelSettings
+from llamadoc.models.local import LocalModels
 from llamadoc.reader import Reader
+from llamadoc.results import ModelInfo
 from llamadoc.server.batcher import BatchedEngine, Batcher
 from llamadoc.server.options import ServeOptions
 
@@ -36,34 +39,34 @@ KeepAlive = float | None | Literal["default"]  # seconds; None: for good
 class Resident:
     def __init__(self, options: ServeOptions, notify: Callable[[str], None]) -> None:
         self.options = options
-        self.reader = Reader(options.model, mmproj=options.mmproj, gpu_layers=options.gpu_layers, ctx=options.ctx,
-                             max_tokens=options.max_tokens, threads=options.threads, verbose=options.verbose,
-                             config=options.config, notify=notify, guard=options.guard)
-        self.reader.prepare()  # resolve (and pull) now: a missing model stops the server before it listens
+        self.models = LocalModels(ModelSettings(
+            settings=load_settings(options.config), model=options.model, mmproj=options.mmproj,
+            gpu_layers=options.gpu_layers, ctx=options.ctx, threads=options.threads, verbose=options.verbose,
+            guard=options.guard), notify)
+        self.models.prepare()  # resolve (and pull) now: a missing model stops the server before it listens
+        # Every request shares one engine, sized for the longest answer a request may ask.
+        self.needs = EngineNeeds(max_tokens=options.max_tokens)
         self.batcher = Batcher(self.engine, options.max_queue)
-        self.documents = Reader(settings=self.reader.settings, max_tokens=options.max_tokens, guard=options.guard,
-                                models=Shared(self))
+        self.documents = Reader(models=Batched(self.models, self.batcher, self.needs))
         self.keep_alive = options.keep_alive  # the latest request's, as Ollama's keep_alive
         self.notify = notify
+        self.images = Kept()  # images that /api/generate's context names
         self._lock = threading.Lock()
         self._reload = threading.Lock()
         self._trained: int | None = None
-        self.images = Kept()  # images that /api/generate's context names
         self._in_flight = 0
         self._last_used = time.monotonic()
-        self.loaded_at: float | None = None  # wall-clock time the vision engine loaded
-        self.load_ms = 0.0  # what the last load took
 
     # -- names ---------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self.reader.resolved.name
+        return self.models.resolve().name
 
     def names(self) -> list[str]:
         """What a request may call the model: its name (and Ollama's name:latest when it has no
         tag), the path or address the server was started with, and the file."""
-        r = self.reader.resolved
+        r = self.models.resolve()
         names = [r.name, *([f"{r.name}:latest"] if ":" not in r.name else []), str(r.model_path)]
         if self.options.model:
             names.append(self.options.model)
@@ -74,25 +77,32 @@ class Resident:
 
     def reads_one_image(self) -> bool:
         """Llama 3.2 Vision reads one image a sequence; libmtmd's models read several."""
-        return self.reader.resolved.engine == "mllama"
+        return self.models.resolve().engine == "mllama"
 
     # -- loading ---------------------------------------------------------------------------
 
     def engine(self) -> VisionEngine:
         """The vision engine, loaded on first need (again after an unload)."""
-        with self._lock:
-            loaded = self.loaded_at is not None
-        started = time.perf_counter()
-        engine = self.reader.vision_engine()
-        if not loaded:
-            with self._lock:
-                if self.loaded_at is None:
-                    self.loaded_at, self.load_ms = time.time(), (time.perf_counter() - started) * 1000
-        return engine
+        return self.models.vision_engine(self.needs)
+
+    @property
+    def max_pixels(self) -> int:
+        """The pixel budget an image is fitted to: the model's own (models.toml)."""
+        return self.models.resolve().max_pixels or DEFAULT_MAX_PIXELS
+
+    @property
+    def loaded_at(self) -> float | None:
+        """Wall-clock time the vision engine loaded; None while it is not loaded."""
+        return self.models.loaded_at
+
+    @property
+    def load_ms(self) -> float:
+        """What the last load took."""
+        return self.models.load_ms
 
     @property
     def guard(self) -> Guard | None:
-        return self.reader.guard
+        return self.models.guard()
 
     @contextlib.contextmanager
     def use(self, keep_alive: KeepAlive = DEFAULT) -> Iterator[None]:
@@ -125,13 +135,7 @@ class Resident:
             self.notify(f"loading {self.name} again with a context of {n_ctx} tokens (was {have})")
             self.batcher.release()  # waits for the sequences under way; waiting requests stay queued
             with self._lock:
-                # The Reader holds the engine and its load options; the lead's Models seam will
-                # make this a call of its own.
-                engine, self.reader._engine = self.reader._engine, None
-                if engine is not None:
-                    engine.close()
-                self.reader._load = replace(self.reader._load, n_ctx=n_ctx)
-                self.loaded_at = None
+                self.models.reload_vision(ctx=n_ctx)
             self.engine()
 
     def trained_context(self) -> int | None:
@@ -164,27 +168,26 @@ class Resident:
 
     def _unload(self) -> None:
         self.batcher.release()
-        self.reader.close()
-        self.loaded_at = None
+        self.models.close()
 
     # -- what clients are told -----------------------------------------------------------
 
     def engine_info(self) -> dict[str, Any]:
         """/v1/engine/info: everything a remote Reader records of the models."""
-        r, guard = self.reader.resolved, self.guard
+        r, guard, loaded = self.models.resolve(), self.guard, self.models.loaded
         return {
             "version": __version__,
             "model": {"name": r.name, "names": self.names(), "path": str(r.model_path), "engine": r.engine,
-                      "sha256": self.reader.model_sha256, "quantisation": r.spec.quantisation if r.spec else None,
+                      "sha256": self.models.sha256(), "quantisation": r.spec.quantisation if r.spec else None,
                       "mmproj": str(r.mmproj_path) if r.mmproj_path else None, "max_pixels": r.max_pixels},
-            "max_batch": self.reader.engine.max_batch if self.loaded_at is not None else _batch(r.engine),
+            "max_batch": (loaded or engines.vision_engine_class(r.engine)).max_batch,
             "guard": None if guard is None else {
                 "name": guard.name, "identity": guard.identity, "mode": guard.policy.mode,
                 "names": list(dict.fromkeys([guard.name, self.options.guard.model or guard.name]))},
         }
 
     def summary(self) -> registry.GgufSummary:
-        return registry.gguf_summary(self.reader.resolved.model_path)
+        return registry.gguf_summary(self.models.resolve().model_path)
 
 
 class Kept:
@@ -214,28 +217,36 @@ class Kept:
             return image
 
 
-def _batch(engine: str) -> int:
-    from llamadoc import engines
+class Batched:
+    """The server's models as a Reader's (llamadoc.models.base.Models), for the document routes:
+    the same models, with the engine's requests going through the batcher like every other."""
 
-    return engines.BATCH.get(engine, 1)
+    def __init__(self, models: Models, batcher: Batcher, needs: EngineNeeds) -> None:
+        self._models, self._batcher, self._needs = models, batcher, needs
 
+    @property
+    def settings(self) -> Settings:
+        return self._models.settings
 
-class Shared:
-    """The server's models as a Reader's (llamadoc.reader.Models), for the document routes."""
-
-    def __init__(self, resident: Resident) -> None:
-        self._resident = resident
+    @property
+    def policy(self) -> GuardPolicy:
+        return self._models.policy
 
     def resolve(self) -> registry.ResolvedModel:
-        return self._resident.reader.resolved
+        return self._models.resolve()
 
     def sha256(self) -> str:
-        return self._resident.reader.model_sha256
+        return self._models.sha256()
 
-    def vision_engine(self, options: LoadOptions, max_pixels: int) -> VisionEngine:
-        return BatchedEngine(self._resident.batcher, self._resident.engine())
+    def vision_engine(self, needs: EngineNeeds) -> VisionEngine:
+        # The server's engine is loaded for every request (self._needs), whatever one run asks.
+        return BatchedEngine(self._batcher, self._models.vision_engine(self._needs))
 
-    def guard(self, policy: GuardPolicy) -> Guard:
-        guard = self._resident.guard
-        assert guard is not None  # the Reader asks only under a policy that screens
-        return guard
+    def guard(self) -> Guard | None:
+        return self._models.guard()
+
+    def info(self) -> ModelInfo:
+        return self._models.info()
+
+    def close(self) -> None:
+        """The server unloads its models on its own schedule (keep-alive), not when a route's run ends."""

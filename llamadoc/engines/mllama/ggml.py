@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from llamadoc.config import echo_ggml_logs
 from llamadoc.errors import EngineError
 from llamadoc.interrupt import called_from_c
 
@@ -413,7 +414,7 @@ def get_data(t: int, ndim: int = 2) -> np.ndarray:
 
 
 # LLAMADOC_GGML_LOG=1 echoes what LogCapture hides: ggml's reasons before an abort.
-ECHO_LOGS = os.environ.get("LLAMADOC_GGML_LOG") == "1"
+ECHO_LOGS = echo_ggml_logs()
 
 
 class LogCapture:
