@@ -293,7 +293,7 @@ def test_llama_vision_streams_stops_and_refuses_a_long_prompt(mllama_served: tup
     assert "".join(p.message.content for p in parts) == whole[: whole.index(stop)] and len(parts) > 3
     with pytest.raises(ollama.ResponseError) as err:
         c.chat(model=str(path), messages=[{"role": "user", "content": "word " * 2000}])
-    assert err.value.status_code == 400 and "the prompt is" in err.value.error and "num_ctx" in err.value.error
+    assert err.value.status_code == 400 and "the prompt is" in err.value.error and "context holds 1024" in err.value.error
     r = httpx.post(f"{s.url}/api/chat", json={"model": str(path), "stream": False, "messages": [
         {"role": "user", "content": "?", "images": [b64(Path(__file__))]}]})
     assert r.status_code == 400
