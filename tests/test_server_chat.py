@@ -230,8 +230,12 @@ def test_an_access_line_for_every_request_and_the_reason_of_every_refusal(served
     httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "messages": "no"})
     httpx.post(f"{served.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
     httpx.get(f"{served.url}/nowhere")
+    deadline = time.monotonic() + 10
+    while len(log) < 4 and time.monotonic() < deadline:  # each line is written once its response has gone
+        time.sleep(0.01)
     ok, bad, unknown, nowhere = log
-    assert ok.startswith("POST /api/chat 200 model=") and "tokens=" in ok and ok.endswith(" ms")
+    assert ok.startswith("POST /api/chat 200 model=") and ok.endswith(" ms")
+    assert " stream=no images=0 tools=0 tokens=" in ok
     assert bad.startswith("POST /api/chat 400") and bad.endswith("refused: messages must be a list of objects")
     assert " 404 " in unknown and "refused: the model 'gpt-4o' does not exist" in unknown
     assert nowhere.startswith("GET /nowhere 404") and "refused: Not Found" in nowhere

@@ -1,5 +1,6 @@
-"""One line on the server's stderr per request: route, model, status, tokens and milliseconds,
-and for every refusal (a 4xx or 5xx, or an error inside a stream already under way) its reason.
+"""One line on the server's stderr per request: route, model, status, tokens and milliseconds
+(a chat request's also whether it streams, its images and tools), and for every refusal (a 4xx
+or 5xx, or an error inside a stream already under way) its reason.
 
 The routes note the model and the token counts in the request's state; the middleware, outermost,
 sees every response, the API key's and the body limit's refusals among them.
@@ -28,6 +29,11 @@ def _note(request: Request) -> dict[str, Any]:
 
 def model(request: Request, name: str) -> None:
     _note(request)["model"] = name
+
+
+def asked(request: Request, stream: bool, tools: int, images: int) -> None:
+    """What a chat request carried: whether it streams, its tools and its images."""
+    _note(request).update(stream=stream, tools=tools, images=images)
 
 
 def tokens(request: Request, response: GenerationResponse) -> None:
@@ -68,6 +74,9 @@ class AccessLog:
             parts = [scope.get("method", "?"), scope.get("path", "?"), str(status or "-")]
             if note.get("model"):
                 parts.append(f"model={note['model']}")
+            if "stream" in note:
+                stream = "yes" if note["stream"] else "no"
+                parts.append(f"stream={stream} images={note['images']} tools={note['tools']}")
             if note.get("tokens"):
                 prompt, answer = note["tokens"]
                 parts.append(f"tokens={prompt}+{answer}")
