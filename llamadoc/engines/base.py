@@ -78,6 +78,7 @@ class GenerationResponse:
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length" | "cancelled" (on_text said stop)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    prompt_reused: int = 0  # prompt tokens an earlier request left in the engine's cache (not evaluated again)
 
 
 @runtime_checkable

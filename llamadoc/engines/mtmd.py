@@ -204,7 +204,7 @@ class MtmdEngine:
             text=text.text, prompt_tokens=len(prompt), completion_tokens=n, finish_reason=finish,
             # prefill includes the images' encoding (libmtmd does not time its encoder apart).
             timings_ms={"model": round(prefill_ms + decode_ms, 2), "prefill": round(prefill_ms, 2),
-                        "decode": round(decode_ms, 2), "prompt_reused": float(reused)},
+                        "decode": round(decode_ms, 2)}, prompt_reused=reused,
         )
 
     # -- the prompt ---------------------------------------------------------------------

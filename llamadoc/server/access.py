@@ -38,6 +38,7 @@ def asked(request: Request, stream: bool, tools: int, images: int) -> None:
 
 def tokens(request: Request, response: GenerationResponse) -> None:
     _note(request)["tokens"] = (response.prompt_tokens, response.completion_tokens)
+    _note(request)["reused"] = response.prompt_reused
 
 
 def refused(request: Request, reason: str) -> None:
@@ -80,6 +81,8 @@ class AccessLog:
             if note.get("tokens"):
                 prompt, answer = note["tokens"]
                 parts.append(f"tokens={prompt}+{answer}")
+                if note.get("reused"):  # prompt tokens an earlier turn left in the cache
+                    parts.append(f"reused={note['reused']}")
             parts.append(f"{ms:.0f} ms")
             reason = note.get("reason") or (_reason(bytes(body)) if status >= 400 else None)
             line = " ".join(parts)

@@ -71,9 +71,10 @@ class MllamaEngine:
         timings = {"model": round(elapsed_ms, 2)}
         # The model's "vision" is the protocol's "vision_encode", the name the pipeline records.
         timings.update({"vision_encode" if k == "vision" else k: round(v, 2) for k, v in c.timings_ms.items()
-                        if k != "decode_steps"})
+                        if k not in ("decode_steps", "prompt_reused")})
         return GenerationResponse(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=len(c.tokens),
-                                  finish_reason=c.finish_reason, timings_ms=timings)
+                                  finish_reason=c.finish_reason, timings_ms=timings,
+                                  prompt_reused=int(c.timings_ms.get("prompt_reused", 0)))
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
         return self.generate_batch([request])[0]
