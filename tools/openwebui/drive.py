@@ -72,11 +72,12 @@ def main() -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(a.url, wait_until="networkidle", timeout=a.timeout * 1000)
-        time.sleep(2)
-        dismiss(page)
-        pick_model(page, a.model)
         try:
+            page.goto(a.url, wait_until="domcontentloaded", timeout=a.timeout * 1000)
+            page.wait_for_selector("#chat-input", timeout=a.timeout * 1000)  # its socket keeps the network busy
+            time.sleep(2)
+            dismiss(page)
+            pick_model(page, a.model)
             for i, q in enumerate(QUESTIONS):
                 results.append(ask(page, q, a.image if i == 0 else None, a.log, a.timeout))
                 page.screenshot(path=str(a.shot.with_name(f"{a.shot.stem}-turn{i + 1}{a.shot.suffix}")))
