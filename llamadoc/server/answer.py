@@ -3,8 +3,9 @@ answer's text, screen the answer. Ollama's and OpenAI's routes only shape what i
 
 Under ``--guard block`` no text leaves before the whole answer has been judged: a stream then
 arrives in one go at the end, in the pieces the engine decoded. With ``flag`` or ``off`` text
-streams as it is decoded. A client that goes away is noticed within half a second (also while
-its request waits in the queue): its generation stops at the engine's next decoding step.
+streams as it is decoded. A client that goes away is noticed within POLL_S (also while its
+request waits in the queue, and while a request that does not stream is decoded): its
+generation stops at the engine's next decoding step.
 """
 
 from __future__ import annotations

@@ -47,7 +47,9 @@ class Stepwise(Protocol):
 @dataclass
 class Ticket:
     """One request: its text reaches ``on_text`` as it is decoded, then ``on_done`` gets the answer
-    or the error (both called on the engine's thread)."""
+    or the error (both called on the engine's thread). Setting ``cancelled`` (its client went
+    away, or a time limit passed) drops it from the queue, or stops its generation at the
+    engine's next decoding step, on either engine; ``on_done`` then gets Cancelled."""
 
     request: GenerationRequest
     on_text: Callable[[str], None] = lambda _t: None
