@@ -60,15 +60,17 @@ class Server:
         for line in self.proc.stderr:
             self.lines.append(line.strip())
 
-    def last_chat(self) -> tuple[int, int, int]:
-        deadline = time.monotonic() + 10
+    def chat_line(self, n: int) -> tuple[int, int, int]:
+        """The n-th chat request's access line (written once its response has gone): prompt tokens,
+        answer tokens, prompt tokens reused."""
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             found = [m for m in map(ACCESS.search, self.lines) if m]
-            if found:
-                m = found[-1]
+            if len(found) >= n:
+                m = found[n - 1]
                 return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
             time.sleep(0.05)
-        raise SystemExit("no access line")
+        raise SystemExit(f"no access line for chat request {n}")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -102,7 +104,7 @@ def conversation(server: Server, model: str, image: Path, tokens: int) -> list[d
     for i, q in enumerate(QUESTIONS):
         history.append({"role": "user", "content": q, **({"images": [str(image)]} if i == 0 else {})})
         wall, r = turn(server.url, model, history, tokens)
-        prompt, answer, reused = server.last_chat()
+        prompt, answer, reused = server.chat_line(i + 1)
         rows.append({"turn": i + 1, "wall": wall, "prompt": prompt, "reused": reused,
                      "prefill": (r.prompt_eval_duration or 0) / 1e9, "decode": (r.eval_duration or 0) / 1e9,
                      "history": [*history]})
@@ -141,14 +143,15 @@ def main() -> None:
         server = Server(args, tmp / "home", a.threads)
         try:
             rows = conversation(server, str(model), image, a.tokens)
-            streams = [stream_times(server.url, str(model), rows[-1]["history"], a.stream_tokens)
-                       for _ in range(a.rounds)]
+            # A new question after the third turn, each round: its history from the cache, its own tokens prefilled.
+            streams = [stream_times(server.url, str(model), [*rows[-1]["history"], {"role": "user", "content":
+                                    f"Describe bar {i + 1} in detail."}], a.stream_tokens) for i in range(a.rounds)]
         finally:
             server.stop()
         fresh = Server(args, tmp / "home-fresh", a.threads)
         try:
             wall, r = turn(fresh.url, str(model), rows[1]["history"], a.tokens)
-            prompt, _answer, reused = fresh.last_chat()
+            prompt, _answer, reused = fresh.chat_line(1)
             cold = {"wall": wall, "prompt": prompt, "reused": reused, "prefill": (r.prompt_eval_duration or 0) / 1e9,
                     "decode": (r.eval_duration or 0) / 1e9}
         finally:
@@ -161,7 +164,8 @@ def main() -> None:
     print(f"| 2, on a fresh server | {cold['prompt']} | {cold['reused']} | {cold['prefill']:.2f} | "
           f"{cold['decode']:.2f} | {cold['wall']:.2f} |")
     firsts, lasts = [s[0] for s in streams], [s[1] for s in streams]
-    print(f"\nStreaming a {a.stream_tokens}-token answer (the third turn's history, {a.rounds} rounds, median): "
+    print(f"\nStreaming a {a.stream_tokens}-token answer to a new question after the third turn ({a.rounds} rounds, "
+          "median): "
           f"first chunk {statistics.median(firsts):.2f} s, last chunk {statistics.median(lasts):.2f} s, "
           f"{statistics.median([s[2] for s in streams]):.0f} chunks with text")
 

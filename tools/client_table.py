@@ -12,6 +12,7 @@ import argparse
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from tests.mllama_helpers import convert_fixture, fixture_image  # noqa: E402
 from tests.server_helpers import offline_home, serving  # noqa: E402
 
 LISTING = re.compile(r"^(GET /api/tags|GET /v1/models\S*|POST /api/show) 200")
-LINE = re.compile(r"^POST (\S+) (\d+) model=\S+ stream=(yes|no) images=(\d+) tools=(\d+)")
+LINE = re.compile(r"^POST (\S+) (\d+) model=\S+ stream=(yes|no) images=(\d+) tools=(\d+)( schema)?")
 
 
 def run(name: str, flow: Callable[[], Any], log: list[str]) -> dict[str, str]:
@@ -38,8 +39,9 @@ def run(name: str, flow: Callable[[], Any], log: list[str]) -> dict[str, str]:
         ok, error = True, ""
     except BaseException as err:  # noqa: BLE001 - a failed client is a row, not the end of the table
         ok, error = False, f"{type(err).__name__}: {str(err)[:120]}"
+    time.sleep(0.5)  # an access line is written just after its response has gone
     chats = [m.groups() for m in map(LINE.match, log[start:]) if m]
-    turns = [c for c in chats if c[1] == "200"]
+    turns = [c for c in chats if c[1] == "200" and not c[5]]  # the conversation: not the schema call
     listed = sorted({m.group(1).split(" ")[1] for m in map(LISTING.match, log[start:]) if m})
     conversation = turns[:3]
     return {
@@ -50,7 +52,7 @@ def run(name: str, flow: Callable[[], Any], log: list[str]) -> dict[str, str]:
         "image follow-up": "yes" if ok and len(conversation) == 3 and all(int(c[3]) > 0 for c in conversation)
         else "no",
         "stream": "yes" if ok and conversation and all(c[2] == "yes" for c in conversation) else "no",
-        "schema": "yes" if ok else "no",
+        "schema": "yes" if ok and any(c[5] and c[1] == "200" for c in chats) else "no",
         "tools in the request": str(max((int(c[4]) for c in chats), default=0)),
         "routes": ", ".join(sorted({c[0] for c in chats})),
         "error": error,

@@ -1,5 +1,5 @@
 """One line on the server's stderr per request: route, model, status, tokens and milliseconds
-(a chat request's also whether it streams, its images and tools), and for every refusal (a 4xx
+(a chat request's also whether it streams, its images and tools, and a schema), and for every refusal (a 4xx
 or 5xx, or an error inside a stream already under way) its reason.
 
 The routes note the model and the token counts in the request's state; the middleware, outermost,
@@ -31,9 +31,9 @@ def model(request: Request, name: str) -> None:
     _note(request)["model"] = name
 
 
-def asked(request: Request, stream: bool, tools: int, images: int) -> None:
-    """What a chat request carried: whether it streams, its tools and its images."""
-    _note(request).update(stream=stream, tools=tools, images=images)
+def asked(request: Request, stream: bool, tools: int, images: int, schema: bool) -> None:
+    """What a chat request carried: whether it streams, its images, its tools, and a schema."""
+    _note(request).update(stream=stream, tools=tools, images=images, schema=schema)
 
 
 def tokens(request: Request, response: GenerationResponse) -> None:
@@ -78,6 +78,8 @@ class AccessLog:
             if "stream" in note:
                 stream = "yes" if note["stream"] else "no"
                 parts.append(f"stream={stream} images={note['images']} tools={note['tools']}")
+                if note["schema"]:
+                    parts.append("schema")
             if note.get("tokens"):
                 prompt, answer = note["tokens"]
                 parts.append(f"tokens={prompt}+{answer}")

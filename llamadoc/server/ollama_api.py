@@ -179,7 +179,8 @@ async def chat(request: Request) -> Response:
             content = json.dumps(m["tool_calls"])
         turns.append(Turn(str(m.get("role")), content, [base64_image(x, f"message {i} image {j}")
                                                          for j, x in enumerate(images, 1)]))
-    access.asked(request, body.get("stream", True) is not False, len(tools or []), sum(len(t.images) for t in turns))
+    access.asked(request, body.get("stream", True) is not False, len(tools or []), sum(len(t.images) for t in turns),
+                 body.get("format") not in (None, ""))
     return await _respond(request, resident, name, await _chat(resident, body, turns), body, "message")
 
 
@@ -209,7 +210,8 @@ async def generate_route(request: Request) -> Response:
         turns = [t for t in turns if t.role != "system"]
         turns.insert(0, Turn("system", system, []))
     turns.append(Turn("user", prompt, [base64_image(x, f"image {j}") for j, x in enumerate(images, 1)]))
-    access.asked(request, body.get("stream", True) is not False, 0, sum(len(t.images) for t in turns))
+    access.asked(request, body.get("stream", True) is not False, 0, sum(len(t.images) for t in turns),
+                 body.get("format") not in (None, ""))
     return await _respond(request, resident, name, await _chat(resident, body, turns), body, "response")
 
 

@@ -98,10 +98,12 @@ async def completions(request: Request) -> Response:
         raise ApiError(400, "n must be 1: the server gives one answer per request")
     budget = resident.max_pixels
     turns = conversation([_turn(i, m) for i, m in enumerate(messages)])
-    access.asked(request, bool(req.get("stream")), len(tools or []), sum(len(t.images) for t in turns))
+    schema = _schema(req.get("response_format"))
+    access.asked(request, bool(req.get("stream")), len(tools or []), sum(len(t.images) for t in turns),
+                 schema is not None)
     limit = req.get("max_completion_tokens", req.get("max_tokens"))
     chat = Chat(messages=await with_images(turns, resident.reads_one_image(), budget),
-                schema=_schema(req.get("response_format")),
+                schema=schema,
                 max_tokens=token_budget(limit, "max_tokens", resident.options.max_tokens),
                 sampling=sampling(req.get("temperature"), req.get("top_p"), req.get("seed")),
                 stop=stop_texts(req.get("stop"), "stop"))
