@@ -19,11 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llamadoc.files import write_atomic  # noqa: E402
 from llamadoc.guard import GuardPolicy  # noqa: E402
 from llamadoc.inputs.sources import collect  # noqa: E402
 from llamadoc.outputs import render  # noqa: E402
 from llamadoc.reader import Reader  # noqa: E402
-from llamadoc.tasks import Extract, load_schema  # noqa: E402
+from llamadoc.tasks import Extract  # noqa: E402
 from tests import tinymodels  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "invoice2data"
@@ -33,22 +34,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3, help="passes over the corpus (distinct runs)")
     args = parser.parse_args()
-    task = Extract(schema=load_schema(str(ROOT / "examples" / "invoice.yaml")))
+    task = Extract.from_file(ROOT / "examples" / "invoice.yaml", embedded="ignore")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = tinymodels.write_text_model(root / "m.gguf")
         mmproj = tinymodels.write_mmproj(root / "p.gguf")
         sources = collect([str(p) for p in sorted(CORPUS.glob("*.pdf"))])
-        with Reader(str(model), mmproj=str(mmproj), threads=1, guard=GuardPolicy(mode="off"),
-                    max_tokens=256) as reader:
-            options = reader.run_options(max_tokens=256, embedded="ignore")
+        with Reader(str(model), mmproj=str(mmproj), threads=1, guard=GuardPolicy(mode="off")) as reader:
+            options = reader.run_options(max_tokens=256)
             list(reader.run(task, sources[:1], options, force=True))  # warm-up: load the model
             pages = 0
             model_ms = raster_ms = 0.0
             started = time.perf_counter()
             for _ in range(args.repeat):
                 for doc in reader.run(task, sources, options, force=True):
-                    render.write_atomic(root / "out" / f"{Path(doc.source).stem}.json", render.to_json(doc))
+                    write_atomic(root / "out" / f"{Path(doc.source).stem}.json", render.to_json(doc))
                     for page in doc.pages:
                         pages += 1
                         model_ms += page.timings_ms.get("model", 0.0)

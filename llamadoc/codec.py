@@ -3,7 +3,7 @@ from_dict for reading the store back.
 
 from_dict accepts only what this version writes: every field present with its type,
 nothing more. An entry written by another version, cut short, or edited by hand is
-refused (ValueError), and the store treats that as a miss, never as a crash.
+refused (ForeignResult), and the store treats that as a miss, never as a crash.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ from typing import Any, Union
 from llamadoc.results import DocumentResult
 
 DERIVED = frozenset({"pages_read"})  # written for readers, recomputed on reading
+
+
+class ForeignResult(Exception):
+    """A result document this version does not read: another version's, cut short, or edited.
+    Its own class, not ValueError: a bug that raises ValueError must not pass for a cache miss."""
 
 
 def to_dict(doc: DocumentResult) -> dict[str, Any]:
@@ -39,11 +44,11 @@ def to_dict(doc: DocumentResult) -> dict[str, Any]:
 
 
 def from_dict(body: Any) -> DocumentResult:
-    """The inverse of to_dict; a ValueError names the first thing that does not fit."""
+    """The inverse of to_dict; a ForeignResult names the first thing that does not fit."""
     try:
         doc = _decode(DocumentResult, body, "result")
     except RecursionError:
-        raise ValueError("result: nested too deeply") from None
+        raise ForeignResult("result: nested too deeply") from None
     assert isinstance(doc, DocumentResult)
     return doc
 
@@ -61,9 +66,9 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
         for option in args:
             try:
                 return _decode(option, value, where)
-            except ValueError:
+            except ForeignResult:
                 continue
-        raise ValueError(f"{where}: {value!r:.40} is not {tp}")
+        raise ForeignResult(f"{where}: {value!r:.40} is not {tp}")
     if tp is type(None):
         if value is None:
             return None
@@ -79,7 +84,7 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
     elif isinstance(tp, type) and issubclass(tp, Enum):
         try:
             return tp(value)
-        except ValueError:
+        except ValueError:  # not one of the enum's values: refused below
             pass
     elif origin is list:
         if isinstance(value, list):
@@ -89,16 +94,16 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
             return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
     elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _record(tp, value, where)
-    raise ValueError(f"{where}: {value!r:.40} is not {getattr(tp, '__name__', tp)}")
+    raise ForeignResult(f"{where}: {value!r:.40} is not {getattr(tp, '__name__', tp)}")
 
 
 def _record(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: not an object")
+        raise ForeignResult(f"{where}: not an object")
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     given = set(value) - DERIVED
     if given != names:
         extra, missing = sorted(given - names), sorted(names - given)
-        raise ValueError(f"{where}: fields differ from this version's (extra {extra}, missing {missing})")
+        raise ForeignResult(f"{where}: fields differ from this version's (extra {extra}, missing {missing})")
     hints = _hints(cls)
     return cls(**{name: _decode(hints[name], value[name], f"{where}.{name}") for name in names})

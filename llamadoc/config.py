@@ -121,24 +121,24 @@ def parse_source(source: str) -> SourceRef:
 
 
 @dataclass(frozen=True)
-class FileSource:
+class OriginFile:
     role: str  # "model" or "mmproj"
-    source: str  # hf://owner/repo/path, ollama://library/name:tag, or a local path
+    address: str  # hf://owner/repo/path, ollama://library/name:tag, or a local path
     sha256: str | None = None  # pins the file: a download that does not match is rejected
     size: int | None = None  # bytes as published: informational, the server's own figure is checked
     checked: bool = False  # confirmed against the published page (models.toml says how, beside it)
 
     @property
     def ref(self) -> SourceRef:
-        return parse_source(self.source)
+        return parse_source(self.address)
 
 
 @dataclass(frozen=True)
-class SourceSpec:
+class Origin:
     """One place a model's files come from; a model may have several, tried in order."""
 
     name: str  # "ollama", "hf", "path" for files.*, or the key of sources.NAME
-    files: tuple[FileSource, ...]
+    files: tuple[OriginFile, ...]
 
     @property
     def checked(self) -> bool:
@@ -161,33 +161,33 @@ class ModelSpec:
     context: int | None = None
     min_memory_gb: float | None = None
     max_pixels: int | None = None  # the raster budget that suits the model's vision input
-    sources: tuple[SourceSpec, ...] = ()  # in the order a pull tries them
-    origin: str = ""  # the file that defined it, for messages
+    origins: tuple[Origin, ...] = ()  # where it can be had (models.toml's sources), in the order a pull tries them
+    defined_in: str = ""  # the file that defined it, for messages
 
     @property
-    def files(self) -> tuple[FileSource, ...]:
+    def files(self) -> tuple[OriginFile, ...]:
         """The files of the first source: what locate, pull and resolve work on."""
-        return self.sources[0].files if self.sources else ()
+        return self.origins[0].files if self.origins else ()
 
     @property
     def address(self) -> bool:
         """An hf:// or ollama:// address given as it is, with no models.toml entry."""
         return self.engine == ENGINE_FROM_FILE
 
-    def file(self, role: str) -> FileSource | None:
+    def file(self, role: str) -> OriginFile | None:
         return next((f for f in self.files if f.role == role), None)
 
-    def source(self, name: str) -> SourceSpec:
-        for source in self.sources:
+    def origin(self, name: str) -> Origin:
+        for source in self.origins:
             if source.name == name:
                 return source
-        known = ", ".join(s.name for s in self.sources)
+        known = ", ".join(s.name for s in self.origins)
         raise ConfigError(f"model {self.name} has no source {name!r}", hint=f"its sources: {known}")
 
-    def with_source(self, name: str) -> ModelSpec:
+    def with_origin(self, name: str) -> ModelSpec:
         """This model with source ``name`` first: the one locate, pull and resolve then use."""
-        chosen = self.source(name)
-        return replace(self, sources=(chosen, *(s for s in self.sources if s is not chosen)))
+        chosen = self.origin(name)
+        return replace(self, origins=(chosen, *(s for s in self.origins if s is not chosen)))
 
 
 @dataclass(frozen=True)
@@ -244,8 +244,8 @@ def address_spec(address: str, kind: str = "") -> ModelSpec:
         engine=ENGINE_FROM_FILE,
         kind=kind,
         quantisation="Q4_K_M" if isinstance(ref, HfRepoRef) else None,
-        sources=(SourceSpec(name, (FileSource("model", str(ref)),)),),
-        origin="the address given",
+        origins=(Origin(name, (OriginFile("model", str(ref)),)),),
+        defined_in="the address given",
     )
 
 
@@ -416,7 +416,7 @@ def _check_type(origin: str, key: str, value: Any, allowed: Mapping[str, type]) 
         raise ConfigError(f"{origin}: {key} must be positive, not {value}")
 
 
-def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: Any) -> FileSource:
+def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: Any) -> OriginFile:
     if isinstance(body, str):
         body = {"source": body}
     if not isinstance(body, dict) or "source" not in body:
@@ -445,10 +445,10 @@ def _parse_file(origin: str, base_dir: Path | None, key: str, role: str, body: A
         if not _SHA256.fullmatch(sha256):
             raise ConfigError(f"{origin}: {key}.sha256 must be 64 hex digits")
     checked = body.get("checked", False)
-    return FileSource(role=role, source=source, sha256=sha256, size=body.get("size"), checked=checked)
+    return OriginFile(role=role, address=source, sha256=sha256, size=body.get("size"), checked=checked)
 
 
-def _parse_files(origin: str, base_dir: Path | None, prefix: str, body: Any) -> list[FileSource]:
+def _parse_files(origin: str, base_dir: Path | None, prefix: str, body: Any) -> list[OriginFile]:
     files = []
     for role, fbody in _table(origin, prefix, body).items():
         if role not in FILE_ROLES:
@@ -457,27 +457,27 @@ def _parse_files(origin: str, base_dir: Path | None, prefix: str, body: Any) -> 
     return files
 
 
-def _merged(files: tuple[FileSource, ...], new: list[FileSource]) -> tuple[FileSource, ...]:
+def _merged(files: tuple[OriginFile, ...], new: list[OriginFile]) -> tuple[OriginFile, ...]:
     roles = {f.role for f in new}
     return tuple([f for f in files if f.role not in roles] + new)
 
 
-def _scheme_name(file: FileSource) -> str:
+def _scheme_name(file: OriginFile) -> str:
     ref = file.ref
     return "path" if isinstance(ref, Path) else "ollama" if isinstance(ref, OllamaRef) else "hf"
 
 
 def _parse_sources(
     origin: str, base_dir: Path | None, prefix: str, body: dict[str, Any], base: ModelSpec | None
-) -> tuple[SourceSpec, ...]:
+) -> tuple[Origin, ...]:
     """files.* (one source, named by its scheme) and sources.NAME.files.*, merged into the base's by name."""
-    sources = list(base.sources) if base else []
+    sources = list(base.origins) if base else []
     if "files" in body:
         new = _parse_files(origin, base_dir, f"{prefix}.files", body["files"])
         model = next((f for f in new if f.role == "model"), None)
         name = _scheme_name(model) if model else (sources[0].name if sources else "")
         old = next((s for s in sources if s.name == name), None)
-        merged = SourceSpec(name, _merged(old.files if old else (), new))
+        merged = Origin(name, _merged(old.files if old else (), new))
         sources = [merged, *(s for s in sources if s is not old)]  # files.* comes first: it is what a pull takes
     for name, sbody in _table(origin, f"{prefix}.sources", body.get("sources", {})).items():
         key = f"{prefix}.sources.{name}"
@@ -486,7 +486,7 @@ def _parse_sources(
             _check_type(origin, f"{key}.{k}", v, _SOURCE_KEYS)
         new = _parse_files(origin, base_dir, f"{key}.files", table.get("files", {}))
         at = next((i for i, s in enumerate(sources) if s.name == name), None)
-        merged = SourceSpec(name, _merged(sources[at].files if at is not None else (), new))
+        merged = Origin(name, _merged(sources[at].files if at is not None else (), new))
         if at is None:
             sources.append(merged)
         else:
@@ -494,7 +494,7 @@ def _parse_sources(
     return tuple(sources)
 
 
-def _check_source(origin: str, prefix: str, engine: str, source: SourceSpec) -> None:
+def _check_origin(origin: str, prefix: str, engine: str, source: Origin) -> None:
     model = next((f for f in source.files if f.role == "model"), None)
     where = f"{prefix} (source {source.name})" if source.name not in ("ollama", "hf", "path") else prefix
     if model is None:
@@ -502,7 +502,7 @@ def _check_source(origin: str, prefix: str, engine: str, source: SourceSpec) -> 
     if isinstance(model.ref, HfRepoRef):
         if engine != "mllama":
             raise ConfigError(
-                f"{origin}: {where}: a checkpoint ({model.source}) is converted by the mllama engine's converter",
+                f"{origin}: {where}: a checkpoint ({model.address}) is converted by the mllama engine's converter",
                 hint='set engine = "mllama", or name a .gguf file: hf://owner/repo/FILE.gguf',
             )
         if any(f.role == "mmproj" for f in source.files):
@@ -528,7 +528,7 @@ def _parse_model(
     if not sources:
         raise ConfigError(f"{origin}: {prefix} has no files.model")
     for source in sources:
-        _check_source(origin, prefix, engine, source)
+        _check_origin(origin, prefix, engine, source)
     inherited: dict[str, Any] = {
         k: getattr(base, k)
         for k in ("description", "quantisation", "size_bytes", "context", "min_memory_gb", "max_pixels")
@@ -536,4 +536,4 @@ def _parse_model(
     inherited.update({k: v for k, v in body.items() if k not in ("files", "sources", "engine", "kind")})
     if inherited.get("min_memory_gb") is not None:
         inherited["min_memory_gb"] = float(inherited["min_memory_gb"])
-    return ModelSpec(name=name, engine=engine, kind=kind, sources=sources, origin=origin, **inherited)
+    return ModelSpec(name=name, engine=engine, kind=kind, origins=sources, defined_in=origin, **inherited)

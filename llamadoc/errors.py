@@ -9,6 +9,7 @@ itself failed (a document, a download, the machine's memory).
 from __future__ import annotations
 
 from enum import IntEnum
+from pathlib import Path
 
 
 class ExitCode(IntEnum):
@@ -55,6 +56,16 @@ class OutputError(LlamadocError):
     """The output folder (-o) cannot be used: checked before any model loads."""
 
     exit_code = ExitCode.USAGE
+
+
+class WriteFailed(LlamadocError):
+    """A result file could not be written: that document's failure (exit 1), not the batch's."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
 
 
 class ResourceError(LlamadocError):

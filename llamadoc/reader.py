@@ -22,10 +22,10 @@ from types import TracebackType
 from typing import Any, BinaryIO, Protocol
 
 from llamadoc.batch.options import RunOptions
-from llamadoc.batch.pipeline import Pipeline, run_options
+from llamadoc.batch.pipeline import Pipeline, recorded_options
 from llamadoc.config import Settings, load_settings
 from llamadoc.engines.base import Sampling
-from llamadoc.errors import UsageError
+from llamadoc.errors import UsageError, WriteFailed
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.inputs.raster import RasterOptions
 from llamadoc.inputs.sources import Shard, Source, collect, unpack
@@ -33,10 +33,10 @@ from llamadoc.models.base import Models, ModelSettings
 from llamadoc.models.local import LocalModels
 from llamadoc.outputs.render import EXTENSIONS
 from llamadoc.outputs.report import DEFAULT_FAIL_ON, Report
-from llamadoc.outputs.writer import Claims, OutputSpec, WriteFailed, Writer, output_names
+from llamadoc.outputs.writer import Claims, OutputSpec, Writer, output_names
 from llamadoc.results import DocumentResult, PageResult, Status
 from llamadoc.store import RunIdentity, Store
-from llamadoc.tasks import Ask, Describe, Extract, Task, load_schema
+from llamadoc.tasks import Ask, Describe, Extract, Task
 
 Documents = str | Path | bytes | Sequence[str | Path]
 
@@ -143,7 +143,7 @@ class Reader:
         guard = self.guard
         return RunIdentity(
             task=task.name,
-            options=run_options(task, options, guard),
+            options=recorded_options(task, options, guard),
             model=self.models.sha256(),
             mmproj=str(self.models.resolve().mmproj_path or ""),
             guard=guard.identity if guard else "off",
@@ -279,7 +279,7 @@ class Reader:
         if isinstance(schema, dict):
             task = Extract(schema=schema)
         else:
-            task = Extract(schema=load_schema(str(schema)), schema_path=str(schema))
+            task = Extract.from_file(schema)
         return self._run_all(task, documents, options)
 
     def _run_all(self, task: Task, documents: Documents, options: dict[str, Any]) -> list[DocumentResult]:

@@ -4,11 +4,19 @@ CLI tests; this stand-in only answers what it is told to."""
 
 from __future__ import annotations
 
+import queue
+import threading
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from llamadoc.batch import pipeline
 from llamadoc.batch.options import RunOptions
 from llamadoc.batch.pipeline import Pipeline
+from llamadoc.batch.prefetch import ALL_DONE, PageReady
 from llamadoc.config import Settings
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest
 from llamadoc.guard import Guard, GuardPolicy
@@ -44,6 +52,65 @@ class ScriptedEngine:
 
     def close(self) -> None:
         pass
+
+
+class Waiting:
+    """The pipeline's queue of prepared pages, watched, so an engine can wait for ``n`` of them.
+
+    A batch holds the pages waiting when the engine is free; how many that is depends on
+    how fast the machine rasterises. An engine that starts each call only once ``n``
+    pages wait (or the queue is full, or every page is in) makes the batches the same on
+    any machine, with no sleep to outrun the rasteriser."""
+
+    def __init__(self, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.n = n
+        self.changed = threading.Condition()
+        self.pages = 0  # put and not yet taken
+        self.full = self.finished = False
+        watch = self
+
+        class Watched(queue.Queue[Any]):
+            # _put and _get run under the queue's own lock: the counts are exact, and the
+            # lock order is always the queue's, then ours (the engine never takes the queue's).
+            def _put(self, item: Any) -> None:
+                super()._put(item)
+                watch.seen(+isinstance(item, PageReady), full=self._qsize() >= self.maxsize, finished=item is ALL_DONE)
+
+            def _get(self) -> Any:
+                item = super()._get()
+                watch.seen(-isinstance(item, PageReady), full=False)
+                return item
+
+        monkeypatch.setattr(pipeline, "queue", types.SimpleNamespace(Queue=Watched, Empty=queue.Empty))
+
+    def seen(self, pages: int, full: bool, finished: bool = False) -> None:
+        with self.changed:
+            self.pages += pages
+            self.full = full
+            self.finished |= finished
+            self.changed.notify_all()
+
+    def wait(self) -> None:
+        with self.changed:
+            ready = self.changed.wait_for(lambda: self.pages >= self.n or self.full or self.finished, timeout=60)
+        assert ready, f"{self.pages} pages waited for the engine, not {self.n}, and the rasteriser stopped"
+
+
+class PatientEngine(ScriptedEngine):
+    """A scripted engine that starts each call only once ``pages.n`` more pages wait for it."""
+
+    def __init__(self, answer: Callable[[GenerationRequest, int], str], pages: Waiting) -> None:
+        super().__init__(answer)
+        self.pages = pages
+        self.max_batch = pages.n
+
+    def generate(self, request: GenerationRequest) -> GenerationResponse:
+        self.pages.wait()
+        return super().generate(request)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:
+        self.pages.wait()
+        return super().generate_batch(requests)
 
 
 class ScriptedGuard:

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests import tinymodels
 from tests.conftest import make_image, make_pdf, parse_json
 
@@ -145,26 +143,6 @@ def test_page_that_cannot_fit_the_context(run_cli: Any, model_args: list[str], c
     result = run_cli("ask", str(chart), "-q", "?", *model_args, "--ctx", "64")
     assert result.exit_code == 1
     assert "context holds 64" in result.stderr and "--ctx" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model", "/nonexistent/model.gguf"], "does not exist"),
-        (["--mmproj", "/nonexistent/mmproj.gguf"], "does not exist"),
-        (["--pages", "3-1"], "--pages"),
-        (["--format", "yaml"], "--format"),
-        (["--model", "no-such-model"], "unknown model"),
-    ],
-)
-def test_usage_errors_exit_2(run_cli: Any, model_args: list[str], chart: Path, args: list[str],
-                             message: str) -> None:
-    merged = dict(zip(model_args[::2], model_args[1::2], strict=True)) | dict(zip(args[::2], args[1::2],
-                                                                                 strict=True))
-    flat = [x for kv in merged.items() for x in kv]
-    result = run_cli("ask", str(chart), "-q", "?", *flat)
-    assert result.exit_code == 2
-    assert message in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_model_without_projector_and_mismatched_projector(run_cli: Any, text_model: Path, chart: Path,

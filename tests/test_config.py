@@ -46,8 +46,8 @@ def test_the_shipped_registry_has_the_mission_models_with_their_facts(tmp_path):
         if name != "llama-guard3:11b-vision":  # Ollama's library has no vision guard: only Meta's checkpoint
             assert spec.file("model").ref == OllamaRef("library", *name.split(":"))
         if name in meta:  # Meta's checkpoint, converted on pull, as the last (or only) source
-            assert spec.sources[-1].name == "meta"
-            assert spec.sources[-1].files[0].ref == HfRepoRef(meta[name])
+            assert spec.origins[-1].name == "meta"
+            assert spec.origins[-1].files[0].ref == HfRepoRef(meta[name])
     for spec in settings.models.values():
         assert spec.engine in ENGINES
         assert spec.quantisation and spec.size_bytes and spec.context and spec.min_memory_gb, spec.name

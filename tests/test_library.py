@@ -110,3 +110,30 @@ def test_sources_given_as_they_are_keep_their_place_among_paths(text_model: Path
     assert [s.label for s in reader.sources([str(a), given, str(b)])] == [str(a), "in-memory.png", str(b)]
     with pytest.raises(UsageError, match="can be given once"):
         reader.sources(["-", given, "-"])
+
+
+def test_the_public_api_is_lazy_and_complete() -> None:
+    """`import llamadoc` loads nothing heavy; every exported name resolves; the README's Python
+    example imports from llamadoc only."""
+    import re
+    import subprocess
+    import sys
+
+    code = ("import sys, llamadoc; heavy = [m for m in ('llamadoc.reader', 'llama_cpp', 'fitz', 'numpy') "
+            "if m in sys.modules]; print(heavy); [getattr(llamadoc, n) for n in llamadoc.__all__]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    imports = re.findall(r"^(?:from|import) (\S+)", example, re.M)
+    assert imports and all(m in ("llamadoc", "pathlib") for m in imports), imports
+    names = re.findall(r"^from llamadoc import (.+)$", example, re.M)[0].split(", ")
+    import llamadoc
+
+    assert set(names) <= set(llamadoc.__all__)
+
+
+def test_all_names_what_the_package_exports() -> None:
+    import llamadoc
+
+    assert sorted(llamadoc.__all__) == sorted(llamadoc._MODULE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +19,17 @@ from llamadoc.errors import PageError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MllamaModel]:
-    path = convert_fixture("tiny", tmp_path_factory.mktemp("sched") / "tiny.gguf", "F32")
-    m = MllamaModel.load(path, threads=1, kv_f16=False, image_cache=2, n_ctx=512)
+def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return convert_fixture("tiny", tmp_path_factory.mktemp("sched") / "tiny.gguf", "F32")
+
+
+def load(path: Path) -> MllamaModel:
+    return MllamaModel.load(path, threads=1, kv_f16=False, image_cache=2, n_ctx=512)
+
+
+@pytest.fixture(scope="module")
+def model(path: Path) -> Iterator[MllamaModel]:
+    m = load(path)
     yield m
     m.close()
 
@@ -42,32 +51,42 @@ def drain(s: Scheduler) -> None:
         s.step()
 
 
-def test_sequences_joining_at_any_step_decode_as_alone(model: MllamaModel,
+def test_sequences_joining_at_any_step_decode_as_alone(path: Path, model: MllamaModel,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model.tokenizer, "stop", set())  # run every sequence to its budget
     cases = items(model)
-    expected = [alone(model, it) for it in cases]
-    s = Scheduler(model, 4)
-    texts = ["" for _ in cases]
+    fresh = load(path)  # its image cache is empty, so the scheduler's encodes can be counted
+    try:
+        for m in (model, fresh):
+            monkeypatch.setattr(m.tokenizer, "stop", set())  # run every sequence to its budget
+        expected = [alone(model, it) for it in cases]
+        s = Scheduler(fresh, 4)
+        texts = ["" for _ in cases]
 
-    def collect(i: int):  # type: ignore[no-untyped-def]
-        return lambda t: texts.__setitem__(i, texts[i] + t)
+        def collect(i: int):  # type: ignore[no-untyped-def]
+            return lambda t: texts.__setitem__(i, texts[i] + t)
 
-    running = [s.add(cases[0], collect(0))]
-    for _ in range(3):
+        running = [s.add(cases[0], collect(0))]
+        encoded = [s.encoded]
+        for _ in range(3):
+            s.step()
+        for i in (1, 2):
+            running.append(s.add(cases[i], collect(i)))
+            encoded.append(s.encoded)
         s.step()
-    running += [s.add(cases[1], collect(1)), s.add(cases[2], collect(2))]
-    s.step()
-    running.append(s.add(cases[3], collect(3)))
-    drain(s)
-    assert [r.tokens for r in running] == expected
-    assert [r.finish for r in running] == ["length"] * 4
-    # One sequence for three steps, then three, then four decoding together, then fewer as they end.
-    assert s.batch_sizes[:5] == [1, 1, 1, 3, 4]
-    assert max(s.batch_sizes) == 4 and s.batch_sizes[-1] < 4
-    assert texts == [model.tokenizer.decode(r.tokens) for r in running]
-    assert s.encoded <= 2  # the second question about "square" reads the image cache
-    assert running[3].timings_ms["vision"] < running[0].timings_ms["vision"]
+        running.append(s.add(cases[3], collect(3)))
+        encoded.append(s.encoded)
+        drain(s)
+        assert [r.tokens for r in running] == expected
+        assert [r.finish for r in running] == ["length"] * 4
+        # One sequence for three steps, then three, then four decoding together, then fewer as they end.
+        assert s.batch_sizes[:5] == [1, 1, 1, 3, 4]
+        assert max(s.batch_sizes) == 4 and s.batch_sizes[-1] < 4
+        assert texts == [fresh.tokenizer.decode(r.tokens) for r in running]
+        # "square" and "wide" are encoded as they come; the second question about "square",
+        # added while the first still runs, reads the image cache.
+        assert encoded == [1, 1, 2, 2]
+    finally:
+        fresh.close()
 
 
 def test_a_freed_row_is_taken_by_the_next_sequence(model: MllamaModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from llamadoc.batch.pipeline import document_status
 from llamadoc.engines.base import GenerationRequest
@@ -13,7 +14,7 @@ from llamadoc.outputs.report import Report
 from llamadoc.results import DocumentResult, PageResult, Status
 from llamadoc.tasks import NOT_FOUND, Ask, Extract, Task
 from tests.conftest import make_pdf
-from tests.fakes import ScriptedEngine, run_pipeline
+from tests.fakes import PatientEngine, ScriptedEngine, Waiting, run_pipeline
 
 FILLER = "\n".join(["lorem ipsum dolor sit amet"] * 12)
 
@@ -113,7 +114,7 @@ def test_document_status() -> None:
     assert document_status(DocumentResult(source="d", task="ask"), opened=False) is Status.FAILED
 
 
-def test_pages_of_several_documents_decode_together(tmp_path: Path) -> None:
+def test_pages_of_several_documents_decode_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pymupdf
 
     paths = []
@@ -125,12 +126,11 @@ def test_pages_of_several_documents_decode_together(tmp_path: Path) -> None:
         paths.append(tmp_path / f"d{i}.pdf")
 
     def answer(req: GenerationRequest, n: int) -> str:
-        time.sleep(0.02)  # a model slower than rasterising, as real ones are: batches fill up
         return json.dumps({"n": req.images[0].width})  # what this page shows, whatever the order
 
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
-    batched_engine = ScriptedEngine(answer)
-    batched_engine.max_batch = 4
+    # A model slower than rasterising, as real ones are: each call waits for 4 pages, so batches fill up.
+    batched_engine = PatientEngine(answer, Waiting(4, monkeypatch))
     many = run(batched_engine, Extract(schema=schema), *paths)
     assert [d.source for d in many] == [str(p) for p in paths]  # documents come out in order
     assert [[p.index for p in d.pages] for d in many] == [[1, 2, 3]] * 3
@@ -141,22 +141,23 @@ def test_pages_of_several_documents_decode_together(tmp_path: Path) -> None:
     assert len(batched_engine.requests) == 9 and max(batched_engine.batches) == 4
 
 
-def test_a_failing_page_in_a_batch_does_not_fail_the_others(tmp_path: Path) -> None:
+def test_a_failing_page_in_a_batch_does_not_fail_the_others(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from llamadoc.errors import PageError
 
     pdf = make_pdf(tmp_path / "d.pdf", ["one", "two", "three"], rotate={2: 90})
 
-    class Picky(ScriptedEngine):
+    class Picky(PatientEngine):
         """Fails on landscape pages, and fails a whole batch that holds one."""
 
         def generate(self, request: GenerationRequest) -> Any:
-            time.sleep(0.02)
             if request.images and request.images[0].width > request.images[0].height:
                 raise PageError("the page does not fit")
             return super().generate(request)
 
-    engine = Picky(lambda req, n: "fine")
-    engine.max_batch = 3
+    # Each call waits for the pages left, so page 2 is always asked in a batch with another.
+    engine = Picky(lambda req, n: "fine", Waiting(3, monkeypatch))
     [doc] = run(engine, Ask("q?"), pdf)
     assert [p.status for p in doc.pages] == [Status.OK, Status.FAILED, Status.OK]
     assert doc.pages[1].errors == ["the page does not fit"] and doc.status is Status.PARTIAL
+    assert max(engine.batches) > 1  # the batch holding page 2 failed whole, and was asked again page by page

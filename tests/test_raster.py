@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -107,6 +109,47 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     bomb = make_image(tmp_path / "bomb.png", size=(200, 200))
     with pytest.raises(DocumentError, match="too large to decode safely"):
         pages_of(bomb)
+
+
+def bomb_gif(path: Path, screen: tuple[int, int], offsets: list[tuple[int, int]]) -> Path:
+    """A GIF of 4x4 frames on a logical screen of ``screen``, each frame placed at its offset:
+    a frame placed far out grows the image when Pillow reaches it, as Pillow's own
+    Tests/images/decompression_bomb_extents.gif does on its second frame."""
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, "GIF")
+    data = buf.getvalue()
+    table = 3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0  # the global colour table
+    start = 13 + table
+    assert data[start:start + 1] == b","  # the image descriptor: x, y, width, height, then the pixels
+    head, frame = bytearray(data[:start]), data[start:-1]
+    head[:6] = b"GIF89a"
+    head[6:10] = struct.pack("<HH", *screen)
+    frames = b"".join(frame[:1] + struct.pack("<HH", x, y) + frame[5:] for x, y in offsets)
+    path.write_bytes(bytes(head) + frames + b";")
+    return path
+
+
+@pytest.mark.parametrize("screen, offsets", [
+    ((65535, 65535), [(0, 0)]),  # the logical screen: refused as the file opens
+    ((4, 4), [(0, 0), (65000, 65000)]),  # the second frame's extent: only when that frame is reached
+    ((4, 4), [(0, 0), (10_000, 10_000)]),  # 100 million pixels: past the limit, short of twice it
+], ids=["logical screen", "second frame", "second frame past the limit"])
+def test_a_gif_bomb_is_refused_like_any_other(tmp_path: Path, screen: tuple[int, int],
+                                              offsets: list[tuple[int, int]]) -> None:
+    bomb = bomb_gif(tmp_path / "bomb.gif", screen, offsets)
+    with pytest.raises(DocumentError) as caught:
+        pages_of(bomb)
+    assert caught.value.message == f"{bomb} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)"
+
+
+def test_a_gif_bomb_is_one_line_on_the_command_line(run_cli: Any, model_args: list[str], tmp_path: Path) -> None:
+    bomb = bomb_gif(tmp_path / "bomb.gif", (4, 4), [(0, 0), (65000, 65000)])
+    result = run_cli("describe", str(bomb), *model_args, "--max-tokens", "4")
+    assert result.exit_code == 1 and "internal error" not in result.stderr
+    # Frame 1 was read (and is blank); frame 2 is the page that failed.
+    assert result.stderr.splitlines()[-1] == (f"llamadoc: page 2: {bomb} is too large to decode safely (over "
+                                              f"{Image.MAX_IMAGE_PIXELS:,} pixels) (downscale it first; this "
+                                              "limit guards against decompression bombs)")
 
 
 def test_image_conversions(tmp_path: Path) -> None:

@@ -25,6 +25,18 @@ from tests.test_batch import folder_of_documents
 pytest.importorskip("ray")
 
 
+def ray_executable() -> str:
+    """The `ray` installed with this Python: beside sys.executable, so a virtual environment's
+    python run without activating it finds its own; PATH only when the install put it elsewhere."""
+    beside = Path(sys.executable).parent / "ray"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("ray")
+    if found is None:
+        pytest.skip(f"no `ray` executable beside {sys.executable} or on PATH: pip install 'llamadoc[ray]' there")
+    return found
+
+
 def _started(log: Path, proc: subprocess.Popen[bytes], deadline: float) -> None:
     while "Ray runtime started" not in (log.read_text() if log.exists() else ""):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
@@ -36,6 +48,7 @@ def cluster() -> Iterator[dict[str, str]]:
     """A head node with one CPU and a worker node with one: a batch needs both (one CPU
     prepares pages, the other holds the model worker). Each `ray start --block` leads
     its own process group, so the teardown ends exactly these processes."""
+    ray = ray_executable()
     temp = Path(tempfile.mkdtemp(prefix="ldray", dir="/tmp"))  # short: Ray's sockets live below it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +61,7 @@ def cluster() -> Iterator[dict[str, str]]:
                            ("worker", [f"--address=127.0.0.1:{port}"])):
             log = temp / f"{name}.log"
             with log.open("wb") as out:
-                nodes.append(subprocess.Popen(["ray", "start", *common, *args], env=env, stdout=out,
+                nodes.append(subprocess.Popen([ray, "start", *common, *args], env=env, stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True))
             _started(log, nodes[-1], time.monotonic() + 120)
         yield env | {"ADDRESS": f"127.0.0.1:{port}"}

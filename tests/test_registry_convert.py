@@ -72,7 +72,7 @@ def test_a_checkpoint_is_converted_verified_and_recorded(hub, registry_server):
 
     guard = registry.resolve_guard(s, "llama-guard3:11b-vision", pull_missing=False, notify=told.append)
     assert (guard.engine, guard.model_path, guard.revision) == ("mllama", path, COMMIT)
-    assert guard.source == f"hf://{GUARD_REPO}" and guard.spec is not None and guard.spec.quantisation == "Q4_K_M"
+    assert guard.address == f"hf://{GUARD_REPO}" and guard.spec is not None and guard.spec.quantisation == "Q4_K_M"
     assert registry.file_sha256(guard.model_path, s.cache_dir) == digest  # hashed once, at conversion
     assert [c.ok for c in registry.verify(s, spec)] == [True]
     # Here now: a second pull asks nothing of the Hub.
@@ -208,7 +208,7 @@ def test_meta_is_the_second_source_when_ollama_answers_404(hub, registry_server)
     assert path.parent == s.models_dir / "converted" / VISION_REPO
     assert any("HTTP 404; trying the next source of llama3.2-vision:11b: meta" in m for m in told)
     resolved = registry.resolve(s, "llama3.2-vision:11b")
-    assert resolved.engine == "mllama" and resolved.source == f"hf://{VISION_REPO}"
+    assert resolved.engine == "mllama" and resolved.address == f"hf://{VISION_REPO}"
     assert resolved.revision == COMMIT
 
 

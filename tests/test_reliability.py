@@ -64,6 +64,38 @@ def test_a_result_file_follows_the_options_of_the_last_run(run_cli: Any, model_a
     assert (out / "oyo.json").stat().st_mtime_ns == before  # the same result again: left alone
 
 
+@pytest.mark.parametrize("fmt, ext", [("text", ".txt"), ("md", ".md")])
+def test_a_document_that_fails_takes_its_earlier_result_file_away(run_cli: Any, model_args: list[str],
+                                                                  tmp_path: Path, fmt: str, ext: str) -> None:
+    """Text and Markdown have nothing to say for a document that did not open, so no file: and
+    none left from an earlier run either, or the folder would show a result this run did not get.
+    The failure itself is in the summary (and in the JSON and JSONL formats' files)."""
+    docs = folder(tmp_path, 2)
+    out = tmp_path / "o"
+    args = ["describe", str(docs), *model_args, *MODEL_FLAGS, "--format", fmt, "-o", str(out)]
+    assert run_cli(*args).exit_code == 0
+    assert [p.name for p in outputs(out)] == [f"doc00{ext}", f"doc01{ext}"]
+    (docs / "doc00.pdf").write_bytes(b"%PDF-1.4 truncated")
+    again = run_cli(*args)
+    assert again.exit_code == 1
+    assert "2 documents: ok 1, partial 0, failed 1" in again.stderr and "doc00.pdf is not a readable PDF" in again.stderr
+    assert [p.name for p in outputs(out)] == [f"doc01{ext}"]  # the folder mirrors the last run
+
+
+@pytest.mark.parametrize("fmt, ext", [("text", ".txt"), ("md", ".md")])
+def test_an_answer_the_guard_withholds_takes_the_earlier_file_away(run_cli: Any, model_args: list[str],
+                                                                   guard_model: Path, tmp_path: Path,
+                                                                   fmt: str, ext: str) -> None:
+    pdf = make_pdf(tmp_path / "a.pdf", ["Invoice 7"])
+    out = tmp_path / "o"
+    args = ["ask", str(pdf), "-q", "What is it?", *model_args, *MODEL_FLAGS, "--format", fmt, "-o", str(out)]
+    assert run_cli(*args).exit_code == 0 and (out / f"a{ext}").read_text().strip()
+    strict = ["--guard", "block", "--guard-model", str(guard_model), "--guard-threshold", "0"]  # all unsafe
+    blocked = run_cli(*args, *strict)
+    assert blocked.exit_code == 3 and "withheld" in blocked.stderr
+    assert outputs(out) == []  # the answer the guard now withholds is not left on disk
+
+
 # -- 2. a cache entry of an unexpected shape is a miss --------------------------------
 
 
@@ -113,9 +145,14 @@ def test_a_result_entry_of_another_shape_is_a_miss_and_replaced(run_cli: Any, mo
     assert again.stderr.count("cache entries could not be read") == 1  # one line, no more
     doc = json.loads((out / "a.json").read_text())
     assert doc["status"] == "ok" and not doc["cached"]  # done again
-    third = run_cli(*args)
-    assert third.exit_code == 0 and "could not be read" not in third.stderr  # the entry was replaced
-    assert "(1 from earlier runs)" not in third.stderr or json.loads(entry.read_text())["status"] == "ok"
+    # A second, new document makes the third run print its summary, which counts the
+    # results that came from the store: a.pdf's, read from the entry the second run replaced.
+    other = make_pdf(tmp_path / "b.pdf", ["Invoice 8"])
+    third = run_cli(*args, str(other))
+    assert third.exit_code == 0, third.stderr
+    assert "could not be read" not in third.stderr  # the entry was replaced ...
+    assert "2 documents: ok 2" in third.stderr and "(1 from earlier runs)" in third.stderr  # ... and read
+    assert json.loads(entry.read_text())["status"] == "ok"
 
 
 @pytest.mark.parametrize("entry", [[], {}, {"text": 5}, {"text": "safe", "p_unsafe": "high"}, "[" * 50_000],
@@ -422,25 +459,7 @@ def test_a_name_that_is_not_utf8_is_read_and_labelled(run_cli: Any, model_args: 
     assert (out / "plain.json").is_file()
 
 
-# -- 9, 10. options and inputs get one clear line ------------------------------------
-
-
-@pytest.mark.parametrize("option, message", [
-    (["--max-pixels", "-5"], "--max-pixels -5 is too small"),
-    (["--max-pixels", "0"], "--max-pixels 0 is too small"),
-    (["--dpi", "nan"], "--dpi nan is out of range"),
-    (["--dpi", "1e-9"], "--dpi 1e-09 is out of range"),
-    (["--max-tokens", "0"], "--max-tokens must be at least 1"),
-    (["--temperature", "-1"], "--temperature must be 0 or more"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--guard-threshold", "1.5"], "--guard-threshold must be between 0 and 1"),
-])
-def test_bad_options_are_one_line_and_exit_2(run_cli: Any, model_args: list[str], chart: Path, option: list[str],
-                                             message: str) -> None:
-    result = run_cli("ask", str(chart), "-q", "?", *model_args, *option)
-    assert result.exit_code == 2
-    [line] = result.stderr.strip().splitlines()
-    assert message in line
+# -- 9, 10. inputs get one clear line (options: test_exit_codes.USAGE_ERRORS) ---------
 
 
 def test_a_pipe_is_read_like_stdin(run_cli: Any, model_args: list[str], chart: Path, tmp_path: Path) -> None:

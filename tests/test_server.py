@@ -26,6 +26,7 @@ from llamadoc.server.options import ServeOptions, parse_duration
 from tests.conftest import make_image, make_pdf
 from tests.fakes import ScriptedGuard
 from tests.server_helpers import Served, b64, data_uri, offline_home, serving
+from tests.test_raster import bomb_gif
 
 SCHEMA = {"type": "object", "required": ["paid", "total"],
           "properties": {"paid": {"type": "boolean"}, "total": {"type": "integer"}}}
@@ -117,6 +118,19 @@ def test_bad_images_are_400(served: Served, text_model: Path, images: list[str],
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "stream": False,
                                                     "messages": [{"role": "user", "content": "?", "images": images}]})
     assert r.status_code == 400 and message in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_an_image_bomb_is_400_where_images_come_in(served: Served, text_model: Path, tmp_path: Path) -> None:
+    """Chat messages and the engine route of `--server` clients refuse it with the CLI's words."""
+    bomb = b64(bomb_gif(tmp_path / "bomb.gif", (65535, 65535), [(0, 0)]))
+    chat = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "stream": False,
+                                                       "messages": [{"role": "user", "content": "?", "images": [bomb]}]})
+    wire = httpx.post(f"{served.url}/v1/engine/generate", json={
+        "prompt": "?", "images": [bomb], "system": None, "schema": None, "max_tokens": 4,
+        "sampling": {"temperature": 0.0, "top_p": 1.0, "seed": 0}, "guard": "off"})
+    for r in (chat, wire):
+        assert r.status_code == 400, r.text
+        assert "too large to decode safely" in r.json()["error"] and "\n" not in r.json()["error"]
 
 
 def test_a_pdf_where_an_image_is_wanted(served: Served, text_model: Path, tmp_path: Path) -> None:
@@ -351,6 +365,7 @@ def test_the_server_answers_503_with_retry_after(text_model: Path, mmproj: Path,
         deadline = time.monotonic() + 10
         while not s.resident.batcher._waiting and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert s.resident.batcher._waiting, "the second request never reached the queue"
         r = httpx.post(f"{s.url}/api/chat", json=body)
         assert r.status_code == 503 and r.headers["Retry-After"] and "busy" in r.json()["error"]
         engine.release.set()

@@ -80,6 +80,7 @@ def test_eight_clients_are_decoded_as_one_batch(served: Served, mllama: Path, pa
     deadline = time.monotonic() + 30
     while len(served.resident.batcher._waiting) < 8 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(served.resident.batcher._waiting) == 8, "the clients never all waited at the gate"
     gate.set()
     for t in threads:
         t.join(60)

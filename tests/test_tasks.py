@@ -56,8 +56,8 @@ def test_bad_schemas_are_usage_errors(tmp_path: Path) -> None:
         path = tmp_path / name
         if text is not None:
             path.write_text(text)
-        with pytest.raises(UsageError):
-            load_schema(str(path))
+        with pytest.raises(UsageError, match=f"schema file {path}"):
+            Extract.from_file(path)
 
 
 def test_extract_reads_json_and_reports_schema_errors() -> None:

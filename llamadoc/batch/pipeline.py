@@ -26,16 +26,16 @@ from llamadoc.batch.options import RunOptions
 from llamadoc.batch.prefetch import (
     ALL_DONE,
     DOC_END,
-    Busy,
     Crash,
     DocFailed,
     DocStart,
+    Held,
     Known,
     PageReady,
     PageSkipped,
     Prefetcher,
 )
-from llamadoc.codec import from_dict, to_dict
+from llamadoc.codec import ForeignResult, from_dict, to_dict
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
 from llamadoc.errors import LlamadocError, UsageError
 from llamadoc.guard import Guard
@@ -47,14 +47,14 @@ from llamadoc.tasks import FollowUpAnswer, PageReply, Task
 
 # The engine's own split of a call's time, copied into each page's timings beside raster and model.
 ENGINE_TIMINGS = ("vision_encode", "prefill", "decode")
-BUSY = "another llamadoc run on the same output is working on it"
+HELD = "another llamadoc run on the same output is working on it"
 
 
 @dataclass
 class DocState:
     """A document on its way through: its pages so far, and whether more may come."""
 
-    item: DocStart | DocFailed | Known | Busy
+    item: DocStart | DocFailed | Known | Held
     pages: dict[int, PageResult] = field(default_factory=dict)
     replies: dict[int, PageReply] = field(default_factory=dict)
     ended: bool = False
@@ -92,7 +92,7 @@ class Finished:
             return None
         try:
             return from_dict(stored)
-        except ValueError:
+        except ForeignResult:
             self.store.refuse()  # another version's, or damaged: a miss, done again and replaced
             return None
 
@@ -119,7 +119,7 @@ class Pipeline:
         self.task = task
         self.options = options
         self.guard = guard
-        self.identity = identity or RunIdentity(task.name, run_options(task, options, guard))
+        self.identity = identity or RunIdentity(task.name, recorded_options(task, options, guard))
         self.results = Finished(store, self.identity, force)  # for resuming, keyed by the identity and the hash
         self.claim = claim
         self.step = ModelStep(models, task, options, identity=self.identity, guard=guard, on_page=on_page)
@@ -153,7 +153,7 @@ class Pipeline:
                     break
                 if isinstance(item, Crash):
                     raise item.error
-                if isinstance(item, DocStart | DocFailed | Known | Busy):
+                if isinstance(item, DocStart | DocFailed | Known | Held):
                     docs.append(DocState(item, ended=not isinstance(item, DocStart)))
                 elif item is DOC_END:
                     docs[-1].ended = True
@@ -375,8 +375,8 @@ class ModelStep:
             source=item.source.label, task=self.task.name, sha256=item.sha256,
             options=dict(self.identity.options), guard_model=self.guard.name if self.guard else None,
         )
-        if isinstance(item, Busy):
-            doc.status, doc.skipped_reason = Status.SKIPPED, BUSY
+        if isinstance(item, Held):
+            doc.status, doc.skipped_reason = Status.SKIPPED, HELD
             return doc
         doc.model = self.models.info()
         if isinstance(item, DocFailed):
@@ -429,7 +429,7 @@ def engine_needs(task: Task, options: RunOptions) -> EngineNeeds:
     return EngineNeeds(prompt_tokens=prompt, max_tokens=options.max_tokens, max_pixels=options.raster.budget)
 
 
-def run_options(task: Task, options: RunOptions, guard: Guard | None) -> dict[str, object]:
+def recorded_options(task: Task, options: RunOptions, guard: Guard | None) -> dict[str, object]:
     """Every option that shapes an answer, as each result records it (and the store keys it)."""
     policy = guard.policy.recorded() if guard else {"guard": "off"}
     return task.options() | options.recorded() | policy

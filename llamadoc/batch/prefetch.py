@@ -52,7 +52,7 @@ class Known:
 
 
 @dataclass
-class Busy:
+class Held:
     """A document another run on the same output is working on: left to it."""
 
     source: Source
@@ -102,7 +102,7 @@ class Gate:
     _seen: set[str] = field(default_factory=set)
     _busy: set[str] = field(default_factory=set)  # hashes another run holds: their copies are left to it too
 
-    def admit(self, source: Source) -> Admitted | Known | Busy | DocFailed:
+    def admit(self, source: Source) -> Admitted | Known | Held | DocFailed:
         sha256 = None
         try:
             if source.error:
@@ -113,14 +113,14 @@ class Gate:
         except DocumentError as err:
             return DocFailed(source, sha256, str(err))
         if sha256 in self._busy:
-            return Busy(source, sha256)
+            return Held(source, sha256)
         if sha256 in self._seen:
             return Known(source, sha256, None)
         self._seen.add(sha256)
         stored = self.lookup(sha256)
         if stored is None and not self.claim(sha256):
             self._busy.add(sha256)
-            return Busy(source, sha256)
+            return Held(source, sha256)
         if stored is None:
             stored = self.lookup(sha256)  # finished by another run while we waited for its lock
         if stored is not None:

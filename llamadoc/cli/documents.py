@@ -280,6 +280,6 @@ def extract(
     o: DocumentOptions,
 ) -> None:
     """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
-    from llamadoc.tasks import Extract, load_schema
+    from llamadoc.tasks import Extract
 
-    run(lambda: Extract(schema=load_schema(schema), schema_path=schema, embedded=embedded), o)
+    run(lambda: Extract.from_file(schema, embedded=embedded), o)

@@ -37,11 +37,11 @@ def _model_or_path(settings: Any, name: str) -> Any:
     return settings.model(name)
 
 
-def _source_of(settings: Any, spec: Any) -> Any:
+def _origin_of(settings: Any, spec: Any) -> Any:
     """The source a model's files are here from, else the one a pull would take first."""
-    from llamadoc.registry.locate import present_source
+    from llamadoc.registry.locate import present_origin
 
-    return present_source(settings, spec) or spec.sources[0]
+    return present_origin(settings, spec) or spec.origins[0]
 
 
 def _presence(spec: Any, files: list[Any]) -> str:
@@ -73,8 +73,8 @@ def models_list(config: Config = None) -> None:
     shared: dict[Path, int] = {}
     defaults = {settings.default_vision: " (default)", settings.default_guard: " (default guard)"}
     for name, spec in sorted(settings.models.items()):
-        source = _source_of(settings, spec)
-        files = registry.locate(settings, spec.with_source(source.name))
+        source = _origin_of(settings, spec)
+        files = registry.locate(settings, spec.with_origin(source.name))
         shared.update({f.path: f.size for f in files if f.present and f.place in (OLLAMA, HF_CACHE) and f.path})
         table.add_row(
             name + defaults.get(name, ""),
@@ -85,7 +85,7 @@ def models_list(config: Config = None) -> None:
             f"{spec.context:,}" if spec.context else "?",
             f"{spec.min_memory_gb:g} GB" if spec.min_memory_gb else "?",
             source.name + ("" if source.checked else " (unchecked)"),
-            _presence(spec.with_source(source.name), files),
+            _presence(spec.with_origin(source.name), files),
         )
     Console(width=200).print(table)
     print(f"models folder: {settings.models_dir} ({human_size(_disk_used(settings.models_dir))} used)")
@@ -128,11 +128,11 @@ def models_pull(
             say(f"{target} is a local file: nothing to download")
             print(target)
             continue
-        chosen = target.with_source(source) if source else target
-        if quant and not chosen.sources[0].converts:
-            converting = [s.name for s in target.sources if s.converts]
+        chosen = target.with_origin(source) if source else target
+        if quant and not chosen.origins[0].converts:
+            converting = [s.name for s in target.origins if s.converts]
             raise UsageError(
-                f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.sources[0].name} "
+                f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.origins[0].name} "
                 "is a ready GGUF",
                 hint=f"add --source {converting[0]}" if converting else "drop --quant",
             )
@@ -183,7 +183,7 @@ def models_path(
     if isinstance(target, Path):
         print(target.absolute())
         return
-    files = {f.role: f for f in registry.locate(settings, target.with_source(_source_of(settings, target).name))}
+    files = {f.role: f for f in registry.locate(settings, target.with_origin(_origin_of(settings, target).name))}
     file = files.get(role)
     if file is None:
         raise ModelError(f"model {name} has no {role} file")
@@ -218,17 +218,17 @@ def models_info(name: ModelName, config: Config = None) -> None:
             ("context", f"{spec.context:,} tokens" if spec.context else "?"),
             ("memory", f"{spec.min_memory_gb:g} GB or more" if spec.min_memory_gb else "?"),
             ("max pixels", f"{spec.max_pixels:,}" if spec.max_pixels else "the default"),
-            ("defined in", spec.origin),
+            ("defined in", spec.defined_in),
         ])
-        here = _source_of(settings, spec)
-        for candidate in spec.sources:
+        here = _origin_of(settings, spec)
+        for candidate in spec.origins:
             note = "checked" if candidate.checked else "unchecked"
             if candidate.converts:
                 note += ", a checkpoint converted to GGUF on pull"
             used = " <- its files are here" if candidate is here and registry.is_present(settings, spec) else ""
             rows.append(("source", f"{candidate.name} ({note}){used}"))
-        for file in registry.locate(settings, spec.with_source(here.name)):
-            rows.append((file.role, file.source))
+        for file in registry.locate(settings, spec.with_origin(here.name)):
+            rows.append((file.role, file.address))
             if not file.present or file.path is None:
                 partial = f" ({human_size(file.partial)} of an interrupted download kept)" if file.partial else ""
                 rows.append(("  path", "not downloaded" + partial))
@@ -282,7 +282,7 @@ def models_verify(
     settings = load_settings(config)
     targets = [_model_or_path(settings, n) for n in names] if names else [
         spec for spec in settings.models.values()
-        if any(f.present for source in spec.sources for f in registry.locate(settings, spec.with_source(source.name)))
+        if any(f.present for source in spec.origins for f in registry.locate(settings, spec.with_origin(source.name)))
     ]
     if not targets:
         say("no downloaded models to verify")

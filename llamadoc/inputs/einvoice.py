@@ -138,6 +138,15 @@ class EInvoice:
         }
 
 
+@dataclass(frozen=True)
+class Found:
+    """A document's e-invoice: the file's name, its XML, and what it says (parsed once)."""
+
+    name: str
+    xml: bytes
+    invoice: EInvoice
+
+
 def find(embedded: dict[str, bytes]) -> tuple[str, bytes] | None:
     """The attachment that holds the e-invoice, by its standard name first, then by sniffing
     the root element of any other XML attachment; None when there is none."""

@@ -13,6 +13,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -93,6 +94,15 @@ def _register_heif() -> None:
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
+
+
+@contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """Pillow only warns between its pixel limit and twice it; we refuse from the limit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels still decode
+        yield
 
 
 def _unknown(label: str, data: bytes) -> str:
@@ -183,7 +193,8 @@ class Document:
         self.page_count = 0
         self._pdf: Any = None
         self._image: Image.Image | None = None
-        self._xml: tuple[str, bytes] | None = None  # (name, XML) of a standalone e-invoice
+        self._xml: einvoice.Found | None = None  # a standalone e-invoice, parsed when opened
+        self._attached: einvoice.Found | None = None  # a PDF's, parsed on first need
         self._info: dict[int, tuple[str | None, bool]] = {}  # page_info, read once per page
         self._open()
 
@@ -265,36 +276,43 @@ class Document:
             invoice = einvoice.parse(data, self.label)
         except DocumentError as err:
             raise DocumentError(err.message, hint="llamadoc reads XML that is a CII or UBL e-invoice") from None
-        self._xml = (name, data)
+        self._xml = einvoice.Found(name, data, invoice)
         self._open_pdf(textpage.render_html(textpage.invoice_html(invoice, name)))
 
     def _open_image(self, data: bytes, name: str) -> None:
         if name == "HEIF":
             _register_heif()
         try:
-            with warnings.catch_warnings():
-                # Pillow only warns between its limit and twice it; we refuse from the limit.
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels still decode
+            with _bombs_refused():
                 # Only the decoder the signature names: a damaged TIFF is not read as something else.
                 img = Image.open(io.BytesIO(data), formats=_PILLOW[name])
                 img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise DocumentError(
-                f"{self.label} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
-                hint="downscale it first; this limit guards against decompression bombs",
-            ) from None
+            raise self._bomb() from None
         except IMAGE_ERRORS as err:
             raise DocumentError(f"{self.label} is a damaged {name} image ({_damage(err)})") from None
         self._image = img
         # An MPO (what phone cameras write as .jpg) keeps a second, smaller view after the photo.
         self.page_count = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
-    def e_invoice(self) -> tuple[str, bytes] | None:
-        """The e-invoice XML (name, bytes) this document is, or that a PDF carries; None when none."""
+    def _bomb(self) -> DocumentError:
+        return DocumentError(
+            f"{self.label} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels)",
+            hint="downscale it first; this limit guards against decompression bombs",
+        )
+
+    def e_invoice(self) -> einvoice.Found | None:
+        """The e-invoice this document is, or that a PDF carries, parsed once; None when none.
+        A DocumentError (one line) when a PDF carries one that cannot be read."""
         if self._xml is not None:
             return self._xml
-        return einvoice.find(self.embedded_files())
+        if self._attached is None:
+            found = einvoice.find(self.embedded_files())
+            if found is None:
+                return None
+            name, xml = found
+            self._attached = einvoice.Found(name, xml, einvoice.parse(xml, name))
+        return self._attached
 
     def embedded_files(self) -> dict[str, bytes]:
         """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""
@@ -373,9 +391,12 @@ class Document:
         assert self._image is not None
         img = self._image
         try:
-            img.seek(index - 1)
-            frame = ImageOps.exif_transpose(img)  # a copy, upright
-            frame.load()
+            with _bombs_refused():  # a GIF frame placed far out grows the image only when reached
+                img.seek(index - 1)
+                frame = ImageOps.exif_transpose(img)  # a copy, upright
+                frame.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise self._bomb() from None
         except IMAGE_ERRORS as err:
             raise DocumentError(f"frame {index} of {self.label} cannot be decoded ({decoder_message(err)})") from None
         frame = page_rgb(frame)

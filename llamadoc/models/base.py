@@ -94,7 +94,7 @@ def describe(resolved: ResolvedModel, sha256: str, engine: VisionEngine | None) 
         engine=resolved.engine,
         sha256=sha256,
         quantisation=spec.quantisation if spec else None,
-        source=resolved.source,
+        source=resolved.address,
         revision=resolved.revision,
         mmproj=str(resolved.mmproj_path) if resolved.mmproj_path else None,
         gpu_layers=engine.gpu_layers if engine is not None else 0,

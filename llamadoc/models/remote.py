@@ -234,7 +234,7 @@ class ServerModels:
             raise ModelError(f"the llamadoc server at {self.client.url} serves {m['name']}, not {self._model}",
                              hint="drop --model, or start a server for that model")
         spec = ModelSpec(name=m["name"], engine=m["engine"], quantisation=m["quantisation"],
-                         max_pixels=m["max_pixels"], origin=f"the server at {self.client.url}")
+                         max_pixels=m["max_pixels"], defined_in=f"the server at {self.client.url}")
         return ResolvedModel(name=m["name"], engine=m["engine"], model_path=Path(m["path"]),
                              mmproj_path=Path(m["mmproj"]) if m["mmproj"] else None, spec=spec)
 

@@ -37,6 +37,9 @@ def image_from_wire(data: str) -> Image:
     try:
         img = PILImage.open(io.BytesIO(base64.b64decode(data, validate=True)))
         img.load()
+    except PILImage.DecompressionBombError:
+        raise UsageError(f"the page image is too large to decode safely (over {PILImage.MAX_IMAGE_PIXELS:,} pixels)",
+                         hint="send pages within the model's pixel budget") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise UsageError(f"the page image cannot be decoded ({err})") from None
     return img

@@ -29,6 +29,8 @@ def to_text(doc: DocumentResult) -> str:
 
 
 def to_markdown(doc: DocumentResult) -> str:
+    if not to_text(doc):  # not read, withheld, no record: the failure is in the summary and the JSON formats
+        return ""
     return f"# {Path(doc.source).name}\n\n{markdown(doc)}\n"
 
 

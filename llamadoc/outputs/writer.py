@@ -4,7 +4,8 @@
   is also a folder of another's (``a.json`` beside ``a.json/b.json``), get a suffix
   from the source's real path, so every shard of a batch names files alike.
 - A file is written unless it already holds exactly this result: a re-run with other
-  options replaces the earlier answer; a re-run with the same ones leaves it alone.
+  options replaces the earlier answer; a re-run with the same ones leaves it alone; a
+  result with nothing to show in the format (a failure in text) removes it.
 - The result store lives in ``OUT/.llamadoc/``, so any machine that sees OUT resumes
   the batch, and per-document locks there let two runs on one OUT share the work.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-from llamadoc.errors import OutputError
+from llamadoc.errors import OutputError, WriteFailed
 from llamadoc.files import sweep_temp, write_atomic
 from llamadoc.inputs.sources import Source
 from llamadoc.outputs import render
@@ -42,14 +43,6 @@ class OutputSpec:
     @property
     def state(self) -> Path | None:
         return self.dir / STATE_DIR if self.dir is not None else None
-
-
-class WriteFailed(Exception):
-    """A result file could not be written: that document's failure, not the batch's."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot write {path}: {reason}")
-        self.path = path
 
 
 def output_names(sources: Sequence[Source], extension: str) -> dict[str, str]:
@@ -111,13 +104,19 @@ class Writer:
         this result. WriteFailed when the disk refuses it."""
         if doc.status is Status.SKIPPED:
             return None  # another run is working on it
-        text = render.render(doc, self.format)
-        if not text:
-            return None  # nothing to write, and never an empty file that looks finished
         name = self.names.get(doc.source)
         if name is None:
             return None  # an argument that named no document (missing, a device): reported, no file
         path = self.dir / name
+        text = render.render(doc, self.format)
+        if not text:
+            # Nothing to write (text and Markdown of a failure, a withheld answer), and never an
+            # empty file that looks finished; nor an earlier run's file, which this run did not get.
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:
+                raise WriteFailed(path, f"an earlier result is left there ({err.strerror or err})") from None
+            return None
         if self._holds(path, text, doc):
             return None
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, SourceSpec
+from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Origin, Settings
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import partial_path
 
@@ -20,7 +20,7 @@ LLAMADOC, OLLAMA, HF_CACHE, USER_PATH = "llamadoc", "ollama", "huggingface cache
 @dataclass(frozen=True)
 class LocalFile:
     role: str  # model, mmproj, template, params
-    source: str  # as models.toml names it
+    address: str  # as models.toml names it
     path: Path | None  # where it is, or where a pull puts it; None: an Ollama layer known only from its manifest
     present: bool
     place: str  # LLAMADOC, OLLAMA, HF_CACHE or USER_PATH
@@ -61,15 +61,15 @@ def locate(settings: Settings, spec: ModelSpec, quant: str | None = None) -> lis
     for file in spec.files:
         ref = file.ref
         if isinstance(ref, Path):
-            found.append(LocalFile(file.role, file.source, ref, ref.is_file(), USER_PATH, file.sha256))
+            found.append(LocalFile(file.role, file.address, ref, ref.is_file(), USER_PATH, file.sha256))
         elif isinstance(ref, HfRef):
-            found.append(_hf_file(settings, ref, file.role, file.source, file.sha256))
+            found.append(_hf_file(settings, ref, file.role, file.address, file.sha256))
         elif isinstance(ref, HfRepoRef):
-            found.append(_converted(settings, ref, file.role, file.source, quant, spec.quantisation))
+            found.append(_converted(settings, ref, file.role, file.address, quant, spec.quantisation))
         elif isinstance(ref, OllamaRef):
             if ref not in manifests:
                 manifests[ref] = ollama.find(settings, ref)
-            found.append(_ollama_file(manifests[ref], file.role, file.source, file.sha256))
+            found.append(_ollama_file(manifests[ref], file.role, file.address, file.sha256))
     model = spec.file("model")
     pulled = manifests.get(model.ref) if model and isinstance(model.ref, OllamaRef) else None
     if model and pulled:
@@ -77,7 +77,7 @@ def locate(settings: Settings, spec: ModelSpec, quant: str | None = None) -> lis
         for kind, role in ollama.LAYER_ROLES.items():
             layer = manifest.layer(kind)
             if layer and not any(f.role == role for f in found):
-                found.append(LocalFile(role, model.source, store.blob_path(layer), True, _place(store), layer.hex,
+                found.append(LocalFile(role, model.address, store.blob_path(layer), True, _place(store), layer.hex,
                                        manifest.digest))
     return found
 
@@ -88,17 +88,17 @@ def complete(settings: Settings, spec: ModelSpec, quant: str | None = None) -> b
     return all(f.present for f in locate(settings, spec, quant) if f.role in roles)
 
 
-def present_source(settings: Settings, spec: ModelSpec, quant: str | None = None) -> SourceSpec | None:
+def present_origin(settings: Settings, spec: ModelSpec, quant: str | None = None) -> Origin | None:
     """The first of ``spec``'s sources whose files are all here."""
-    for candidate in spec.sources:
-        if complete(settings, spec.with_source(candidate.name), quant):
+    for candidate in spec.origins:
+        if complete(settings, spec.with_origin(candidate.name), quant):
             return candidate
     return None
 
 
 def is_present(settings: Settings, spec: ModelSpec) -> bool:
     """Whether the files of one of ``spec``'s sources are all on this machine."""
-    return present_source(settings, spec) is not None
+    return present_origin(settings, spec) is not None
 
 
 def _hf_file(settings: Settings, ref: HfRef, role: str, source: str, pinned: str | None) -> LocalFile:

@@ -14,7 +14,7 @@ from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, So
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import Notify, locked, partial_path
 from llamadoc.registry.hashing import fresh_sha256
-from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate, present_source
+from llamadoc.registry.locate import HF_CACHE, OLLAMA, USER_PATH, LocalFile, locate, present_origin
 from llamadoc.registry.transfer import human_size
 
 _OWNERS = {OLLAMA: "in Ollama's store", HF_CACHE: "in the Hugging Face cache", USER_PATH: "your own file"}
@@ -43,10 +43,10 @@ def remove(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None
     """Delete llamadoc's own copies of ``spec``'s files (every source), unless another model still uses them."""
     done = Removal()
     users = _refs_in_use(settings, spec)
-    for source in spec.sources:
-        one = spec.with_source(source.name)
+    for source in spec.origins:
+        one = spec.with_origin(source.name)
         for file in locate(settings, one):
-            ref = parse_source(file.source)
+            ref = parse_source(file.address)
             if file.shared:
                 if file.present and file.path is not None:
                     done.kept.append((file.path, f"it is {_OWNERS[file.place]}, which llamadoc never deletes from"))
@@ -60,7 +60,7 @@ def remove(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None
                     path = checkpoint.gguf_path(settings, ref, quant)
                     _delete(path, [*_with_sidecars(path), path.with_name(path.name + ".part")], done, notify)
                 _delete_tree(checkpoint.staging_dir(settings, ref), done)
-        for ref in {parse_source(f.source) for f in one.files}:
+        for ref in {parse_source(f.address) for f in one.files}:
             if isinstance(ref, OllamaRef) and ref not in users:
                 _remove_manifest(settings, ref, done, notify)
     return done
@@ -84,8 +84,8 @@ def _delete_tree(folder: Path, done: Removal) -> None:
 def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None) -> list[FileCheck]:
     """Hash every present file of ``spec`` anew and compare it with the digest it must have."""
     checks = []
-    here = present_source(settings, spec)
-    for file in locate(settings, spec.with_source(here.name) if here else spec):
+    here = present_origin(settings, spec)
+    for file in locate(settings, spec.with_origin(here.name) if here else spec):
         if not file.present or file.path is None:
             continue
         notify(f"checking {file.path.name} ({human_size(file.size)})")
@@ -101,12 +101,12 @@ def verify(settings: Settings, spec: ModelSpec, notify: Notify = lambda _m: None
 
 def _refs_in_use(settings: Settings, spec: ModelSpec) -> dict[SourceRef, str]:
     """Sources of ``spec`` that other models name too: source -> one such model."""
-    mine = {parse_source(f.source) for source in spec.sources for f in source.files}
+    mine = {parse_source(f.address) for source in spec.origins for f in source.files}
     return {
         ref: other.name
         for other in settings.models.values()
         if other.name != spec.name
-        for ref in (parse_source(f.source) for source in other.sources for f in source.files)
+        for ref in (parse_source(f.address) for source in other.origins for f in source.files)
         if ref in mine
     }
 

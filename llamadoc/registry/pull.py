@@ -12,7 +12,7 @@ from llamadoc.config import HfRef, HfRepoRef, ModelSpec, OllamaRef, Settings, pa
 from llamadoc.errors import ModelError
 from llamadoc.registry import checkpoint, huggingface, ollama
 from llamadoc.registry.download import NotFound, Notify
-from llamadoc.registry.locate import LocalFile, complete, locate, present_source
+from llamadoc.registry.locate import LocalFile, complete, locate, present_origin
 
 OFFLINE_HINT = "unset LLAMADOC_OFFLINE and HF_HUB_OFFLINE to download it, or put its files in place"
 
@@ -46,17 +46,17 @@ def pull_files(
     ``source`` picks one by name; ``quant`` the quantisation a checkpoint is converted to;
     ``projector_named``: the caller brings a projector (--mmproj), so a manifest need not.
     """
-    order = [spec.source(source)] if source else list(spec.sources)
+    order = [spec.origin(source)] if source else list(spec.origins)
     if source is None:
-        here = present_source(settings, spec, quant)
+        here = present_origin(settings, spec, quant)
         if here is not None:
-            return locate(settings, spec.with_source(here.name), quant)
-    elif complete(settings, spec.with_source(source), quant):
-        return locate(settings, spec.with_source(source), quant)
+            return locate(settings, spec.with_origin(here.name), quant)
+    elif complete(settings, spec.with_origin(source), quant):
+        return locate(settings, spec.with_origin(source), quant)
     if settings.offline:
         raise ModelError(f"model {spec.name} is not downloaded and offline mode is on", hint=OFFLINE_HINT)
     for i, candidate in enumerate(order):
-        one = spec.with_source(candidate.name)
+        one = spec.with_origin(candidate.name)
         try:
             return _pull_source(settings, one, notify, quant, keep_source, projector_named)
         except NotFound as err:
@@ -70,12 +70,12 @@ def _pull_source(
     settings: Settings, spec: ModelSpec, notify: Notify, quant: str | None, keep_source: bool, projector_named: bool
 ) -> list[LocalFile]:
     files = locate(settings, spec, quant)
-    missing = [(f, parse_source(f.source)) for f in files if not f.present]
+    missing = [(f, parse_source(f.address)) for f in files if not f.present]
     for file, ref in missing:
         if isinstance(ref, Path):
             raise ModelError(
                 f"{spec.name}: its {file.role} file {ref} does not exist",
-                hint=f"fix files.{file.role} in {spec.origin}",
+                hint=f"fix files.{file.role} in {spec.defined_in}",
             )
     expect = ollama.Expectation(spec.engine, spec.kind, projector_named or spec.file("mmproj") is not None)
     pulled: set[OllamaRef] = set()
@@ -94,8 +94,8 @@ def _pull_source(
     for file in files:
         if not file.present:
             raise ModelError(
-                f"{spec.name}: the Ollama manifest of {file.source} has no {file.role} layer",
-                hint=f"name the {file.role} file in {spec.origin} with another source",
+                f"{spec.name}: the Ollama manifest of {file.address} has no {file.role} layer",
+                hint=f"name the {file.role} file in {spec.defined_in} with another source",
             )
     return files
 

@@ -13,7 +13,7 @@ from llamadoc.gguf_header import gguf_architecture
 from llamadoc.registry import checkpoint, known_blobs, ollama
 from llamadoc.registry.download import Notify
 from llamadoc.registry.hashing import known_sha256
-from llamadoc.registry.locate import LocalFile, present_source
+from llamadoc.registry.locate import LocalFile, present_origin
 from llamadoc.registry.pull import pull_files
 
 GUARD_KINDS = ("guard", "vision-guard")
@@ -28,7 +28,7 @@ class ResolvedModel:
     spec: ModelSpec | None = None
     # Files an Ollama manifest brings beside the model ("template", "params"): for checks, not for engines.
     extras: Mapping[str, Path] = field(default_factory=dict)
-    source: str | None = None  # where the model file came from: hf://..., ollama://..., or None for a path
+    address: str | None = None  # where the model file came from: hf://..., ollama://..., or None for a path
     revision: str | None = None  # the source's commit (Hub) or manifest digest (Ollama), when known
 
     @property
@@ -67,7 +67,7 @@ def resolve(
     if engine == "mtmd" and projector is None:
         raise ModelError(
             f"model {name} has no vision projector (engine mtmd needs one)",
-            hint=f"add files.mmproj to {spec.origin}, or pass --mmproj PATH",
+            hint=f"add files.mmproj to {spec.defined_in}, or pass --mmproj PATH",
         )
     if engine == "mllama":
         _refuse_known(settings, model_file, name)
@@ -78,7 +78,7 @@ def resolve(
         mmproj_path=projector,
         spec=_as_loaded(spec, engine, model_file),
         extras={role: path for role, path in paths.items() if role not in ("model", "mmproj")},
-        source=model_file.source,
+        address=model_file.address,
         revision=model_file.revision,
     )
 
@@ -114,7 +114,7 @@ def resolve_guard(settings: Settings, name: str | None, pull_missing: bool, noti
         engine=engine,
         model_path=model_file.path,
         spec=_as_loaded(spec, engine, model_file),
-        source=model_file.source,
+        address=model_file.address,
         revision=model_file.revision,
     )
 
@@ -123,11 +123,11 @@ def _local_files(
     settings: Settings, spec: ModelSpec, what: str, pull_missing: bool, notify: Notify, projector_named: bool
 ) -> list[LocalFile]:
     """A registry model's files from the first source that has them here, pulled first when asked to."""
-    here = present_source(settings, spec)
+    here = present_origin(settings, spec)
     if here is not None:
-        files = pull_files(settings, spec.with_source(here.name))
+        files = pull_files(settings, spec.with_origin(here.name))
     elif pull_missing:
-        converts = spec.sources[0].converts
+        converts = spec.origins[0].converts
         doing = "downloading and converting it once" if converts else "downloading it once"
         if not settings.offline:  # offline, pull_files says why it cannot
             notify(f"{what} {spec.name} is not here yet; {doing} into {settings.models_dir}")
@@ -141,7 +141,7 @@ def _local_files(
 def _check_ollama_layout(settings: Settings, spec: ModelSpec, files: list[LocalFile], projector_named: bool) -> None:
     """An Ollama model already on disk (llamadoc's store or Ollama's) passes the same check as a pull."""
     model = next((f for f in files if f.role == "model"), None)
-    ref = parse_source(model.source) if model else None
+    ref = parse_source(model.address) if model else None
     if not isinstance(ref, OllamaRef):
         return
     found = ollama.find(settings, ref)

@@ -12,16 +12,16 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamadoc.errors import DocumentError, UsageError
 from llamadoc.evidence import checks
-from llamadoc.inputs import einvoice
 from llamadoc.inputs.einvoice import EInvoice
 from llamadoc.results import Check, DocumentResult
 from llamadoc.tasks.base import FollowUp, PageReply, Plan
 from llamadoc.tasks.describe import strip_fence
-from llamadoc.tasks.schema import check_schema, schema_error
+from llamadoc.tasks.schema import check_schema, load_schema, schema_error
 
 if TYPE_CHECKING:
     from llamadoc.inputs.raster import Document
@@ -52,6 +52,11 @@ class Extract:
         where = "the schema" if self.schema_path == "<dict>" else f"schema file {self.schema_path}"
         check_schema(self.schema, where)
 
+    @classmethod
+    def from_file(cls, path: str | Path, embedded: str = "prefer") -> Extract:
+        """Extract under the JSON Schema in a .json or YAML file."""
+        return cls(schema=load_schema(path), schema_path=str(path), embedded=embedded)
+
     def options(self) -> dict[str, Any]:
         canonical = json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
         return {"schema": self.schema_path, "schema_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
@@ -66,14 +71,14 @@ class Extract:
         """Look for an e-invoice: the document itself (an XML file), or in its attachments."""
         if self.embedded == "ignore":
             return Plan()
-        found = document.e_invoice()
-        if found is None:
-            return Plan()
-        name, xml = found
         try:
-            embedded = Embedded(name, einvoice.parse(xml, name))
+            found = document.e_invoice()
         except DocumentError as err:
             return Plan(notes=[f"the embedded e-invoice cannot be used ({err}); the pages were read instead"])
+        if found is None:
+            return Plan()
+        name = found.name
+        embedded = Embedded(name, found.invoice)
         plan = Plan(context=embedded)
         if self.embedded == "prefer":
             why_not = self._unfit(embedded.invoice)

@@ -1,4 +1,5 @@
-"""JSON Schemas for extract: read from a file (JSON or YAML), checked once, and used to validate replies."""
+"""JSON Schemas for extract: read from a file (JSON or YAML), checked once (when Extract takes one),
+and used to validate replies."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
     return schema
 
 
-def load_schema(path: str | Path) -> dict[str, Any]:
-    """A JSON Schema from a .json file, or a YAML file that is one; checked before use."""
+def load_schema(path: str | Path) -> Any:
+    """What a .json or YAML schema file holds, as data: Extract checks that it is a JSON Schema
+    (``Extract.from_file(path)`` does both, naming the file in its messages)."""
     import yaml
 
     p = Path(path)
@@ -42,7 +44,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(f"schema file {path} does not parse: {first}") from None
-    return check_schema(schema, f"schema file {path}")
+    return schema
 
 
 def schema_error(instance: Any, schema: dict[str, Any]) -> str | None:
