@@ -168,8 +168,10 @@ def test_malformed_requests_are_400(served: Served, text_model: Path) -> None:
     assert httpx.post(f"{served.url}/api/chat", content=b"{oops", headers={"Content-Type": "application/json"}
                       ).status_code == 400
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "stream": False, "messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
-    assert r.status_code == 400 and "one user message" in r.json()["error"]
+        {"role": "user", "content": "a"}, {"role": "narrator", "content": "b"}]})
+    assert r.status_code == 400 and r.json()["error"] == "message 2 has role 'narrator'; roles are system, user, assistant and tool"
+    r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "messages": [{"role": "system", "content": "x"}]})
+    assert r.status_code == 400 and "no user message" in r.json()["error"]
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "options": {"temperature": "hot"},
                                                     "messages": [{"role": "user", "content": "a"}]})
     assert r.status_code == 400 and r.json() == {"error": "temperature must be a number"}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, Streaming, VisionEngine
 from llamadoc.errors import EngineError, LlamadocError
 from llamadoc.models.remote import ConcurrentBatch
 
@@ -47,7 +47,9 @@ class Stepwise(Protocol):
 @dataclass
 class Ticket:
     """One request: its text reaches ``on_text`` as it is decoded, then ``on_done`` gets the answer
-    or the error (both called on the engine's thread)."""
+    or the error (both called on the engine's thread). Setting ``cancelled`` (its client went
+    away, or a time limit passed) drops it from the queue, or stops its generation at the
+    engine's next decoding step, on either engine; ``on_done`` then gets Cancelled."""
 
     request: GenerationRequest
     on_text: Callable[[str], None] = lambda _t: None
@@ -134,16 +136,28 @@ class Batcher:
         while not self._stop:
             for t in self._next(1, False):
                 started = time.perf_counter()
+
+                def on_text(text: str, t: Ticket = t) -> bool:  # every decoding step: a client gone stops it
+                    if text:
+                        t.on_text(text)
+                    return not t.cancelled.is_set()
+
                 try:
-                    response = engine.generate(t.request)
+                    if isinstance(engine, Streaming):
+                        response = engine.stream(t.request, on_text)
+                    else:
+                        response = engine.generate(t.request)
+                        on_text(response.text)
                 except LlamadocError as err:
                     self._done(t, err)
                     continue
                 except Exception as err:  # a bug: logged, and the request answered, not left hanging
                     self._done(t, _bug(err))
                     continue
+                if response.finish_reason == "cancelled":
+                    self._done(t, Cancelled("the client went away"))
+                    continue
                 response.timings_ms.setdefault("model", round((time.perf_counter() - started) * 1000, 2))
-                t.on_text(response.text)
                 self._done(t, response)
 
     def _continuous(self, engine: Stepwise) -> None:
@@ -152,7 +166,7 @@ class Batcher:
         while not self._stop or running:
             for t in self._next(scheduler.free, scheduler.busy) if not self._stop else []:
                 try:
-                    r = scheduler.add(engine.item(t.request), t.on_text)
+                    r = scheduler.add(engine.item(t.request), t.on_text)  # cancellation: checked every step below
                 except LlamadocError as err:
                     self._done(t, err)
                     continue
@@ -182,6 +196,9 @@ class Batcher:
                 self._finish(engine, scheduler, t, r)
 
     def _finish(self, engine: Stepwise, scheduler: Scheduler, t: Ticket, r: Any) -> None:
+        if r.finish == "cancelled":
+            self._done(t, Cancelled("the client went away"))
+            return
         elapsed = (time.perf_counter() - r.started) * 1000
         self._done(t, engine.response(scheduler.completion(r), elapsed))
 
