@@ -598,7 +598,24 @@ def test_sigterm_stops_a_libmtmd_generation_at_its_next_step(launch: Callable[..
     assert queued[0].status_code == 503 and one_line(queued[0]) == "the server is shutting down"
     assert server.stop() == 0
     log = server.log()
-    assert "stopped" in log and "mid-generation" not in log and "Traceback" not in log
+    assert "stopped" in log and "mid-step" not in log and "Traceback" not in log
+
+
+def test_shutdown_cancels_every_generation(text_model: Path, mmproj: Path, tmp_path: Path) -> None:
+    """At shutdown the engine stops at its next step even where no request watches its
+    generation (a handler already gone): the server's close cancels every ticket."""
+    from llamadoc.engines.base import GenerationRequest
+    from llamadoc.server.batcher import Ticket
+
+    outcomes: list[Any] = []
+    decoding = threading.Event()
+    with offline_home(tmp_path / "home"), serving(model=str(text_model), mmproj=str(mmproj), max_tokens=30000,
+                                                  ctx=32768, guard=GuardPolicy(mode="off")) as s:
+        request = GenerationRequest(prompt="Count.", schema=LONGER, max_tokens=30000)  # some 20 s of decoding
+        s.resident.batcher.submit(Ticket(request, on_text=lambda _t: decoding.set(), on_done=outcomes.append))
+        assert decoding.wait(120)
+        s.resident.close()  # returns once the engine's thread has stopped
+        assert len(outcomes) == 1 and isinstance(outcomes[0], Cancelled), outcomes
 
 
 def test_idle_and_slow_connections_are_closed_and_counted(text_model: Path, mmproj: Path) -> None:

@@ -42,7 +42,7 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*)")
     server.run(sockets=[sock])
     if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
-        notify("stopped; the engine was mid-generation, so its model is left to the process's exit")
+        notify("stopped; the engine was mid-step (a prompt or an image), so its model is left to the process's exit")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(ExitCode.INTERRUPTED) if server.signalled == signal.SIGINT else 0)

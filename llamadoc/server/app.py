@@ -150,7 +150,10 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
             reaper.cancel()
             app.state.bounds.stopping.set()
             closing = asyncio.ensure_future(to_thread.run_sync(resident.close, abandon_on_cancel=True))
-            try:  # a generation that cannot stop mid-way must not hold the process for its whole length
+            # Every generation is cancelled (resident.close) and stops at its next decoding step; a
+            # step that cannot stop (a long prompt's prefill, an image's encoding) must not hold the
+            # process for its whole length.
+            try:
                 await asyncio.wait_for(asyncio.shield(closing), CLOSE_S)
             except TimeoutError:
                 app.state.abandoned = True

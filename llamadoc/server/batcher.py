@@ -68,6 +68,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._active = 0  # tickets the engine is working on
+        self._working: list[Ticket] = []  # the same tickets, for cancel_all
         self.scheduler: Scheduler | None = None  # the current one (continuous batching), for tests and /api/ps
 
     @property
@@ -84,6 +85,15 @@ class Batcher:
                 self._stop = False
                 self._thread = threading.Thread(target=self._run, name="llamadoc-engine", daemon=True)
                 self._thread.start()
+            self._cond.notify()
+
+    def cancel_all(self) -> None:
+        """Cancel every ticket, waiting or under way: at shutdown each generation stops at the
+        engine's next decoding step, whoever started it (a chat route, an engine route, a
+        document job)."""
+        with self._cond:
+            for t in (*self._waiting, *self._working):
+                t.cancelled.set()
             self._cond.notify()
 
     def release(self) -> None:
@@ -112,11 +122,13 @@ class Batcher:
                 else:
                     taken.append(t)
             self._active += len(taken)
+            self._working += taken
             return taken
 
     def _done(self, ticket: Ticket, outcome: GenerationResponse | LlamadocError) -> None:
         with self._cond:
             self._active -= 1
+            self._working = [w for w in self._working if w is not ticket]
         ticket.on_done(outcome)
 
     def _run(self) -> None:
@@ -204,7 +216,10 @@ class Batcher:
 
 
 def _bug(err: Exception) -> EngineError:
-    traceback.print_exception(err, file=sys.stderr)
+    from llamadoc.server.http import first_in_a_while
+
+    if first_in_a_while(f"{type(err).__name__}: {err}"):  # the same bug on every request: once a minute
+        traceback.print_exception(err, file=sys.stderr)
     return EngineError(f"internal error: {type(err).__name__}: {err}")
 
 

@@ -165,6 +165,8 @@ class Resident:
             return True
 
     def close(self) -> None:
+        """At shutdown: every generation stops at its next decoding step, then the models go."""
+        self.batcher.cancel_all()
         with self._lock:
             self._unload()
 
