@@ -190,6 +190,10 @@ def test_postscript_never_reaches_ghostscript(plain: Server, gs_dir: Path, gs_lo
         ("/v1/engine/generate", wire(images=[eps])),
         ("/v1/engine/guard/judge", {"prompt": "?", "answer_prefix": "", "grammar": "", "max_tokens": 1,
                                     "unsafe_word": "unsafe", "image": eps}),
+        # In a conversation's history, behind a good image: every image a request carries is decoded alike.
+        ("/api/chat", {"model": name, "stream": False, "messages": [
+            {"role": "user", "content": "?", "images": [eps]}, {"role": "assistant", "content": "A figure."},
+            {"role": "user", "content": "And this?", "images": [b64(png((40, 40)))]}]}),
     ]
     for path, body in probes:
         expect(plain, httpx.post(plain.url + path, json=body, timeout=30), 400)
@@ -416,6 +420,15 @@ def test_images_past_the_ceiling_are_refused_before_decoding(plain: Server, tmp_
             {"role": "user", "content": "?", "images": [big]}]}),
             ("/api/generate", {"model": plain.name, "stream": False, "prompt": "?", "images": [big]})):
         expect(plain, httpx.post(plain.url + path, json=body, timeout=60), 400, "over the limit of 16,777,216 pixels")
+    # A conversation's earlier images are decoded the same way (libmtmd's models read them all).
+    small = b64(png((40, 40)))
+    history = [{"role": "user", "content": "?", "images": [big]}, {"role": "assistant", "content": "A chart."},
+               {"role": "user", "content": "And this?", "images": [small]}]
+    expect(plain, httpx.post(f"{plain.url}/api/chat", timeout=60, json={
+        "model": plain.name, "stream": False, "messages": history}), 400, "message 1 image 1")
+    many = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{small}"}} for _ in range(17)]
+    expect(plain, httpx.post(f"{plain.url}/v1/chat/completions", timeout=60, json={
+        "model": plain.name, "messages": [{"role": "user", "content": many}]}), 413, "at most 16 per request")
     photo = make_image(tmp_path / "photo.jpg", (6000, 5000), fmt="JPEG")  # 30 MP: decoded at 1/4 (draft)
     r = httpx.post(f"{plain.url}/api/chat", timeout=60, json={"model": plain.name, "stream": False, "messages": [
         {"role": "user", "content": "?", "images": [b64(photo.read_bytes())]}], "options": {"num_predict": 1}})

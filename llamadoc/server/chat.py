@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}  # "format": "json" / json_object: some JSON object
 MAX_STOPS = 16  # OpenAI takes 4; LangChain and others send a few more
+MAX_IMAGES = 16  # images decoded for one request (Llama 3.2 Vision decodes only its conversation's last)
 
 
 @dataclass
@@ -107,6 +108,10 @@ async def with_images(turns: list[Turn], one_image: bool,
                                 "one image per message (send one image, or one message per image)")
         last = max((i for i, t in enumerate(turns) if t.images), default=None)
         turns = [Turn(t.role, t.text, t.images if i == last else []) for i, t in enumerate(turns)]
+    count = sum(len(t.images) for t in turns)
+    if count > MAX_IMAGES:  # each is decoded and held at the model's budget: thousands of small PNGs would not fit
+        raise ApiError(413, f"the conversation carries {count} images; this server reads at most {MAX_IMAGES} "
+                            "per request (leave earlier images out of the history)", code="request_too_large")
     messages = []
     for i, t in enumerate(turns):
         images = [await decode(data, f"message {i + 1} image {j}") if isinstance(data, bytes) else data
