@@ -60,7 +60,7 @@ def serving(log: list[str] | None = None, **options: object) -> Iterator[Served]
     say = log.append if log is not None else (lambda _m: None)
     resident = Resident(opts, notify=say)
     app = build(resident, say)
-    server = http.Server(http.config(app, opts), app.state.bounds.stopping)  # serve()'s own settings
+    server = http.Server(http.config(app, opts, say), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -329,6 +329,36 @@ def test_json_only_as_json(plain: Server) -> None:
     expect(plain, r, 403, "--allow-origin")
 
 
+def test_every_refusal_leaves_a_line_with_its_reason(plain: Server, tmp_path: Path) -> None:
+    """The access log (issue 20) sees what the Host and origin checks and the bounds refuse."""
+    chat = {"model": plain.name, "stream": False, "messages": [{"role": "user", "content": "?"}]}
+    image = b64(png((40, 40)))
+    probes = [
+        ("GET /api/tags 403", "the Host 'rebound.example' is not this server's name",
+         httpx.get(f"{plain.url}/api/tags", headers={"Host": "rebound.example"}, timeout=30)),
+        ("POST /api/chat 403", "requests from the web origin 'https://evil.example'",
+         httpx.post(f"{plain.url}/api/chat", json=chat, headers={"Origin": EVIL}, timeout=30)),
+        ("POST /api/chat 415", "send the request as JSON",
+         httpx.post(f"{plain.url}/api/chat", content=json.dumps(chat), headers={"Content-Type": "text/plain"},
+                    timeout=30)),
+        ("POST /api/chat 413", "over this server's limit of 64 KiB",
+         httpx.post(f"{plain.url}/api/chat", timeout=30, json={**chat, "messages": [
+             {"role": "user", "content": "a" * 40_000}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c" * 40_000}]})),  # the whole conversation counts
+        ("POST /v1/chat/completions 413", "carries 17 images",
+         httpx.post(f"{plain.url}/v1/chat/completions", timeout=30, json={"model": plain.name, "messages": [
+             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
+                                          for _ in range(17)]}]})),
+    ]
+    for start, reason, r in probes:
+        assert r.status_code == int(start.rsplit(" ", 1)[1]), r.text
+        deadline = time.monotonic() + 10  # a line is written once its response has gone
+        while not any(f": {start} " in line and reason in line for line in plain.log().splitlines()):
+            assert time.monotonic() < deadline, f"no line for {start}: {reason}"
+            time.sleep(0.05)
+    plain.answers()
+
+
 def test_dns_rebinding_is_refused(plain: Server) -> None:
     for host in ("evil.example", f"evil.example:{plain.port}", "localhost.evil.example", "127.0.0.1.nip.io"):
         r = httpx.get(f"{plain.url}/api/tags", headers={"Host": host, "Origin": f"http://{host}"}, timeout=30)
@@ -632,7 +662,8 @@ def test_shutdown_cancels_every_generation(text_model: Path, mmproj: Path, tmp_p
 
 
 def test_idle_and_slow_connections_are_closed_and_counted(text_model: Path, mmproj: Path) -> None:
-    with serving(model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), header_timeout=1.0,
+    log: list[str] = []
+    with serving(log, model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), header_timeout=1.0,
                  max_connections=4) as s:
         port = int(s.url.rsplit(":", 1)[1])
         idle = socket.create_connection(("127.0.0.1", port))
@@ -656,6 +687,10 @@ def test_idle_and_slow_connections_are_closed_and_counted(text_model: Path, mmpr
             except httpx.HTTPError:
                 time.sleep(0.1)
         assert httpx.get(f"{s.url}/api/tags", timeout=5).status_code == 200
+    # Each kind said once in the minute, however many connections it struck (two were closed).
+    assert [line for line in log if "connection" in line] == [
+        "closed a connection that sent no request within 1 s",
+        "refused a connection with 503: 4 are open, the most allowed (--max-connections)"]
 
 
 def test_a_repeated_error_is_logged_once(text_model: Path, mmproj: Path, monkeypatch: pytest.MonkeyPatch,
