@@ -401,3 +401,16 @@ def test_documents_route_answers_with_the_result_document(served: Served, tmp_pa
                      files={"file": ("a.pdf", pdf.read_bytes())})
     assert bad.status_code == 400 and "not a valid JSON Schema" in bad.json()["error"]
     assert httpx.post(f"{served.url}/v1/documents/summarise", files={"file": ("a.pdf", b"x")}).status_code == 404
+
+
+def test_the_engine_protocol_refuses_a_conversation_rather_than_drop_it() -> None:
+    """/v1/engine/generate carries one turn: a conversation or stop texts sent that way would be
+    answered as another question, so the client says so instead (they go to /api/chat)."""
+    from llamadoc.engines.base import Message
+    from llamadoc.models.wire import request_to_wire
+
+    for request in (GenerationRequest(prompt="?", messages=(Message("user", "?"), Message("assistant", "!"))),
+                    GenerationRequest(prompt="?", stop=("\n",))):
+        with pytest.raises(UsageError, match="one turn"):
+            request_to_wire(request, "off")
+    assert request_to_wire(GenerationRequest(prompt="?"), "off")["prompt"] == "?"
