@@ -96,6 +96,15 @@ class PageError(DocumentError):
     """One page cannot be processed (for example it does not fit the context)."""
 
 
+class ContextFull(PageError):
+    """A prompt needs ``need`` positions and the loaded context holds ``have``: a server may load
+    the model again with a larger context (up to its trained length) or say which to ask for."""
+
+    def __init__(self, message: str, need: int, have: int, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.need, self.have = need, have
+
+
 class EngineError(LlamadocError):
     """The inference engine failed on a request."""
 

@@ -49,16 +49,18 @@ def offline_home(home: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serving(**options: object) -> Iterator[Served]:
-    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends."""
+def serving(log: list[str] | None = None, **options: object) -> Iterator[Served]:
+    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends;
+    the server's stderr lines (access lines among them) go to ``log`` when given."""
     from llamadoc.server import http, listen
     from llamadoc.server.app import build
 
     opts = ServeOptions(**{"threads": 1, **options, "port": 0})  # type: ignore[arg-type]
     sock = listen(opts.host, 0)
-    resident = Resident(opts, notify=lambda _m: None)
-    app = build(resident)
-    server = http.Server(http.config(app, opts), app.state.bounds.stopping)  # serve()'s own settings
+    say = log.append if log is not None else (lambda _m: None)
+    resident = Resident(opts, notify=say)
+    app = build(resident, say)
+    server = http.Server(http.config(app, opts, say), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -76,7 +76,7 @@ def test_batched_requests_equal_single_ones(engine: MllamaEngine) -> None:
 
 def test_request_limits(engine: MllamaEngine) -> None:
     two = GenerationRequest(prompt="x", images=(fixture_image("wide"), fixture_image("tiny")))
-    with pytest.raises(UsageError, match="one page image per request"):
+    with pytest.raises(UsageError, match="one image per message"):
         engine.generate(two)
     with pytest.raises(UsageError, match="inside the file"):
         MllamaEngine(LoadOptions(model_path="m.gguf", mmproj_path="p.gguf"))

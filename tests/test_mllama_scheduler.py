@@ -123,3 +123,42 @@ def test_grammar_and_errors_stay_with_their_sequence(model: MllamaModel) -> None
     assert s.free == 1
     drain(s)
     assert isinstance(json.loads(model.tokenizer.decode(ok.tokens))["paid"], bool)
+
+
+def test_a_conversation_turn_continues_in_its_rows_cache(model: MllamaModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next turn of a conversation prefills only its new tokens, and answers as a fresh prefill would."""
+    monkeypatch.setattr(model.tokenizer, "stop", set())
+    tok, page = model.tokenizer, fixture_image("square")
+    s = Scheduler(model, 2)
+    first = s.add(BatchItem(page, tok.dialog([("user", "Describe the chart.")], image_at=0), max_tokens=10))
+    drain(s)
+    said = tok.decode(first.tokens)
+    follow_up = tok.dialog([("user", "Describe the chart."), ("assistant", said), ("user", "And the title?")],
+                           image_at=0)
+    other = BatchItem(None, tok.chat("Unrelated question, with no image."), max_tokens=4)
+    s.add(other)  # takes the other free row: the kept turn stays
+    second = s.add(BatchItem(page, follow_up, max_tokens=10))
+    assert second.seq.row == first.seq.row and s.reused == second.timings_ms["prompt_reused"] > 20
+    drain(s)
+    assert second.tokens == alone(model, BatchItem(page, follow_up, max_tokens=10))
+    fresh = Scheduler(model, 2)  # a page that differs is never read from a kept row
+    third = fresh.add(BatchItem(fixture_image("wide"), follow_up, max_tokens=2))
+    assert fresh.reused == 0 and third.timings_ms["prompt_reused"] == 0
+
+
+def test_stop_texts_and_a_callback_that_says_stop(model: MllamaModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model.tokenizer, "stop", set())
+    tok = model.tokenizer
+    prompt = tok.chat("Describe the chart.", image=True)
+    whole = alone(model, BatchItem(fixture_image("square"), prompt, max_tokens=30))
+    text = tok.decode(whole)
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    s = Scheduler(model, 2)
+    seen: list[str] = []
+    cut = s.add(BatchItem(fixture_image("square"), prompt, max_tokens=30, stop=(stop,)), seen.append)
+    drain(s)
+    assert cut.finish == "stop" and s.completion(cut).text == text[: text.index(stop)] == "".join(seen)
+    steps: list[str] = []
+    hung_up = s.add(BatchItem(fixture_image("square"), prompt, max_tokens=30), lambda t: steps.append(t) or len(steps) < 3)
+    drain(s)
+    assert hung_up.finish == "cancelled" and len(hung_up.tokens) == 3 and not s.busy

@@ -168,8 +168,10 @@ def test_malformed_requests_are_400(served: Served, text_model: Path) -> None:
     assert httpx.post(f"{served.url}/api/chat", content=b"{oops", headers={"Content-Type": "application/json"}
                       ).status_code == 400
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "stream": False, "messages": [
-        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
-    assert r.status_code == 400 and "one user message" in r.json()["error"]
+        {"role": "user", "content": "a"}, {"role": "narrator", "content": "b"}]})
+    assert r.status_code == 400 and r.json()["error"] == "message 2 has role 'narrator'; roles are system, user, assistant and tool"
+    r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "messages": [{"role": "system", "content": "x"}]})
+    assert r.status_code == 400 and "no user message" in r.json()["error"]
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "options": {"temperature": "hot"},
                                                     "messages": [{"role": "user", "content": "a"}]})
     assert r.status_code == 400 and r.json() == {"error": "temperature must be a number"}
@@ -399,3 +401,16 @@ def test_documents_route_answers_with_the_result_document(served: Served, tmp_pa
                      files={"file": ("a.pdf", pdf.read_bytes())})
     assert bad.status_code == 400 and "not a valid JSON Schema" in bad.json()["error"]
     assert httpx.post(f"{served.url}/v1/documents/summarise", files={"file": ("a.pdf", b"x")}).status_code == 404
+
+
+def test_the_engine_protocol_refuses_a_conversation_rather_than_drop_it() -> None:
+    """/v1/engine/generate carries one turn: a conversation or stop texts sent that way would be
+    answered as another question, so the client says so instead (they go to /api/chat)."""
+    from llamadoc.engines.base import Message
+    from llamadoc.models.wire import request_to_wire
+
+    for request in (GenerationRequest(prompt="?", messages=(Message("user", "?"), Message("assistant", "!"))),
+                    GenerationRequest(prompt="?", stop=("\n",))):
+        with pytest.raises(UsageError, match="one turn"):
+            request_to_wire(request, "off")
+    assert request_to_wire(GenerationRequest(prompt="?"), "off")["prompt"] == "?"

@@ -44,6 +44,7 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
 # An answer the grammar keeps going: at least 1,000 integers (a few thousand tokens).
 LONG = {"type": "object", "required": ["n"],
         "properties": {"n": {"type": "array", "items": {"type": "integer"}, "minItems": 1000}}}
+LONGER = {"type": "array", "minItems": 1000, "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1000}}
 
 
 # -- the servers ---------------------------------------------------------------------------------
@@ -189,6 +190,10 @@ def test_postscript_never_reaches_ghostscript(plain: Server, gs_dir: Path, gs_lo
         ("/v1/engine/generate", wire(images=[eps])),
         ("/v1/engine/guard/judge", {"prompt": "?", "answer_prefix": "", "grammar": "", "max_tokens": 1,
                                     "unsafe_word": "unsafe", "image": eps}),
+        # In a conversation's history, behind a good image: every image a request carries is decoded alike.
+        ("/api/chat", {"model": name, "stream": False, "messages": [
+            {"role": "user", "content": "?", "images": [eps]}, {"role": "assistant", "content": "A figure."},
+            {"role": "user", "content": "And this?", "images": [b64(png((40, 40)))]}]}),
     ]
     for path, body in probes:
         expect(plain, httpx.post(plain.url + path, json=body, timeout=30), 400)
@@ -313,13 +318,45 @@ def test_allowed_origins_get_cors_headers(plain: Server) -> None:
 
 def test_json_only_as_json(plain: Server) -> None:
     body = json.dumps({"model": plain.name, "prompt": "?", "stream": False, "options": {"num_predict": 1}})
-    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
-        headers = {"Content-Type": kind} if kind else {}
-        r = httpx.post(f"{plain.url}/api/generate", content=body.encode(), headers=headers, timeout=30)
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        r = httpx.post(f"{plain.url}/api/generate", content=body.encode(), headers={"Content-Type": kind}, timeout=30)
         expect(plain, r, 415, "Content-Type: application/json")
-    r = httpx.post(f"{plain.url}/api/generate", content=body.encode(), timeout=30,
-                   headers={"Content-Type": "application/json; charset=utf-8"})
-    assert r.status_code == 200
+    # JSON as JSON; and untyped, as LiteLLM's Ollama provider sends it (from a page, it would carry an Origin).
+    for headers in ({"Content-Type": "application/json; charset=utf-8"}, {}):
+        r = httpx.post(f"{plain.url}/api/generate", content=body.encode(), timeout=30, headers=headers)
+        assert r.status_code == 200, headers
+    r = httpx.post(f"{plain.url}/api/generate", content=body.encode(), timeout=30, headers={"Origin": EVIL})
+    expect(plain, r, 403, "--allow-origin")
+
+
+def test_every_refusal_leaves_a_line_with_its_reason(plain: Server, tmp_path: Path) -> None:
+    """The access log (issue 20) sees what the Host and origin checks and the bounds refuse."""
+    chat = {"model": plain.name, "stream": False, "messages": [{"role": "user", "content": "?"}]}
+    image = b64(png((40, 40)))
+    probes = [
+        ("GET /api/tags 403", "the Host 'rebound.example' is not this server's name",
+         httpx.get(f"{plain.url}/api/tags", headers={"Host": "rebound.example"}, timeout=30)),
+        ("POST /api/chat 403", "requests from the web origin 'https://evil.example'",
+         httpx.post(f"{plain.url}/api/chat", json=chat, headers={"Origin": EVIL}, timeout=30)),
+        ("POST /api/chat 415", "send the request as JSON",
+         httpx.post(f"{plain.url}/api/chat", content=json.dumps(chat), headers={"Content-Type": "text/plain"},
+                    timeout=30)),
+        ("POST /api/chat 413", "over this server's limit of 64 KiB",
+         httpx.post(f"{plain.url}/api/chat", timeout=30, json={**chat, "messages": [
+             {"role": "user", "content": "a" * 40_000}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c" * 40_000}]})),  # the whole conversation counts
+        ("POST /v1/chat/completions 413", "carries 17 images",
+         httpx.post(f"{plain.url}/v1/chat/completions", timeout=30, json={"model": plain.name, "messages": [
+             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
+                                          for _ in range(17)]}]})),
+    ]
+    for start, reason, r in probes:
+        assert r.status_code == int(start.rsplit(" ", 1)[1]), r.text
+        deadline = time.monotonic() + 10  # a line is written once its response has gone
+        while not any(f": {start} " in line and reason in line for line in plain.log().splitlines()):
+            assert time.monotonic() < deadline, f"no line for {start}: {reason}"
+            time.sleep(0.05)
+    plain.answers()
 
 
 def test_dns_rebinding_is_refused(plain: Server) -> None:
@@ -413,6 +450,15 @@ def test_images_past_the_ceiling_are_refused_before_decoding(plain: Server, tmp_
             {"role": "user", "content": "?", "images": [big]}]}),
             ("/api/generate", {"model": plain.name, "stream": False, "prompt": "?", "images": [big]})):
         expect(plain, httpx.post(plain.url + path, json=body, timeout=60), 400, "over the limit of 16,777,216 pixels")
+    # A conversation's earlier images are decoded the same way (libmtmd's models read them all).
+    small = b64(png((40, 40)))
+    history = [{"role": "user", "content": "?", "images": [big]}, {"role": "assistant", "content": "A chart."},
+               {"role": "user", "content": "And this?", "images": [small]}]
+    expect(plain, httpx.post(f"{plain.url}/api/chat", timeout=60, json={
+        "model": plain.name, "stream": False, "messages": history}), 400, "message 1 image 1")
+    many = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{small}"}} for _ in range(17)]
+    expect(plain, httpx.post(f"{plain.url}/v1/chat/completions", timeout=60, json={
+        "model": plain.name, "messages": [{"role": "user", "content": many}]}), 413, "at most 16 per request")
     photo = make_image(tmp_path / "photo.jpg", (6000, 5000), fmt="JPEG")  # 30 MP: decoded at 1/4 (draft)
     r = httpx.post(f"{plain.url}/api/chat", timeout=60, json={"model": plain.name, "stream": False, "messages": [
         {"role": "user", "content": "?", "images": [b64(photo.read_bytes())]}], "options": {"num_predict": 1}})
@@ -562,26 +608,62 @@ def test_sigterm_ends_open_streams_with_an_error_line_and_exits_0(launch: Callab
     assert "Traceback" not in server.log()
 
 
-def test_sigterm_during_a_generation_that_cannot_stop(launch: Callable[..., Server], text_model: Path,
-                                                      mmproj: Path) -> None:
-    """libmtmd's generation cannot stop mid-way (until issue 20): the request hears why, and the
-    process exits 0 without waiting for the whole answer."""
-    server = launch("--model", str(text_model), "--mmproj", str(mmproj), "--guard", "off", "--max-tokens", "3000",
-                    "--preload")  # some 20 s of grammar-bound decoding
-    answer: list[httpx.Response] = []
-    waiting = threading.Thread(target=lambda: answer.append(httpx.post(f"{server.url}/api/chat", timeout=120, json={
-        "model": server.name, "stream": False, "format": LONG, "messages": [{"role": "user", "content": "Count."}]})))
+def test_sigterm_stops_a_libmtmd_generation_at_its_next_step(launch: Callable[..., Server], text_model: Path,
+                                                           mmproj: Path) -> None:
+    """libmtmd takes requests in turn: the one it decodes (streamed) ends with the stream's error
+    line, the one waiting behind it is a 503, and the engine stops at its next step, so the
+    models unload normally (not left to the process's exit) and the process exits 0."""
+    # A million integers asked for, 30,000 tokens allowed: some 20 s of decoding on the tiny model.
+    server = launch("--model", str(text_model), "--mmproj", str(mmproj), "--guard", "off", "--max-tokens", "30000",
+                    "--ctx", "32768", "--preload")
+    body = {"model": server.name, "format": LONGER, "messages": [{"role": "user", "content": "Count."}]}
+    lines: list[str] = []
+    queued: list[httpx.Response] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{server.url}/api/chat", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                started.set()
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    assert started.wait(120)  # the engine is decoding it
+    waiting = threading.Thread(target=lambda: queued.append(httpx.post(
+        f"{server.url}/api/chat", timeout=120, json={**body, "stream": False})))
     waiting.start()
-    time.sleep(4)  # the request is at the engine
+    time.sleep(2)  # the second request is in the queue
     server.proc.send_signal(signal.SIGTERM)
+    streaming.join(120)
     waiting.join(120)
-    assert answer[0].status_code == 503 and one_line(answer[0]) == "the server is shutting down"
+    assert json.loads(lines[-1]) == {"error": "the server is shutting down"}
+    assert queued[0].status_code == 503 and one_line(queued[0]) == "the server is shutting down"
     assert server.stop() == 0
-    assert "mid-generation" in server.log() and "Traceback" not in server.log()
+    log = server.log()
+    assert "stopped" in log and "mid-step" not in log and "Traceback" not in log
+
+
+def test_shutdown_cancels_every_generation(text_model: Path, mmproj: Path, tmp_path: Path) -> None:
+    """At shutdown the engine stops at its next step even where no request watches its
+    generation (a handler already gone): the server's close cancels every ticket."""
+    from llamadoc.engines.base import GenerationRequest
+    from llamadoc.server.batcher import Ticket
+
+    outcomes: list[Any] = []
+    decoding = threading.Event()
+    with offline_home(tmp_path / "home"), serving(model=str(text_model), mmproj=str(mmproj), max_tokens=30000,
+                                                  ctx=32768, guard=GuardPolicy(mode="off")) as s:
+        request = GenerationRequest(prompt="Count.", schema=LONGER, max_tokens=30000)  # some 20 s of decoding
+        s.resident.batcher.submit(Ticket(request, on_text=lambda _t: decoding.set(), on_done=outcomes.append))
+        assert decoding.wait(120)
+        s.resident.close()  # returns once the engine's thread has stopped
+        assert len(outcomes) == 1 and isinstance(outcomes[0], Cancelled), outcomes
 
 
 def test_idle_and_slow_connections_are_closed_and_counted(text_model: Path, mmproj: Path) -> None:
-    with serving(model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), header_timeout=1.0,
+    log: list[str] = []
+    with serving(log, model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), header_timeout=1.0,
                  max_connections=4) as s:
         port = int(s.url.rsplit(":", 1)[1])
         idle = socket.create_connection(("127.0.0.1", port))
@@ -605,6 +687,10 @@ def test_idle_and_slow_connections_are_closed_and_counted(text_model: Path, mmpr
             except httpx.HTTPError:
                 time.sleep(0.1)
         assert httpx.get(f"{s.url}/api/tags", timeout=5).status_code == 200
+    # Each kind said once in the minute, however many connections it struck (two were closed).
+    assert [line for line in log if "connection" in line] == [
+        "closed a connection that sent no request within 1 s",
+        "refused a connection with 503: 4 are open, the most allowed (--max-connections)"]
 
 
 def test_a_repeated_error_is_logged_once(text_model: Path, mmproj: Path, monkeypatch: pytest.MonkeyPatch,
@@ -676,22 +762,18 @@ def test_the_api_key_comes_from_a_file_or_the_environment(run_cli: Any, tmp_path
     assert remote.exit_code == 2 and "plain HTTP on 203.0.113.7" in remote.stderr and "reverse proxy" in remote.stderr
 
 
-# -- a client that hangs up stops its generation (issue 20 owns the engines' side) -----------------
+# -- a client that hangs up stops its generation, on both engines ---------------------------------
 
 def _engine(kind: str, text_model: Path, mmproj: Path, tmp_path: Path) -> dict[str, Any]:
     if kind == "mtmd":
-        return {"model": str(text_model), "mmproj": str(mmproj), "max_tokens": 1500}
+        return {"model": str(text_model), "mmproj": str(mmproj), "max_tokens": 30000, "ctx": 32768}
     from tests.mllama_helpers import convert_fixture
 
     return {"model": str(convert_fixture("tiny", tmp_path / "tiny-mllama.gguf", "Q8_0")), "max_tokens": 400,
             "ctx": 1024}
 
 
-@pytest.mark.parametrize("kind", [
-    "mllama",
-    pytest.param("mtmd", marks=pytest.mark.xfail(
-        strict=False, reason="issue 20: libmtmd's generation does not yet stop at the next step on a hang-up")),
-])
+@pytest.mark.parametrize("kind", ["mllama", "mtmd"])
 def test_a_client_that_hangs_up_stops_its_generation(kind: str, text_model: Path, mmproj: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     outcomes: list[Any] = []
@@ -701,7 +783,7 @@ def test_a_client_that_hangs_up_stops_its_generation(kind: str, text_model: Path
         name = Path(s.resident.models.resolve().model_path).name
         body: dict[str, Any] = {"model": name, "messages": [{"role": "user", "content": "Describe it all."}]}
         if kind == "mtmd":
-            body["format"] = LONG  # the tiny model's greedy answers are short otherwise
+            body["format"] = LONGER  # the tiny model's greedy answers are short otherwise, and it is fast
         else:
             from tests.mllama_helpers import fixture_image
 

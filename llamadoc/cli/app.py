@@ -105,12 +105,18 @@ def serve(
         say("warning: --api-key is visible to every user of this machine (ps, /proc); "
             "use --api-key-file or LLAMADOC_API_KEY")
     key = read_key(api_key_file) if api_key_file is not None else api_key if api_key is not None else settings.api_key
-    run(ServeOptions(
+    options = ServeOptions(
         host=host, port=port, model=model, mmproj=mmproj, guard=policy, keep_alive=parse_duration(keep_alive),
         max_queue=max_queue, api_key=key, preload=preload, threads=threads, gpu_layers=gpu_layers, ctx=ctx,
         max_tokens=max_tokens, max_body_mb=max_body_mb, max_prompt_kb=max_prompt_kb, max_pages=max_pages,
         max_connections=max_connections, origins=(*settings.origins, *(allow_origin or ())),
-        hosts=tuple(allow_host or ()), config=config, verbose=verbose), notify=say)
+        hosts=tuple(allow_host or ()), config=config, verbose=verbose)
+    try:
+        run(options, notify=say)
+    except KeyboardInterrupt:  # Ctrl-C: a server has no documents to keep, it just stops (exit 130)
+        say("stopped")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    say("stopped")  # SIGTERM: a service asked to stop, exit 0
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -6,7 +6,7 @@ engine never has to reject a request shape it declared it cannot take.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -39,6 +39,15 @@ class LoadOptions:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One turn of a conversation, rendered by the engine with the model's chat template."""
+
+    role: str  # "system" | "user" | "assistant" | "tool"
+    text: str
+    images: tuple[Image, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     images: tuple[Image, ...] = ()
@@ -46,6 +55,20 @@ class GenerationRequest:
     schema: dict[str, Any] | None = None  # JSON Schema: decoding is constrained to it
     max_tokens: int = 1024
     sampling: Sampling = Sampling()
+    # A whole conversation (a chat client's history); empty: system + prompt + images as one user turn.
+    messages: tuple[Message, ...] = ()
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these texts
+
+    def conversation(self) -> tuple[Message, ...]:
+        if self.messages:
+            return self.messages
+        head = (Message("system", self.system),) if self.system else ()
+        return (*head, Message("user", self.prompt, self.images))
+
+
+# Text as it is decoded (whole characters; "" when a step's text is held back, e.g. a possible stop
+# text): called at every decoding step, so returning False stops the generation at that step.
+OnText = Callable[[str], bool]
 
 
 @dataclass
@@ -53,12 +76,13 @@ class GenerationResponse:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "stop"  # "stop" | "length"
+    finish_reason: str = "stop"  # "stop" | "length" | "cancelled" (on_text said stop)
     timings_ms: dict[str, float] = field(default_factory=dict)
     # Per completion token: its bytes (they make up ``text``) and the natural log of the probability
     # the model gave it, over the whole vocabulary at temperature 1, before a grammar narrowed the
     # choice. Empty when the engine cannot say.
     logprobs: list[tuple[bytes, float]] = field(default_factory=list)
+    prompt_reused: int = 0  # prompt tokens an earlier request left in the engine's cache (not evaluated again)
 
 
 @runtime_checkable
@@ -80,6 +104,14 @@ class VisionEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """An engine that hands out its text as it decodes (MtmdEngine): a server streams it, and a
+    client that hangs up stops the generation at the next step."""
+
+    def stream(self, request: GenerationRequest, on_text: OnText) -> GenerationResponse: ...
 
 
 @dataclass(frozen=True)

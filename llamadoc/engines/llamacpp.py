@@ -92,20 +92,70 @@ def gpu_layers(options: LoadOptions) -> int:
     return options.gpu_layers if options.gpu_layers >= 0 else 10_000
 
 
-def schema_grammar(schema: dict[str, Any]) -> str:
-    """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+# What a JSON string may not hold raw (RFC 8259 §7): the quote, the backslash and the control
+# characters, which must be escaped. llama-cpp-python's converter lets them through its negated
+# classes ([^"\\] in "char", [^\x0A\x0D] for a pattern's "."), so a random or confused model could
+# write a tab or an ESC into a string and the answer would not parse; llama.cpp fixed its own
+# converter the same way (PR #5888).
+_NOT_IN_STRINGS = r'"\\\x7F\x00-\x1F'
 
+
+def schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for a JSON schema, built by the same code llama-cpp-python's response_format uses,
+    with raw control characters kept out of strings (escapes such as \\n stay allowed)."""
     remote = next(_remote_refs(schema), None)
     if remote is not None:  # the converter would fetch it over the network
         raise UsageError(f"the JSON schema refers to {remote!r}, and llamadoc never fetches schemas",
                          hint="put that definition into the schema's $defs and refer to it as #/$defs/...")
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        grammar = _to_gbnf(schema)
     except Exception as err:  # the converter raises several types on schemas it cannot express
         reason = " ".join(str(err).split())
         raise UsageError(f"the JSON schema cannot be turned into a grammar: {reason[:160]}",
                          hint="simplify the schema (plain types, properties, items, enums)") from None
+    return _strict_strings(grammar)
+
+
+def _to_gbnf(schema: dict[str, Any]) -> str:
+    """llama-cpp-python's json_schema_to_gbnf, with its literals' backslashes escaped: it writes an
+    enum value or a key as JSON text (json.dumps) into a GBNF literal, where "\\n" then reads as
+    a raw newline, and a value "a\nb" came out unparseable."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):  # type: ignore[no-untyped-call,unused-ignore]
+        def _format_literal(self, literal: str) -> str:
+            return str(super()._format_literal(literal.replace("\\", "\\\\")))  # type: ignore[no-untyped-call]
+
+    converter: Any = Converter(prop_order={}, allow_fetch=False, dotall=False,  # type: ignore[no-untyped-call]
+                               raw_pattern=False)
+    converter.visit(converter.resolve_refs(json.loads(json.dumps(schema)), "stdin"), "")
+    return str(converter.format_grammar())
+
+
+def _strict_strings(grammar: str) -> str:
+    """Every negated class ([^...], found only where a string's characters are made: char, dot, a
+    pattern's own) also refuses what JSON strings must escape. Quoted literals (an enum's
+    values) are left as they are."""
+    out, i, quoted = [], 0, False
+    while i < len(grammar):
+        c = grammar[i]
+        if c == "\\" and quoted:
+            out.append(grammar[i:i + 2])
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "[" and not quoted:  # a class, copied whole: a quote inside it opens no literal
+            end = i + 1
+            while end < len(grammar) and grammar[end] != "]":
+                end += 2 if grammar[end] == "\\" else 1
+            cls = grammar[i:end + 1]
+            out.append("[^" + _NOT_IN_STRINGS + cls[2:] if cls.startswith("[^") else cls)
+            i = end + 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _remote_refs(node: Any) -> Iterator[str]:

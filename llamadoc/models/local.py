@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from llamadoc import engines, registry
 from llamadoc.config import DEFAULT_MAX_PIXELS, Settings
@@ -76,6 +77,16 @@ class LocalModels:
                                                            or DEFAULT_MAX_PIXELS)
                 self.loaded_at, self.load_ms = time.time(), (time.perf_counter() - started) * 1000
             return self._engine
+
+    def reload_vision(self, ctx: int) -> None:
+        """Unload the vision engine so that it loads again with a context of ``ctx`` tokens (a
+        server request's num_ctx, as Ollama's); the guard stays loaded."""
+        with self._lock:
+            self.spec = replace(self.spec, ctx=ctx)
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+                self.loaded_at = None
 
     def guard(self) -> Guard | None:
         if self.policy.mode == "off":

@@ -69,6 +69,9 @@ def image_from_wire(data: Any, max_pixels: int | None = None) -> Image:
 
 
 def request_to_wire(r: GenerationRequest, guard_mode: str) -> dict[str, Any]:
+    if r.messages or r.stop:  # said, not dropped: the answer would be to another question
+        raise UsageError("the engine protocol carries one turn (prompt, system, images): a conversation or stop "
+                         "texts go to the server's /api/chat or /v1/chat/completions")
     return {
         "prompt": r.prompt, "images": [image_to_wire(i) for i in r.images], "system": r.system, "schema": r.schema,
         "max_tokens": r.max_tokens,

@@ -38,11 +38,11 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     resident = Resident(options, notify)
     host, port = sock.getsockname()[:2]
     app = build(resident, notify)
-    server = http.Server(http.config(app, options), app.state.bounds.stopping)
+    server = http.Server(http.config(app, options, notify), app.state.bounds.stopping)
     notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*)")
     server.run(sockets=[sock])
     if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
-        notify("stopped; the engine was mid-generation, so its model is left to the process's exit")
+        notify("stopped; the engine was mid-step (a prompt or an image), so its model is left to the process's exit")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(ExitCode.INTERRUPTED) if server.signalled == signal.SIGINT else 0)

@@ -12,8 +12,9 @@ bound name is 403 unless ``--allow-host`` names it (a LAN name, a reverse proxy'
 address can never be rebound, so any IP literal passes, as in Ollama.
 
 Preflights (OPTIONS with Access-Control-Request-Method) are answered for allowed origins only,
-and answers to them carry Access-Control-Allow-Origin. JSON routes take JSON only as JSON
-(streams.json_body): a page cannot send application/json without a preflight.
+and answers to them carry Access-Control-Allow-Origin. JSON routes take JSON only as JSON, or
+untyped (streams.json_body): a page cannot send application/json without a preflight, and its
+untyped POST carries an Origin, checked here.
 """
 
 from __future__ import annotations

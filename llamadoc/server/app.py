@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llamadoc.errors import LlamadocError
 from llamadoc.server import documents_api, engine_api, http, ollama_api, openai_api
 from llamadoc.server.access import Access, Gate, default_origins
+from llamadoc.server.accesslog import AccessLog
 from llamadoc.server.bounds import Bounds
 from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
@@ -149,7 +150,10 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
             reaper.cancel()
             app.state.bounds.stopping.set()
             closing = asyncio.ensure_future(to_thread.run_sync(resident.close, abandon_on_cancel=True))
-            try:  # a generation that cannot stop mid-way must not hold the process for its whole length
+            # Every generation is cancelled (resident.close) and stops at its next decoding step; a
+            # step that cannot stop (a long prompt's prefill, an image's encoding) must not hold the
+            # process for its whole length.
+            try:
                 await asyncio.wait_for(asyncio.shield(closing), CLOSE_S)
             except TimeoutError:
                 app.state.abandoned = True
@@ -164,10 +168,11 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
     app.state.bounds = Bounds()
     app.state.abandoned = False  # set when the engine was still busy at shutdown
     app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body, body_timeout=options.body_timeout)
-    # Added last, so outermost: Host and Origin are checked before the key, and preflights
-    # (which carry no key) answered.
+    # Host and Origin are checked before the key, and preflights (which carry no key) answered.
     app.add_middleware(Gate, access=Access(origins=(*default_origins(), *options.origins),
                                            hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host))
+    # Added last, so outermost: the log sees every refusal, the Host's, the origin's, the key's and the limit's.
+    app.add_middleware(AccessLog, log=notify)
     return app
 
 

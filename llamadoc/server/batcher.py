@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from llamadoc.engines.base import GenerationRequest, GenerationResponse, VisionEngine
+from llamadoc.engines.base import GenerationRequest, GenerationResponse, Streaming, VisionEngine
 from llamadoc.errors import EngineError, LlamadocError
 from llamadoc.models.remote import ConcurrentBatch
 
@@ -47,7 +47,9 @@ class Stepwise(Protocol):
 @dataclass
 class Ticket:
     """One request: its text reaches ``on_text`` as it is decoded, then ``on_done`` gets the answer
-    or the error (both called on the engine's thread)."""
+    or the error (both called on the engine's thread). Setting ``cancelled`` (its client went
+    away, or a time limit passed) drops it from the queue, or stops its generation at the
+    engine's next decoding step, on either engine; ``on_done`` then gets Cancelled."""
 
     request: GenerationRequest
     on_text: Callable[[str], None] = lambda _t: None
@@ -66,6 +68,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._active = 0  # tickets the engine is working on
+        self._working: list[Ticket] = []  # the same tickets, for cancel_all
         self.scheduler: Scheduler | None = None  # the current one (continuous batching), for tests and /api/ps
 
     @property
@@ -82,6 +85,15 @@ class Batcher:
                 self._stop = False
                 self._thread = threading.Thread(target=self._run, name="llamadoc-engine", daemon=True)
                 self._thread.start()
+            self._cond.notify()
+
+    def cancel_all(self) -> None:
+        """Cancel every ticket, waiting or under way: at shutdown each generation stops at the
+        engine's next decoding step, whoever started it (a chat route, an engine route, a
+        document job)."""
+        with self._cond:
+            for t in (*self._waiting, *self._working):
+                t.cancelled.set()
             self._cond.notify()
 
     def release(self) -> None:
@@ -110,11 +122,13 @@ class Batcher:
                 else:
                     taken.append(t)
             self._active += len(taken)
+            self._working += taken
             return taken
 
     def _done(self, ticket: Ticket, outcome: GenerationResponse | LlamadocError) -> None:
         with self._cond:
             self._active -= 1
+            self._working = [w for w in self._working if w is not ticket]
         ticket.on_done(outcome)
 
     def _run(self) -> None:
@@ -134,16 +148,28 @@ class Batcher:
         while not self._stop:
             for t in self._next(1, False):
                 started = time.perf_counter()
+
+                def on_text(text: str, t: Ticket = t) -> bool:  # every decoding step: a client gone stops it
+                    if text:
+                        t.on_text(text)
+                    return not t.cancelled.is_set()
+
                 try:
-                    response = engine.generate(t.request)
+                    if isinstance(engine, Streaming):
+                        response = engine.stream(t.request, on_text)
+                    else:
+                        response = engine.generate(t.request)
+                        on_text(response.text)
                 except LlamadocError as err:
                     self._done(t, err)
                     continue
                 except Exception as err:  # a bug: logged, and the request answered, not left hanging
                     self._done(t, _bug(err))
                     continue
+                if response.finish_reason == "cancelled":
+                    self._done(t, Cancelled("the client went away"))
+                    continue
                 response.timings_ms.setdefault("model", round((time.perf_counter() - started) * 1000, 2))
-                t.on_text(response.text)
                 self._done(t, response)
 
     def _continuous(self, engine: Stepwise) -> None:
@@ -152,7 +178,7 @@ class Batcher:
         while not self._stop or running:
             for t in self._next(scheduler.free, scheduler.busy) if not self._stop else []:
                 try:
-                    r = scheduler.add(engine.item(t.request), t.on_text)
+                    r = scheduler.add(engine.item(t.request), t.on_text)  # cancellation: checked every step below
                 except LlamadocError as err:
                     self._done(t, err)
                     continue
@@ -182,12 +208,18 @@ class Batcher:
                 self._finish(engine, scheduler, t, r)
 
     def _finish(self, engine: Stepwise, scheduler: Scheduler, t: Ticket, r: Any) -> None:
+        if r.finish == "cancelled":
+            self._done(t, Cancelled("the client went away"))
+            return
         elapsed = (time.perf_counter() - r.started) * 1000
         self._done(t, engine.response(scheduler.completion(r), elapsed))
 
 
 def _bug(err: Exception) -> EngineError:
-    traceback.print_exception(err, file=sys.stderr)
+    from llamadoc.server.http import first_in_a_while
+
+    if first_in_a_while(f"{type(err).__name__}: {err}"):  # the same bug on every request: once a minute
+        traceback.print_exception(err, file=sys.stderr)
     return EngineError(f"internal error: {type(err).__name__}: {err}")
 
 

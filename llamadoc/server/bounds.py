@@ -29,6 +29,9 @@ from llamadoc.server.resident import Resident
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from llamadoc.engines.base import Message
+    from llamadoc.server.chat import Turn
+
 T = TypeVar("T")
 DECODERS = 2  # images decoded at once: each may briefly hold a few hundred MB at the ceiling
 JUDGES = 4  # requests with guard work under way (the guard judges one prompt at a time)
@@ -74,6 +77,18 @@ async def decode(resident: Resident, data: bytes, label: str) -> Image:
     from llamadoc.server.chat import page_image
 
     return await run("decode", page_image, data, label, budget(resident), resident.options.max_image_pixels)
+
+
+async def decode_conversation(resident: Resident, turns: list[Turn]) -> list[Message]:
+    """A conversation as the engine takes it: its text within --max-prompt-kb (checked first, as
+    it costs nothing), then its images decoded as any request's (``decode``), the history's
+    too: chat clients send every earlier image again with each turn. The engines know an image
+    again by its pixels, and the same bytes decode to the same pixels, so a follow-up question
+    still finds it encoded."""
+    from llamadoc.server.chat import with_images
+
+    check_prompt(resident, *(t.text for t in turns))
+    return await with_images(turns, resident.reads_one_image(), lambda data, label: decode(resident, data, label))
 
 
 def check_prompt(resident: Resident, *texts: str | None) -> None:

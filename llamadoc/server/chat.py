@@ -1,5 +1,6 @@
-"""Ollama and OpenAI requests -> what the engine takes: a prompt, a system text, at most one page
-image, a JSON Schema, a token budget and sampling. Each bad input is one clear 4xx line.
+"""Ollama and OpenAI requests -> what the engine takes: a conversation (system, user, assistant and
+tool messages, their images), a JSON Schema, stop texts, a token budget and sampling. Each bad
+input is one clear 4xx line.
 
 Images go through the same code as image files on the command line (inputs/raster.py: EXIF
 orientation, transparency, the model's pixel budget), and only data the request carries is
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llamadoc.engines.base import GenerationRequest, Sampling
+from llamadoc.engines.base import GenerationRequest, Message, Sampling
 from llamadoc.errors import LlamadocError
 from llamadoc.inputs.raster import RasterOptions, open_document
 from llamadoc.inputs.sniff import HEAD, IMAGE_FORMATS, sniff
@@ -26,45 +29,119 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}  # "format": "json" / json_object: some JSON object
-
-
-@dataclass
-class Chat:
-    """One request as the engine takes it."""
-
-    prompt: str
-    system: str | None
-    image: Image | None
-    schema: dict[str, Any] | None
-    max_tokens: int
-    sampling: Sampling
-
-    def request(self) -> GenerationRequest:
-        return GenerationRequest(prompt=self.prompt, images=(self.image,) if self.image is not None else (),
-                                 system=self.system, schema=self.schema, max_tokens=self.max_tokens,
-                                 sampling=self.sampling)
+MAX_STOPS = 16  # OpenAI takes 4; LangChain and others send a few more
+MAX_IMAGES = 16  # images decoded for one request (Llama 3.2 Vision decodes only its conversation's last)
 
 
 @dataclass
 class Turn:
+    """One message as the client sent it: role, text, and its images (bytes as sent, or an image
+    the server kept from an earlier turn)."""
+
     role: str
     text: str
-    images: list[bytes]
+    images: list[bytes | Image]
 
 
-def conversation(turns: list[Turn]) -> tuple[str | None, str, list[bytes]]:
-    """(system, prompt, images) from a conversation: system messages, then one user turn."""
-    system = "\n\n".join(t.text for t in turns if t.role in ("system", "developer") and t.text) or None
-    rest = [t for t in turns if t.role not in ("system", "developer")]
-    if not rest:
+@dataclass
+class Chat:
+    """One request as the engine takes it: a conversation, its images decoded."""
+
+    messages: list[Message]
+    schema: dict[str, Any] | None
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...] = ()
+
+    @property
+    def system(self) -> str | None:
+        return "\n\n".join(m.text for m in self.messages if m.role == "system" and m.text) or None
+
+    @property
+    def prompt(self) -> str:
+        """What the request asks: its last user (or tool) message; what the guard screens as the prompt."""
+        return next((m.text for m in reversed(self.messages) if m.role in ("user", "tool")), "")
+
+    @property
+    def image(self) -> Image | None:
+        """The conversation's most recent image (the one the guard sees)."""
+        return next((m.images[-1] for m in reversed(self.messages) if m.images), None)
+
+    def context(self) -> list[str]:
+        """The conversation's other texts, screened beside the prompt (the guard caches verdicts,
+        so a history screened in an earlier turn costs nothing again)."""
+        last = max((i for i, m in enumerate(self.messages) if m.role in ("user", "tool")), default=-1)
+        return [m.text for i, m in enumerate(self.messages) if i != last and m.text]
+
+    def request(self) -> GenerationRequest:
+        return GenerationRequest(prompt=self.prompt, system=self.system, schema=self.schema,
+                                 max_tokens=self.max_tokens, sampling=self.sampling,
+                                 messages=tuple(self.messages), stop=self.stop)
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+         "function": "tool", "ipython": "tool"}
+
+
+def conversation(turns: list[Turn]) -> list[Turn]:
+    """A client's messages, checked: known roles (OpenAI's developer is a system message, a
+    function's result a tool's), and something to answer."""
+    for i, t in enumerate(turns):
+        if t.role not in ROLES:
+            raise ApiError(400, f"message {i + 1} has role {t.role!r}; roles are system, user, assistant and tool")
+        t.role = ROLES[t.role]
+    if not any(t.role != "system" for t in turns):
         raise ApiError(400, "the request has no user message")
-    if any(t.role not in ("user", "assistant", "system", "developer") for t in turns):
-        role = next(t.role for t in turns if t.role not in ("user", "assistant", "system", "developer"))
-        raise ApiError(400, f"messages with role {role!r} are not supported (tools are not)")
-    if len(rest) > 1 or rest[0].role != "user":
-        raise ApiError(400, "this server answers one user message (with an optional system message) per request; "
-                            "send earlier turns in that message")
-    return system, rest[0].text, rest[0].images
+    return turns
+
+
+async def with_images(turns: list[Turn], one_image: bool,
+                      decode: Callable[[bytes, str], Awaitable[Image]]) -> list[Message]:
+    """The conversation with its images decoded by ``decode`` (server/bounds.py: off the event
+    loop, in turn, within the pixel budget and ceiling). A model that reads one image (Llama 3.2
+    Vision) sees the most recent one, as Ollama fed it, and refuses one message with more; the
+    earlier ones are never decoded. The others get every image, and the context says how many fit."""
+    if one_image:
+        crowded = next((i for i, t in enumerate(turns) if len(t.images) > 1), None)
+        if crowded is not None:
+            raise ApiError(400, f"message {crowded + 1} has {len(turns[crowded].images)} images: this model reads "
+                                "one image per message (send one image, or one message per image)")
+        last = max((i for i, t in enumerate(turns) if t.images), default=None)
+        turns = [Turn(t.role, t.text, t.images if i == last else []) for i, t in enumerate(turns)]
+    count = sum(len(t.images) for t in turns)
+    if count > MAX_IMAGES:  # each is decoded and held at the model's budget: thousands of small PNGs would not fit
+        raise ApiError(413, f"the conversation carries {count} images; this server reads at most {MAX_IMAGES} "
+                            "per request (leave earlier images out of the history)", code="request_too_large")
+    messages = []
+    for i, t in enumerate(turns):
+        images = [await decode(data, f"message {i + 1} image {j}") if isinstance(data, bytes) else data
+                  for j, data in enumerate(t.images, 1)]
+        messages.append(Message(t.role, t.text, tuple(images)))
+    return messages
+
+
+def stop_texts(value: Any, name: str) -> tuple[str, ...]:
+    """Texts that end the answer: one string or a list of them."""
+    if value is None:
+        return ()
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, f"{name} must be a string or a list of strings")
+    if len(texts) > MAX_STOPS:
+        raise ApiError(400, f"{name} has {len(texts)} texts; at most {MAX_STOPS} are taken")
+    return tuple(t for t in texts if t)
+
+
+def tool_choice(value: Any, model: str) -> None:
+    """``tools`` are accepted and the model answers in text: none of the served models' templates
+    call tools, so nothing is ever passed off as a tool call. A request that insists on a call
+    cannot be met, and says so."""
+    if value in (None, "none", "auto"):
+        return
+    if value == "required" or isinstance(value, dict):
+        raise ApiError(400, f"tool_choice {json.dumps(value)} cannot be met: {model} cannot call tools (it answers "
+                            "in text); send tool_choice \"auto\" or \"none\", or leave it out")
+    raise ApiError(400, "tool_choice must be \"none\", \"auto\", \"required\" or a function")
 
 
 def page_image(data: bytes, label: str, budget: int, ceiling: int | None = None) -> Image:

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -52,16 +52,22 @@ def connection_cap(wanted: int) -> int:
 
 
 class Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a header timeout and a cap on open connections."""
+    """uvicorn's HTTP/1.1 protocol with a header timeout and a cap on open connections. Each
+    connection it refuses or closes is said in the log (``log``), once a minute with a count,
+    as the requests' refusals are said in their access lines."""
 
     header_timeout = 10.0
     max_connections = 256
+    log: Callable[[str], None] = staticmethod(lambda _m: None)
+    _once: Once | None = None
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
             transport.write(FULL)
             transport.close()
+            self._note(f"refused a connection with 503: {self.max_connections} are open, the most allowed "
+                       "(--max-connections)")
             return
         super().connection_made(transport)
         self._arm()
@@ -100,6 +106,12 @@ class Protocol(H11Protocol):
         self._header_timer = None
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             self.transport.close()
+            self._note(f"closed a connection that sent no request within {self.header_timeout:g} s")
+
+    def _note(self, message: str) -> None:
+        record = logging.LogRecord("llamadoc.connections", logging.WARNING, __file__, 0, message, None, None)
+        if self._once is None or self._once.filter(record):
+            self.log(record.getMessage())
 
 
 class Server(uvicorn.Server):
@@ -130,10 +142,12 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def config(app: Any, options: ServeOptions) -> uvicorn.Config:
-    """uvicorn's settings for `llamadoc serve` (the tests' servers use them too)."""
+def config(app: Any, options: ServeOptions, log: Callable[[str], None] = lambda _m: None) -> uvicorn.Config:
+    """uvicorn's settings for `llamadoc serve` (the tests' servers use them too); ``log`` hears
+    of the connections refused or closed, once a minute."""
     cap = connection_cap(options.max_connections)
-    protocol = type("Protocol", (Protocol,), {"header_timeout": options.header_timeout, "max_connections": cap})
+    protocol = type("Protocol", (Protocol,), {"header_timeout": options.header_timeout, "max_connections": cap,
+                                              "log": staticmethod(log), "_once": Once()})
     return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=protocol,
                           timeout_keep_alive=max(1, round(options.idle_timeout)), timeout_graceful_shutdown=GRACE_S,
                           backlog=min(2048, cap))

@@ -17,9 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llamadoc import __version__, registry
+from llamadoc.engines.base import Message
 from llamadoc.errors import LlamadocError
+from llamadoc.server import accesslog
 from llamadoc.server.answer import POLL_S, Answer, complete, generate, primed
-from llamadoc.server.bounds import bounds, check_prompt, decode
+from llamadoc.server.bounds import bounds, decode_conversation
 from llamadoc.server.chat import (
     ANY_OBJECT,
     Chat,
@@ -27,13 +29,14 @@ from llamadoc.server.chat import (
     base64_image,
     checked_schema,
     conversation,
-    number,
+    integer,
     sampling,
+    stop_texts,
     token_budget,
 )
 from llamadoc.server.failures import ApiError
 from llamadoc.server.options import parse_duration
-from llamadoc.server.resident import Resident
+from llamadoc.server.resident import DEFAULT, KeepAlive, Resident
 from llamadoc.server.streams import Stream, json_body
 
 NDJSON = "application/x-ndjson"
@@ -50,43 +53,50 @@ def _stamp(seconds: float) -> str:
         return "9999-12-31T23:59:59Z"
 
 
-def _model(resident: Resident, body: dict[str, Any]) -> str:
+def _model(request: Request, resident: Resident, body: dict[str, Any]) -> str:
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "model is required")
+    accesslog.model(request, name)
     if not resident.serves(name):
         raise ApiError(404, f"model {name!r} not found: this server serves {resident.name}")
     return name
 
 
-def _keep_alive(resident: Resident, body: dict[str, Any]) -> None:
-    if body.get("keep_alive") is not None:
-        try:
-            resident.set_keep_alive(parse_duration(body["keep_alive"], "keep_alive"))
-        except LlamadocError as err:
-            raise ApiError(400, str(err)) from None
+def keep_alive(body: dict[str, Any]) -> KeepAlive:
+    """This request's keep_alive (Ollama's: a duration, seconds, or negative for good)."""
+    if body.get("keep_alive") is None:
+        return DEFAULT
+    try:
+        return parse_duration(body["keep_alive"], "keep_alive")
+    except LlamadocError as err:
+        raise ApiError(400, str(err)) from None
 
 
-async def _chat(resident: Resident, body: dict[str, Any], system: str | None, prompt: str,
-                images: list[bytes]) -> Chat:
+def _options(body: dict[str, Any]) -> dict[str, Any]:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "options must be an object")
-    if len(images) > 1:
-        raise ApiError(400, f"the model reads one image per request, not {len(images)}: send one request per page")
-    check_prompt(resident, prompt, system)
+    return options
+
+
+def _num_ctx(options: dict[str, Any]) -> int | None:
+    if options.get("num_ctx") is None:
+        return None
+    n = integer(options["num_ctx"], "num_ctx")
+    if n < 1:
+        raise ApiError(400, "num_ctx must be at least 1")
+    return n
+
+
+async def _chat(resident: Resident, body: dict[str, Any], turns: list[Turn]) -> Chat:
+    options = _options(body)
     fmt = body.get("format")
     schema = None if fmt in (None, "") else ANY_OBJECT if fmt == "json" else checked_schema(fmt, "format")
-    image = await decode(resident, images[0], "image 1") if images else None
-    if options.get("num_ctx") is not None:
-        engine = await to_thread.run_sync(resident.engine)
-        have = getattr(engine, "n_ctx", None)
-        if have is not None and number(options["num_ctx"], "num_ctx", 1, 1 << 24) > have:
-            raise ApiError(400, f"num_ctx {options['num_ctx']} is more than this server's context of {have} tokens",
-                           code=None) from None
-    return Chat(prompt=prompt, system=system, image=image, schema=schema,
+    return Chat(messages=await decode_conversation(resident, conversation(turns)), schema=schema,
                 max_tokens=token_budget(options.get("num_predict"), "num_predict", resident.options.max_tokens),
-                sampling=sampling(options.get("temperature"), options.get("top_p"), options.get("seed")))
+                sampling=sampling(options.get("temperature"), options.get("top_p"), options.get("seed")),
+                stop=stop_texts(options.get("stop"), "options.stop"))
 
 
 def _line(value: dict[str, Any]) -> bytes:
@@ -111,15 +121,23 @@ def _stats(answer: Answer) -> dict[str, Any]:
 
 async def _respond(request: Request, resident: Resident, name: str, chat: Chat, body: dict[str, Any],
                    key: str) -> Response:
-    """Answer as /api/chat (key "message") or /api/generate (key "response")."""
+    """Answer as /api/chat (key "message") or /api/generate (key "response", with the ``context``
+    that continues the conversation)."""
 
     def piece(text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}} if key == "message" else {"response": text}
 
-    stream = generate(resident, chat, request)
+    def last(answer: Answer) -> dict[str, Any]:
+        accesslog.tokens(request, answer.response)
+        if key == "message":
+            return _stats(answer)
+        said = Message("assistant", answer.response.text)
+        return {**_stats(answer), "context": encode_context(resident, [*chat.messages, said])}
+
+    stream = generate(resident, chat, request, keep_alive(body), _num_ctx(_options(body)))
     if body.get("stream", True) is False:
         answer = await complete(stream)
-        return JSONResponse({"model": name, "created_at": _now(), **piece(answer.response.text), **_stats(answer)})
+        return JSONResponse({"model": name, "created_at": _now(), **piece(answer.response.text), **last(answer)})
     first, rest = await primed(stream)
 
     async def lines() -> AsyncIterator[bytes]:
@@ -128,10 +146,11 @@ async def _respond(request: Request, resident: Resident, name: str, chat: Chat, 
             while not isinstance(item, Answer):
                 yield _line({"model": name, "created_at": _now(), **piece(item), "done": False})
                 item = await anext(rest)
-            yield _line({"model": name, "created_at": _now(), **piece(""), **_stats(item)})
+            yield _line({"model": name, "created_at": _now(), **piece(""), **last(item)})
         except StopAsyncIteration:  # the client went away
             return
         except (LlamadocError, ApiError) as err:  # the status has gone out: the error goes in the stream
+            accesslog.refused(request, str(err))
             yield _line({"error": str(err)})
 
     return Stream(lines(), rest, media_type=NDJSON)
@@ -140,13 +159,13 @@ async def _respond(request: Request, resident: Resident, name: str, chat: Chat, 
 async def chat(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     body = await json_body(request)
-    name = _model(resident, body)
-    _keep_alive(resident, body)
+    name = _model(request, resident, body)
     messages = body.get("messages") or []
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise ApiError(400, "messages must be a list of objects")
-    if body.get("tools"):
-        raise ApiError(400, "tools are not supported by this server")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise ApiError(400, "tools must be a list")  # accepted; the model answers in text (chat.tool_choice)
     if not messages:
         return await _load_or_unload(resident, name, body, "message")
     turns = []
@@ -157,20 +176,25 @@ async def chat(request: Request) -> Response:
         images = m.get("images") or []
         if not isinstance(images, list):
             raise ApiError(400, f"message {i}: images must be a list of base64 strings")
+        if not content and m.get("tool_calls"):  # another model's calls in the history: shown as what they were
+            content = json.dumps(m["tool_calls"])
         turns.append(Turn(str(m.get("role")), content, [base64_image(x, f"message {i} image {j}")
                                                          for j, x in enumerate(images, 1)]))
-    system, prompt, images = conversation(turns)
-    return await _respond(request, resident, name, await _chat(resident, body, system, prompt, images), body, "message")
+    accesslog.asked(request, body.get("stream", True) is not False, len(tools or []),
+                    sum(len(t.images) for t in turns), body.get("format") not in (None, ""))
+    return await _respond(request, resident, name, await _chat(resident, body, turns), body, "message")
 
 
 async def generate_route(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     body = await json_body(request)
-    name = _model(resident, body)
-    _keep_alive(resident, body)
-    for unsupported in ("raw", "suffix", "template"):
+    name = _model(request, resident, body)
+    for unsupported in ("suffix", "template"):
         if body.get(unsupported):
             raise ApiError(400, f"{unsupported} is not supported by this server")
+    if body.get("raw"):
+        raise ApiError(400, "raw prompts are not supported: this server renders every prompt with the model's "
+                            "chat template (send the text without raw)")
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
@@ -182,21 +206,54 @@ async def generate_route(request: Request) -> Response:
     system = body.get("system") or None
     if system is not None and not isinstance(system, str):
         raise ApiError(400, "system must be a string")
-    data = [base64_image(x, f"image {j}") for j, x in enumerate(images, 1)]
-    return await _respond(request, resident, name, await _chat(resident, body, system, prompt, data), body,
-                          "response")
+    turns = decode_context(resident, body.get("context"))
+    if system is not None:
+        turns = [t for t in turns if t.role != "system"]
+        turns.insert(0, Turn("system", system, []))
+    turns.append(Turn("user", prompt, [base64_image(x, f"image {j}") for j, x in enumerate(images, 1)]))
+    accesslog.asked(request, body.get("stream", True) is not False, 0, sum(len(t.images) for t in turns),
+                    body.get("format") not in (None, ""))
+    return await _respond(request, resident, name, await _chat(resident, body, turns), body, "response")
+
+
+def encode_context(resident: Resident, messages: list[Message]) -> list[int]:
+    """/api/generate's ``context``: the conversation so far, for the client to send back with its
+    next prompt. Ollama's are token ids; ours carry the turns themselves (their bytes, each an
+    int, so clients that treat it as opaque numbers keep working), and images by their hash,
+    which the server keeps for a while."""
+    turns = [[m.role, m.text, [resident.images.keep(img) for img in m.images]] for m in messages]
+    return list(json.dumps({"v": 1, "turns": turns}, separators=(",", ":")).encode())
+
+
+def decode_context(resident: Resident, value: Any) -> list[Turn]:
+    if value in (None, []):
+        return []
+    bad = ApiError(400, "context is not one this server gave (send back the context of its last answer)")
+    if not isinstance(value, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        raise bad
+    try:
+        data = json.loads(bytes(value))
+        turns = [Turn(str(role), str(text), [resident.images.recall(k) for k in keys])
+                 for role, text, keys in data["turns"]]
+    except KeyError:
+        raise ApiError(400, "context refers to an image this server no longer holds: send it again in images"
+                       ) from None
+    except (ValueError, TypeError, RecursionError):
+        raise bad from None
+    return turns
 
 
 async def _load_or_unload(resident: Resident, name: str, body: dict[str, Any], key: str) -> Response:
-    """An empty request loads the model, or with keep_alive 0 unloads it (Ollama's way)."""
+    """An empty request loads the model, or with keep_alive 0 unloads it (Ollama's way); either
+    way its keep_alive is the one in force after it."""
     empty = {"role": "assistant", "content": ""} if key == "message" else ""
-    if resident.keep_alive == 0:  # now, or as soon as the requests under way are done
-        await to_thread.run_sync(resident.unload_if_idle)
-        reason = "unload"
-    else:
-        with resident.use():
+    wanted = keep_alive(body)
+    with resident.use(wanted):
+        if wanted != 0:
             await to_thread.run_sync(resident.engine)
-        reason = "load"
+    if wanted == 0:  # now, or as soon as the requests under way are done
+        await to_thread.run_sync(resident.unload_if_idle)
+    reason = "unload" if wanted == 0 else "load"
     return JSONResponse({"model": name, "created_at": _now(), key: empty, "done_reason": reason, "done": True})
 
 
@@ -224,7 +281,7 @@ async def tags(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     resident: Resident = request.app.state.resident
-    _model(resident, await json_body(request))
+    _model(request, resident, await json_body(request))
     s = await to_thread.run_sync(resident.summary)
     r = resident.models.resolve()
     info: dict[str, Any] = {"general.architecture": s.architecture, "general.parameter_count": s.parameters}

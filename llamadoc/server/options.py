@@ -21,7 +21,7 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 def parse_duration(value: str | float | int, what: str = "--keep-alive") -> float | None:
     """Seconds from a duration as Ollama takes one ("5m", "1h30m", "30s", 300, "0"); None (never
     expire) for a negative one, as Ollama's -1."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UsageError(f"{what} {value!r} is not a duration")
     if isinstance(value, int | float):
         seconds = float(value)
@@ -36,7 +36,7 @@ def parse_duration(value: str | float | int, what: str = "--keep-alive") -> floa
             seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if not math.isfinite(seconds):
         raise UsageError(f"{what} {value!r} is not a duration")
-    if seconds > MAX_KEEP_ALIVE:
+    if seconds > MAX_KEEP_ALIVE:  # tighter than Ollama's 292 years (Go's time.Duration): a date must show it
         raise UsageError(f"{what} {value!r} is too long", hint="use -1 to keep the model loaded for good")
     return None if seconds < 0 else seconds
 

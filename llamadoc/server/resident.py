@@ -10,21 +10,30 @@ batcher's batches like any other request.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llamadoc import __version__, engines, registry
 from llamadoc.config import DEFAULT_MAX_PIXELS, Settings, load_settings
 from llamadoc.engines.base import VisionEngine
+from llamadoc.errors import UsageError
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.models.base import EngineNeeds, Models, ModelSettings
 from llamadoc.models.local import LocalModels
 from llamadoc.results import ModelInfo
 from llamadoc.server.batcher import BatchedEngine, Batcher
 from llamadoc.server.options import ServeOptions
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+DEFAULT: Final = "default"  # a request that gives no keep_alive: the server's --keep-alive
+KeepAlive = float | None | Literal["default"]  # seconds; None: for good
 
 
 class Resident:
@@ -38,8 +47,12 @@ class Resident:
         # Every request shares one engine, sized for the longest answer a request may ask.
         self.needs = EngineNeeds(max_tokens=options.max_tokens)
         self.batcher = Batcher(self.engine, options.max_queue)
-        self.keep_alive = options.keep_alive  # a request may change it, as Ollama's keep_alive does
+        self.keep_alive = options.keep_alive  # the latest request's, as Ollama's keep_alive
+        self.notify = notify
+        self.images = Kept()  # images that /api/generate's context names
         self._lock = threading.Lock()
+        self._reload = threading.Lock()
+        self._trained: int | None = None
         self._in_flight = 0
         self._last_used = time.monotonic()
 
@@ -63,6 +76,10 @@ class Resident:
 
     def serves(self, name: str) -> bool:
         return name in self.names()
+
+    def reads_one_image(self) -> bool:
+        """Llama 3.2 Vision reads one image a sequence; libmtmd's models read several."""
+        return self.models.resolve().engine == "mllama"
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -90,9 +107,15 @@ class Resident:
         return self.models.guard()
 
     @contextlib.contextmanager
-    def use(self) -> Iterator[None]:
-        """Around every request: the models stay while one runs, and keep_alive counts from its end."""
+    def use(self, keep_alive: KeepAlive = DEFAULT) -> Iterator[None]:
+        """Around every request: the models stay while one runs, and keep_alive counts from its end.
+
+        As Ollama applies it, the keep_alive in force is the latest request's own, or the server's
+        --keep-alive when it gives none: one client's keep_alive 0 unloads the models after its
+        request, and does not become every later request's.
+        """
         with self._lock:
+            self.keep_alive = self.options.keep_alive if keep_alive == DEFAULT else keep_alive
             self._in_flight += 1
         try:
             yield
@@ -101,10 +124,27 @@ class Resident:
                 self._in_flight -= 1
                 self._last_used = time.monotonic()
 
-    def set_keep_alive(self, seconds: float | None) -> None:
-        """A request's keep_alive: how long the models stay after it (None: for good)."""
-        with self._lock:
-            self.keep_alive = seconds
+    def ensure_context(self, n_ctx: int) -> None:
+        """A request's num_ctx: load the model again with that context when the loaded one is
+        smaller (as Ollama does), up to what the model was trained for."""
+        trained = self.trained_context()
+        if trained is not None and n_ctx > trained:
+            raise UsageError(f"num_ctx {n_ctx} is more than {self.name}'s trained context of {trained} tokens")
+        with self._reload:
+            have = getattr(self.engine(), "n_ctx", None)
+            if have is None or n_ctx <= have:
+                return
+            self.notify(f"loading {self.name} again with a context of {n_ctx} tokens (was {have})")
+            self.batcher.release()  # waits for the sequences under way; waiting requests stay queued
+            with self._lock:
+                self.models.reload_vision(ctx=n_ctx)
+            self.engine()
+
+    def trained_context(self) -> int | None:
+        """The context the model was trained for (its GGUF's context_length), if it says."""
+        if self._trained is None:
+            self._trained = self.summary().context or 0
+        return self._trained or None
 
     def expires_at(self) -> float | None:
         """Wall-clock time the models unload if nothing comes; None: never (or not loaded)."""
@@ -125,6 +165,8 @@ class Resident:
             return True
 
     def close(self) -> None:
+        """At shutdown: every generation stops at its next decoding step, then the models go."""
+        self.batcher.cancel_all()
         with self._lock:
             self._unload()
 
@@ -150,6 +192,33 @@ class Resident:
 
     def summary(self) -> registry.GgufSummary:
         return registry.gguf_summary(self.models.resolve().model_path)
+
+
+class Kept:
+    """The latest images of /api/generate's conversations, by hash: its ``context`` names them,
+    so a follow-up prompt without the image still asks about it. A few, by least recent use."""
+
+    def __init__(self, most: int = 8) -> None:
+        self.most = most
+        self._images: OrderedDict[str, Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, image: Image) -> str:
+        h = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=16)
+        h.update(image.tobytes())
+        key = h.hexdigest()
+        with self._lock:
+            self._images[key] = image
+            self._images.move_to_end(key)
+            while len(self._images) > self.most:
+                self._images.popitem(last=False)
+        return key
+
+    def recall(self, key: object) -> Image:
+        with self._lock:
+            image = self._images[str(key)]  # KeyError: no longer held
+            self._images.move_to_end(str(key))
+            return image
 
 
 class Batched:

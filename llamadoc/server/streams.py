@@ -19,12 +19,15 @@ PARSE_ON_LOOP = 256 << 10  # bytes: bigger bodies are parsed on a worker thread
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The body as a JSON object. Only as ``Content-Type: application/json``: a web page can POST
-    text/plain to any address without the browser asking the server first, never JSON. Strict
-    JSON (no NaN or Infinity) and valid Unicode (no lone surrogates), or a 4xx saying why."""
-    kind = request.headers.get("content-type", "")
-    if not JSON_TYPE.fullmatch(kind.strip()):
-        raise ApiError(415, f"send the request as JSON (Content-Type: application/json), not {kind or 'untyped'}",
+    """The body as a JSON object. Only as ``Content-Type: application/json``, or with no type at
+    all: a web page can POST text/plain or a form to any address without the browser asking the
+    server first, never JSON. A body with no type is read as JSON, as Ollama reads it, because
+    LiteLLM's Ollama provider sends its JSON so; a browser's POST without a type (fetch of a bare
+    ArrayBuffer) always carries an Origin, which server/access.py has checked by now. Strict JSON
+    (no NaN or Infinity) and valid Unicode (no lone surrogates), or a 4xx saying why."""
+    kind = request.headers.get("content-type", "").strip()
+    if kind and not JSON_TYPE.fullmatch(kind):
+        raise ApiError(415, f"send the request as JSON (Content-Type: application/json), not {kind}",
                        code="unsupported_media_type")
     raw = await request.body()
     body = _parse(raw) if len(raw) <= PARSE_ON_LOOP else await to_thread.run_sync(_parse, raw)

@@ -8,11 +8,13 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from llamadoc.engines.base import GenerationRequest, GenerationResponse, GuardOutput, JudgeRequest, LoadOptions
 from llamadoc.errors import UsageError
 
 from ..llamacpp import schema_grammar
+from ..textstream import cut_at_stop
 from . import ggml
 from .model import BatchItem, Completion, MllamaModel
 from .scheduler import Scheduler
@@ -45,23 +47,37 @@ class MllamaEngine:
         self.n_ctx = self.model.n_ctx
 
     def item(self, request: GenerationRequest) -> BatchItem:
-        if len(request.images) > self.max_images:
-            raise UsageError(f"the mllama engine reads one page image per request, not {len(request.images)}")
-        image = request.images[0] if request.images else None
-        ids = self.model.tokenizer.chat(request.prompt, request.system, image is not None)
+        image, ids = self.prompt(request)
         s = request.sampling
         return BatchItem(image, ids, schema_grammar(request.schema) if request.schema else None,
-                         request.max_tokens, s.temperature, s.top_p, s.seed)
+                         request.max_tokens, s.temperature, s.top_p, s.seed, request.stop)
+
+    def prompt(self, request: GenerationRequest) -> tuple[Image.Image | None, list[int]]:
+        """The image the model sees and the prompt's tokens. In a conversation that is the most
+        recent image, as Ollama fed Llama 3.2 Vision: the model reads one image per sequence."""
+        messages = request.conversation()
+        if any(len(m.images) > self.max_images for m in messages):
+            n = max(len(m.images) for m in messages)
+            raise UsageError(f"Llama 3.2 Vision reads one image per message, not {n}",
+                             hint="send one image per message")
+        system = "\n\n".join(m.text for m in messages if m.role == "system" and m.text) or None
+        turns = [m for m in messages if m.role != "system"]
+        image_at = max((i for i, m in enumerate(turns) if m.images), default=None)
+        image = turns[image_at].images[0] if image_at is not None else None
+        return image, self.model.tokenizer.dialog([(m.role, m.text) for m in turns], system, image_at)
 
     def response(self, c: Completion, elapsed_ms: float) -> GenerationResponse:
         piece = self.model.tokenizer.piece
         pieces = [(piece(t), lp) for t, lp in zip(c.tokens, c.logprobs, strict=False)]
+        if b"".join(p for p, _ in pieces) != c.text.encode("utf-8"):
+            pieces = []  # a stop text cut the answer: the tokens no longer spell it
         timings = {"model": round(elapsed_ms, 2)}
         # The model's "vision" is the protocol's "vision_encode", the name the pipeline records.
         timings.update({"vision_encode" if k == "vision" else k: round(v, 2) for k, v in c.timings_ms.items()
-                        if k != "decode_steps"})
+                        if k not in ("decode_steps", "prompt_reused")})
         return GenerationResponse(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=len(c.tokens),
-                                  finish_reason=c.finish_reason, timings_ms=timings, logprobs=pieces)
+                                  finish_reason=c.finish_reason, timings_ms=timings, logprobs=pieces,
+                                  prompt_reused=int(c.timings_ms.get("prompt_reused", 0)))
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
         return self.generate_batch([request])[0]
@@ -75,7 +91,12 @@ class MllamaEngine:
         started = time.perf_counter()
         out = self.model.generate_batch(items)
         elapsed = (time.perf_counter() - started) * 1000
-        return [self.response(c, elapsed) for c in out]
+        responses = [self.response(c, elapsed) for c in out]
+        for r, req in zip(responses, requests, strict=True):
+            if req.stop:  # the Scheduler stops at a stop text; a fixed batch cuts the answer after
+                r.text, found = cut_at_stop(r.text, req.stop)
+                r.finish_reason = "stop" if found else r.finish_reason
+        return responses
 
     def scheduler(self) -> Scheduler:
         """Continuous batching for a server: requests join the decoding batch at its next step."""

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from llamadoc.engines import llamacpp
-from llamadoc.errors import PageError, UsageError
+from llamadoc.errors import ContextFull, PageError, UsageError
 
 from . import ggml
 from .backend import (
@@ -77,6 +77,7 @@ class BatchItem:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # texts that end the answer (the Scheduler honours them)
 
 
 @dataclass
@@ -339,8 +340,8 @@ class MllamaModel:
         if bad:
             raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self.tokenizer.n_tokens - 1})")
         if len(prompt) >= self.n_ctx:
-            raise PageError(f"the prompt has {len(prompt)} tokens; the context holds {self.n_ctx}",
-                            hint="raise --ctx")
+            raise ContextFull(f"the prompt is {len(prompt)} tokens long but the context holds {self.n_ctx}",
+                              need=len(prompt) + 1, have=self.n_ctx, hint="raise --ctx")
 
     def logits(self, image: Image.Image | None, token_ids: Sequence[int]) -> np.ndarray:
         """Logits (n_tokens, n_vocab) at every position of one sequence, from an empty cache."""
@@ -473,30 +474,39 @@ class MllamaModel:
         self._self_cache(n_seq)
         self._cross_cache(n_seq)
 
-    def begin(self, row: int, image: Image.Image | None, prompt: Sequence[int]
+    def begin(self, row: int, image: Image.Image | None, prompt: Sequence[int], keep: int = 0
               ) -> tuple[_Seq, np.ndarray, dict[str, float], bool]:
         """Start a sequence in cache row ``row`` (its image's K/V in that row's working slot) and
         prefill its prompt alone: its state, the logits after the prompt, the time each part took,
-        and whether the image had to be encoded (False: it came from the image cache)."""
+        and whether the image had to be encoded (False: it came from the image cache).
+
+        ``keep``: the row's cache already holds the first ``keep`` prompt tokens (an earlier turn
+        of the same conversation, with the same image): only the rest is prefilled.
+        """
         self._check_prompt(prompt)
+        if not 0 <= keep < len(prompt):
+            raise UsageError(f"cannot keep {keep} of {len(prompt)} prompt tokens: at least one is prefilled")
         t0 = time.perf_counter()
-        seq, encoded = _Seq(row=row, slot=None), False
+        seq, encoded = _Seq(row=row, slot=None, n_past=keep), False
         if image is not None:
             slot = self._cross_cache(0).n_cached + row
-            seq = _Seq(row=row, slot=slot, has_image=True)
+            seq = _Seq(row=row, slot=slot, has_image=True, n_past=keep)
             encoded = self._work_slot(image, slot)
+            if self.tokenizer.image in prompt[:keep]:  # the image token is in the kept part: not seen again
+                seq.image_from = list(prompt).index(self.tokenizer.image)
         t1 = time.perf_counter()
-        logits = self._prefill(seq, prompt)[-1]
+        logits = self._prefill(seq, prompt[keep:])[-1]
         return seq, logits, {"vision": (t1 - t0) * 1e3, "prefill": (time.perf_counter() - t1) * 1e3}, encoded
 
-    def step(self, rows: Sequence[_Seq | None], tokens: Sequence[int]) -> np.ndarray:
+    def step(self, rows: Sequence[_Seq | None], tokens: Sequence[int], idle_at: Sequence[int] = ()) -> np.ndarray:
         """One decode step over cache rows 0..len(rows)-1, a token each: a free row (None) writes an
-        end token at its first position and its logits are ignored."""
+        end token at position ``idle_at[row]`` (default 0: where nothing is kept) and its logits
+        are ignored."""
         images = any(s is not None and s.has_image for s in rows)
         n_cached = self._cross.n_cached if self._cross is not None else 0
         seqs = []
         for i, s in enumerate(rows):
-            s = s or _Seq(row=i, slot=None)
+            s = s or _Seq(row=i, slot=None, n_past=idle_at[i] if i < len(idle_at) else 0)
             # The graph wants consecutive slots: rows without an image read their row's slot and
             # have the result zeroed, as in generate_batch.
             s.slot = n_cached + i if images else None

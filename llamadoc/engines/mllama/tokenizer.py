@@ -96,20 +96,33 @@ class Tokenizer:
         return [self.start_header, *self.encode(role), self.end_header, *self.encode("\n\n")]
 
     def chat(self, user: str, system: str | None = None, image: bool = False) -> list[int]:
-        """One user turn in the Llama 3.2 Vision chat format, ending with the assistant header.
+        """One user turn in the Llama 3.2 Vision chat format, ending with the assistant header."""
+        return self.dialog([("user", user)], system, 0 if image else None)
 
-        The model's template forbids a system turn beside an image; the system text then
-        opens the user turn after the image token instead of being dropped.
+    def dialog(self, turns: list[tuple[str, str]], system: str | None = None, image_at: int | None = None) -> list[int]:
+        """A conversation in the Llama 3.2 Vision chat format: (role, text) turns, the <|image|> token
+        opening turn ``image_at``, then the assistant header (or, when the last turn is the
+        assistant's, its text left open for the model to continue, as Ollama does).
+
+        The model's template forbids a system turn beside an image; the system text then opens
+        the first user turn (after the image token when that turn holds it) instead of being
+        dropped. A tool's result is the template's "ipython" turn.
         """
         ids = [self.bos]
-        if system and not image:
+        if system and image_at is None:
             ids += self.header("system") + self.encode(system) + [self.eot]
-        ids += self.header("user")
-        if image:
-            ids.append(self.image)
-            if system:
-                ids += self.encode(system + "\n\n")
-        ids += self.encode(user) + [self.eot] + self.header("assistant")
+            system = None
+        for i, (role, text) in enumerate(turns):
+            ids += self.header("ipython" if role == "tool" else role)
+            if i == image_at:
+                ids.append(self.image)
+            if system and role == "user":
+                text, system = system + "\n\n" + text, None
+            ids += self.encode(text)
+            if i < len(turns) - 1 or role != "assistant":
+                ids.append(self.eot)
+        if not turns or turns[-1][0] != "assistant":
+            ids += self.header("assistant")
         return ids
 
     def close(self) -> None:
