@@ -15,7 +15,7 @@ from enum import Enum
 from functools import cache
 from typing import Any, Union
 
-from llamadoc.results import DocumentResult
+from llamadoc.results import TRANSIENT, DocumentResult
 
 DERIVED = frozenset({"pages_read"})  # written for readers, recomputed on reading
 
@@ -25,19 +25,26 @@ class ForeignResult(Exception):
     Its own class, not ValueError: a bug that raises ValueError must not pass for a cache miss."""
 
 
+def _kept(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields a result document holds: all but the stages' hand-overs (TRANSIENT)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get(TRANSIENT)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in _kept(type(value))}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def to_dict(doc: DocumentResult) -> dict[str, Any]:
     """The versioned result document; the key order is the one users read."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Enum):
-            return value.value
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-
-    body = plain(dataclasses.asdict(doc))
+    body = _plain(doc)
     body["pages_read"] = doc.pages_read
     order = ["schema_version", "source", "sha256", "task", "status", "errors", "warnings", "page_count", "pages_read"]
     return {k: body[k] for k in order} | {k: v for k, v in body.items() if k not in order}
@@ -100,7 +107,7 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
 def _record(cls: type, value: Any, where: str) -> Any:
     if not isinstance(value, dict):
         raise ForeignResult(f"{where}: not an object")
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    names = {f.name for f in _kept(cls) if f.init}
     given = set(value) - DERIVED
     if given != names:
         extra, missing = sorted(given - names), sorted(names - given)

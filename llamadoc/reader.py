@@ -26,6 +26,7 @@ from llamadoc.batch.pipeline import Pipeline, recorded_options
 from llamadoc.config import Settings, load_settings
 from llamadoc.engines.base import Sampling
 from llamadoc.errors import UsageError, WriteFailed
+from llamadoc.evidence.duplicates import Duplicates, mark
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.inputs.raster import RasterOptions
 from llamadoc.inputs.sources import Shard, Source, collect, unpack
@@ -207,20 +208,31 @@ class Reader:
             if swept is not None:
                 swept.sweep()
         events.on_start(len(sources))
+        duplicates = Duplicates()  # the same invoice twice, even in other bytes
         with Claims(output.state / "locks" if output.state is not None else None) as claims:
             run = runner or self.run
             for doc in run(task, sources, options, force=force, store=store, claim=claims.claim,
                            on_page=events.on_page):
+                earlier = duplicates.add(doc)
+                for first in earlier:
+                    mark(doc, first.source)
+                    mark(first, doc.source)
                 written = None
                 problems = report.problems(doc)
                 if writer is not None:
-                    try:
-                        written = writer.write(doc)
-                    except WriteFailed as err:
-                        report.add_write_failure(doc, str(err))
-                        problems.append(f"{doc.source}: {err}")
+                    for one in (doc, *earlier):  # an earlier one's file is rewritten: it has a twin now
+                        try:
+                            path = writer.write(one)
+                        except WriteFailed as err:
+                            report.add_write_failure(one, str(err))
+                            problems.append(f"{one.source}: {err}")
+                            continue
+                        written = path if one is doc else written
                 claims.release(doc.sha256)
                 report.add(doc)
+                for first in earlier:
+                    report.add_duplicate(first, doc)
+                    problems.append(f"{doc.source}: the same invoice as {first.source}")
                 events.on_document(doc, written, problems)
         for line in self._store_notes(store):
             report.notes.append(line)

@@ -76,8 +76,11 @@ def test_extract_merges_fields_across_pages(tmp_path: Path) -> None:
     answers = {1: '{"id": "A-1", "total": null}', 2: '{"id": null, "total": 12.5}'}
     [doc] = run(ScriptedEngine(lambda req, n: answers[n]), Extract(schema=schema), pdf)
     assert doc.fields == {"id": "A-1", "total": 12.5} and doc.field_pages == {"id": 1, "total": 2}
-    assert [(c.name, c.status) for c in doc.checks] == [
-        ("schema", "pass"), ("grounding:id", "pass"), ("grounding:total", "pass")]  # both are printed
+    assert [(c.name, c.status) for c in doc.checks] == [("schema", "pass")]
+    # Each value carries its own checks: both are printed, each on its own page.
+    assert [(c.name, c.status) for v in doc.values for c in v.checks] == [
+        ("grounding:id", "pass"), ("grounding:total", "pass"), ("amount:total", "pass")]
+    assert [v.evidence.page for v in doc.values] == [1, 2]
 
 
 def test_failures_are_data_and_the_batch_goes_on(tmp_path: Path) -> None:

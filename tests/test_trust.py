@@ -67,7 +67,7 @@ def test_extraction_is_grounded_and_added_up(tmp_path: Path) -> None:
         2: invoice_record(net_total=100.0, tax_total=20.0, gross_total=121.0),  # 121 is not on the page
     }
     result = run(ScriptedEngine(lambda req, n: answers[n]), invoice_task(), pdf)
-    checks = {c.name: c for c in result.checks}
+    checks = {c.name: c for c in result.checks} | {c.name: c for v in result.values for c in v.checks}
     assert checks["grounding:invoice_number"].status == "pass" and checks["grounding:invoice_number"].data["page"] == 1
     assert checks["grounding:issue_date"].status == "pass"  # 03.08.2014 on the page
     assert checks["grounding:net_total"].status == "pass"
@@ -144,4 +144,5 @@ def test_fail_on_ungrounded_through_the_cli(run_cli: Any, model_args: list[str],
     strict = run_cli(*args, "--fail-on", "failed,ungrounded", "--force")
     assert strict.exit_code == 1
     doc = json.loads(strict.stdout)
-    assert {c["name"]: c["status"] for c in doc["checks"]}["grounding:invoice_number"] == "fail"
+    value_checks = {c["name"]: c["status"] for v in doc["values"] for c in v["checks"]}
+    assert value_checks["grounding:invoice_number"] == "fail"

@@ -462,6 +462,9 @@ def _new_page(ready: PageReady) -> PageResult:
     result.timings_ms["raster"] = round(ready.raster_ms, 2)
     if ready.guard_in:
         result.timings_ms["guard_in"] = round(ready.guard_ms, 2)
+    if page.words is not None:  # for the task's evidence; "ocr" when they had to be read off the image
+        result.words, result.words_source = page.words, page.words.source
+        result.timings_ms["ocr" if page.words.source == "ocr" else "words"] = round(page.words_ms, 2)
     return result
 
 
@@ -472,7 +475,9 @@ def skipped_page(item: PageSkipped) -> PageResult:
 
 
 def _record(result: PageResult, response: GenerationResponse) -> None:
-    """Add a model call's tokens and time to the page (a re-ask adds to the first)."""
+    """Add a model call's tokens and time to the page (a re-ask adds to the first, and its token
+    probabilities replace the first's: they belong to the answer kept)."""
+    result.logprobs = response.logprobs
     for kind, value in (("prompt", response.prompt_tokens), ("completion", response.completion_tokens)):
         result.tokens[kind] = result.tokens.get(kind, 0) + value
     for name in ("model", *ENGINE_TIMINGS):

@@ -20,6 +20,7 @@ from typing import Any
 from llamadoc.errors import DocumentError
 from llamadoc.evidence.quality import is_blank
 from llamadoc.guard import Guard
+from llamadoc.inputs import ocr
 from llamadoc.inputs.raster import Document, RasterOptions, open_document
 from llamadoc.inputs.sources import Source
 from llamadoc.results import DocumentResult, Page, Verdict
@@ -147,14 +148,14 @@ class Preparer:
                 yield DocStart(source, sha256, doc.page_count, plan)
                 for index in [] if plan.answered else indices:
                     if index not in plan.skipped:
-                        yield self._page(doc, index)
+                        yield self._page(doc, index, plan)
                 yield DOC_END
         except OSError as err:
             yield DocFailed(source, sha256, f"cannot read {source.label}: {err.strerror or err}")
         except DocumentError as err:
             yield DocFailed(source, sha256, str(err))
 
-    def _page(self, doc: Document, index: int) -> PageReady | PageSkipped:
+    def _page(self, doc: Document, index: int, plan: Plan) -> PageReady | PageSkipped:
         started = time.perf_counter()
         try:
             page = next(doc.pages([index]))
@@ -163,6 +164,8 @@ class Preparer:
         if page.text is None and is_blank(page.image):
             return PageSkipped(index, reason="blank page")  # models invent text for blank pages
         raster_ms = (time.perf_counter() - started) * 1000
+        if plan.words:
+            self._words(doc, page, plan)
         if self.guard is None:
             return PageReady(page, raster_ms)
         if not self._guard_checked:  # once, before the first page: a prompt that can never fit stops the run
@@ -173,6 +176,22 @@ class Preparer:
         started = time.perf_counter()
         verdicts = self.guard.check_input(self.task.prompt(doc.page_count), page)
         return PageReady(page, raster_ms, verdicts, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _words(doc: Document, page: Page, plan: Plan) -> None:
+        """The page's word boxes: its text layer's, else OCR's (here, ahead of the model)."""
+        started = time.perf_counter()
+        try:
+            page.words = doc.words(page.index)
+            if page.words is None and page.text is None:
+                why_not = ocr.unavailable()
+                if why_not is None:
+                    page.words = doc.read_words(page.index)
+                elif why_not not in plan.notes:
+                    plan.notes.append(f"no word boxes for pages without a text layer: {why_not}")
+        except (DocumentError, RuntimeError) as err:  # MuPDF's and Tesseract's complaints
+            plan.notes.append(f"page {page.index}: no word boxes ({err})")
+        page.words_ms = (time.perf_counter() - started) * 1000
 
 
 @dataclass

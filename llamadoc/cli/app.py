@@ -27,6 +27,7 @@ from llamadoc.cli.documents import (
     describe,
     extract,
 )
+from llamadoc.cli.export import export
 from llamadoc.cli.models import doctor, models_app
 from llamadoc.errors import ExitCode
 
@@ -54,6 +55,7 @@ def root(
 app.command(epilog=EXIT_CODES)(ask)
 app.command(epilog=EXIT_CODES)(describe)
 app.command(epilog=EXIT_CODES)(extract)
+app.command()(export)
 
 
 @app.command()

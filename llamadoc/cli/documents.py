@@ -65,8 +65,8 @@ IncludeBody = Annotated[bool, typer.Option("--include-body", help="An e-mail's o
 Force = Annotated[bool, typer.Option("--force", help="Redo documents an earlier run already finished.")]
 Shard = Annotated[str | None, typer.Option("--shard", help="Process the i-th of n slices of the batch, e.g. 2/4.")]
 FailOn = Annotated[str | None, typer.Option(
-    "--fail-on", help="Outcomes that make the exit code non-zero: failed,blocked,ungrounded,check-failed "
-    "(default failed,blocked).")]
+    "--fail-on", help="Outcomes that make the exit code non-zero: failed,blocked,ungrounded,check-failed,"
+    "needs-review,duplicate (default failed,blocked).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or per-document messages.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 # One option whose value says where, since an option cannot take an optional value: `--ray local` mirrors Ray's `auto`.
@@ -276,10 +276,13 @@ def extract(
     embedded: Annotated[str, typer.Option(
         "--embedded", help="A PDF's Factur-X/ZUGFeRD/XRechnung data: prefer it (no model), compare, or ignore.")
     ] = "prefer",
+    review_below: Annotated[float, typer.Option(
+        "--review-below", help="A value less confident than this (0-1) puts its document up for review.")] = 0.8,
     *,
     o: DocumentOptions,
 ) -> None:
-    """Extract fields as JSON, decoding constrained by a JSON Schema and validated after."""
+    """Extract fields as JSON, decoding constrained by a JSON Schema and validated after; each value
+    with where the page prints it, a confidence and its checks."""
     from llamadoc.tasks import Extract
 
-    run(lambda: Extract.from_file(schema, embedded=embedded), o)
+    run(lambda: Extract.from_file(schema, embedded=embedded, review_below=review_below), o)

@@ -55,6 +55,10 @@ class GenerationResponse:
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Per completion token: its bytes (they make up ``text``) and the natural log of the probability
+    # the model gave it, over the whole vocabulary at temperature 1, before a grammar narrowed the
+    # choice. Empty when the engine cannot say.
+    logprobs: list[tuple[bytes, float]] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -64,6 +64,45 @@ def projector_geometry(mmproj_path: str) -> Geometry:
     )
 
 
+class TokenChances:
+    """The model's log probability of each token llama-cpp-python picks, read through its
+    logits-processor hook (which sees each step's logits over the whole vocabulary before
+    any grammar): the token picked at one step is the last input of the next, so each row
+    waits one step for its token. ``logits_all`` (llama-cpp-python's own logprobs) would
+    keep the logits of every prompt token too: gigabytes for a page image."""
+
+    def __init__(self) -> None:
+        self.picked: list[tuple[int, float]] = []
+        self._row: Any = None  # the last step's logits, until its token is known
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self._settle(int(input_ids[-1]))
+        self._row = scores.copy()
+        return scores
+
+    def _settle(self, token: int) -> None:
+        if self._row is not None:
+            import numpy as np
+
+            top = float(self._row.max())
+            self.picked.append((token, float(self._row[token]) - top - float(np.log(np.exp(self._row - top).sum()))))
+            self._row = None
+
+    def pieces(self, llm: Any, text: str) -> list[tuple[bytes, float]]:
+        """(bytes, log probability) of the completion's tokens; the last one picked (never fed
+        back) is found by tokenising what the known tokens leave of ``text``."""
+        out = [(llm.detokenize([t]), lp) for t, lp in self.picked]
+        rest = text.encode("utf-8")[sum(len(piece) for piece, _ in out):]
+        if self._row is not None and rest:
+            last = llm.tokenize(rest, add_bos=False, special=False)
+            if len(last) == 1:
+                self._settle(last[0])
+                out.append((rest, self.picked[-1][1]))
+        if b"".join(piece for piece, _ in out) != text.encode("utf-8"):
+            return []  # the tokens do not spell the text (a stop string cut it): no per-value probabilities
+        return out
+
+
 def _data_uri_handler() -> type:
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
@@ -149,6 +188,7 @@ class MtmdEngine:
         import llama_cpp  # loaded already: the engine's model is a llama_cpp.Llama
 
         llama_cpp.llama_perf_context_reset(self._llm.ctx)  # llama.cpp's own prefill/decode clocks
+        chances = TokenChances()
         started = time.perf_counter()
         try:
             out = self._llm.create_chat_completion(
@@ -161,6 +201,7 @@ class MtmdEngine:
                 repeat_penalty=1.0,  # a penalty would alter faithful copies of repeated figures
                 seed=request.sampling.seed,
                 response_format=response_format,
+                logits_processor=llama_cpp.LogitsProcessorList([chances]),
             )
         except ValueError as err:
             message = str(err)
@@ -174,14 +215,16 @@ class MtmdEngine:
         perf = llama_cpp.llama_perf_context(self._llm.ctx)
         choice = out["choices"][0]
         usage = out.get("usage", {})
+        text = choice["message"]["content"] or ""
         return GenerationResponse(
-            text=choice["message"]["content"] or "",
+            text=text,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
             finish_reason=choice.get("finish_reason") or "stop",
             # prefill includes the image's embeddings; libmtmd does not time its encoder.
             timings_ms={"model": round(elapsed, 2), "prefill": round(perf.t_p_eval_ms, 2),
                         "decode": round(perf.t_eval_ms, 2)},
+            logprobs=chances.pieces(self._llm, text),
         )
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResponse]:

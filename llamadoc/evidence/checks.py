@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from llamadoc.results import Check
+from llamadoc.results import Check, PageWords, Word
 
 # Longer strings are free text (notes, long descriptions) that a model rightly rewraps or
 # abridges; checking them against the page would only produce noise.
@@ -194,66 +193,6 @@ _CURRENCY_MARKS = {
 }
 
 
-# -- pages --------------------------------------------------------------------------------------
-
-@dataclass
-class _PageText:
-    """One page's text layer, prepared once for every value searched in it."""
-
-    flat: str  # folded, whitespace collapsed: names and ids may wrap across lines
-    compact: str  # ``flat`` without spaces: ids printed in groups (DE 232 446 240)
-    positions: list[int]  # index in ``flat`` of each character of ``compact``
-    numbers: set[Decimal]
-    dates: set[date]
-
-    @classmethod
-    def of(cls, text: str) -> _PageText:
-        lines = [_fold_line(line) for line in text.splitlines()]
-        flat = " ".join(" ".join(lines).split())
-        positions = [i for i, c in enumerate(flat) if c != " "]
-        numbers: set[Decimal] = set()
-        dates: set[date] = set()
-        for line in lines:
-            line = " ".join(line.split())
-            numbers |= _numbers_in(line)
-            dates |= _dates_in(line)
-        return cls(flat, flat.replace(" ", ""), positions, numbers, dates)
-
-    def has_text(self, needle: str) -> bool:
-        """``needle`` (folded) as whole words, spaced as on the page or with spaces ignored."""
-        if not needle:
-            return False
-        left = r"(?<!\w)" if _word_char(needle[0]) else ""
-        right = r"(?!\w)" if _word_char(needle[-1]) else ""
-        if re.search(left + re.escape(needle) + right, self.flat):
-            return True
-        compact = needle.replace(" ", "")
-        start = self.compact.find(compact)
-        while start != -1:
-            first, last = self.positions[start], self.positions[start + len(compact) - 1]
-            if not (left and first > 0 and _word_char(self.flat[first - 1])) and not (
-                    right and last + 1 < len(self.flat) and _word_char(self.flat[last + 1])):
-                return True
-            start = self.compact.find(compact, start + 1)
-        return False
-
-
-def _found(kind: str, value: Any, page: _PageText) -> bool:
-    if kind == "number":
-        return bool(_as_numbers(value) & page.numbers)
-    if kind == "date":
-        return bool(_dates_in(_fold(value)) & page.dates)
-    if kind == "currency":
-        marks = (value.casefold(), *_CURRENCY_MARKS.get(value.upper(), ()))
-        return any(page.has_text(_fold(mark)) for mark in marks)
-    folded = _fold(value)
-    if page.has_text(folded):
-        return True
-    # A multi-line value (an address) may be printed with its parts in other line breaks.
-    parts = [_fold(p) for p in re.split(r"[,;\n]", value) if p.strip()]
-    return len(parts) > 1 and all(page.has_text(p) for p in parts)
-
-
 # -- the shape of the record --------------------------------------------------------------------
 
 def _leaves(value: Any, keys: tuple[Key, ...] = ()) -> Iterator[tuple[tuple[Key, ...], Any]]:
@@ -328,13 +267,17 @@ def ground(
     schema: dict[str, Any] | None = None,
 ) -> list[Check]:
     """One check per value that should be printed on the page (ids, amounts, dates, names):
-    ``pass`` when the text layer shows it, ``fail`` when it does not, ``unknown`` when the
-    page it may come from has no text layer. The field's own page is searched first
-    (``field_pages``, from merge_fields), then the others; ``schema`` tells dates,
-    currencies and numbers written as strings apart from other text.
+    ``pass`` when the text shows it, ``fail`` when it does not, ``unknown`` when the page it
+    may come from has no text. The field's own page is searched first (``field_pages``, from
+    merge_fields), then the others; ``schema`` tells dates, currencies and numbers written as
+    strings apart from other text. The matching is evidence/locate.py's, over the text's
+    words without their boxes: for text a caller has without a PDF's word boxes.
     """
-    pages = {i: _PageText.of(text) for i, text in sorted(page_texts.items()) if text and text.strip()}
+    from llamadoc.evidence.locate import Locator  # it builds on this module's normalisation
+
+    pages = {i: _words_of(i, text) for i, text in sorted(page_texts.items()) if text and text.strip()}
     blind = sorted(i for i, text in page_texts.items() if not (text and text.strip()))
+    locator = Locator(pages)
     checks = []
     for keys, value in _leaves(fields):
         kind = _kind(keys, value, _subschema(schema, keys))
@@ -342,25 +285,27 @@ def ground(
             continue
         # Lists are joined from several pages, so only a list's first page is known.
         origin = (field_pages or {}).get(str(keys[0])) if not any(isinstance(k, int) for k in keys) else None
-        checks.append(_ground_value(_path(keys), value, kind, pages, blind, origin))
+        name, shown = f"grounding:{_path(keys)}", f"{value!r}"
+        evidence, _ = locator.find(value, kind, keys, origin=origin)
+        if evidence.page is not None:
+            checks.append(Check(name, "pass", f"{shown} is on page {evidence.page}",
+                                {"value": value, "page": evidence.page, "state": "grounded"}))
+        elif origin in blind or (origin not in pages and blind) or not pages:
+            where = [origin] if origin in blind else blind
+            why = f"{_pages(where)} {'has' if len(where) == 1 else 'have'} no text layer" if where else "no page text"
+            checks.append(Check(name, "unknown", f"{shown} cannot be looked for: {why}",
+                                {"value": value, "page": origin, "state": "unknown"}))
+        else:
+            checks.append(Check(name, "fail", f"{shown} is not in the text layer of {_pages(sorted(pages))}",
+                                {"value": value, "page": origin, "state": "ungrounded"}))
     return checks
 
 
-def _ground_value(path: str, value: Any, kind: str, pages: dict[int, _PageText], blind: list[int],
-                  origin: int | None) -> Check:
-    order = sorted(pages, key=lambda i: i != origin)
-    name, shown = f"grounding:{path}", f"{value!r}"
-    for index in order:
-        if _found(kind, value, pages[index]):
-            return Check(name, "pass", f"{shown} is on page {index}",
-                         {"value": value, "page": index, "state": "grounded"})
-    if origin in blind or (origin not in pages and blind) or not pages:
-        where = [origin] if origin in blind else blind
-        why = f"{_pages(where)} {'has' if len(where) == 1 else 'have'} no text layer" if where else "no page text"
-        return Check(name, "unknown", f"{shown} cannot be looked for: {why}",
-                     {"value": value, "page": origin, "state": "unknown"})
-    return Check(name, "fail", f"{shown} is not in the text layer of {_pages(sorted(pages))}",
-                 {"value": value, "page": origin, "state": "ungrounded"})
+def _words_of(index: int, text: str) -> PageWords:
+    """A page's text as words, one printed line per line (their boxes count characters)."""
+    words = [Word(m.group(), m.start(), n, m.end(), n + 1, n)
+             for n, line in enumerate(text.splitlines()) for m in re.finditer(r"\S+", line)]
+    return PageWords(index, max((w.x1 for w in words), default=1), len(text.splitlines()) or 1, "text", tuple(words))
 
 
 def _pages(indices: list[int]) -> str:

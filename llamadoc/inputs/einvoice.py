@@ -56,6 +56,7 @@ _CII_NAMES = {
         "line_summation": "SpecifiedTradeSettlementMonetarySummation",
     },
 }
+_CII_PAYMENT = "SpecifiedTradeSettlementPaymentMeans"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class EInvoice:
     due_payable: str | None
     lines: tuple[Line, ...] = ()
     name: str = ""  # the attachment it came from
+    iban: str | None = None  # the payee's account (BT-84), when paid by credit transfer
+    bic: str | None = None  # its bank (BT-86)
 
     @property
     def line_count(self) -> int:
@@ -108,7 +111,8 @@ class EInvoice:
     def to_fields(self) -> dict[str, Any]:
         """The record in the shape of examples/invoice.yaml.
 
-        Amounts become floats, not Decimal or strings: the record must validate against a
+        ``iban`` and ``bic`` are there only when the invoice names an account (the
+        schema does not require them). Amounts become floats, not Decimal or strings: the record must validate against a
         schema that says ``number`` and be comparable with a model's JSON, and a float's
         shortest repr gives back the XML's decimal exactly for any amount of up to 15
         significant digits (trailing zeros aside). The exact strings stay on the EInvoice.
@@ -135,7 +139,7 @@ class EInvoice:
             "net_total": _number(self.tax_basis_total or self.line_total),
             "tax_total": _number(self.tax_total),
             "gross_total": _number(self.grand_total),
-        }
+        } | {key: value for key, value in (("iban", self.iban), ("bic", self.bic)) if value}
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ def _parse_cii(root: ET.Element, names: dict[str, str], name: str) -> EInvoice:
         due_payable=_text(summation, "DuePayableAmount"),
         lines=tuple(_cii_line(line, names) for line in lines),
         name=name,
+        iban=_compact(_text(settlement, f"{_CII_PAYMENT}/PayeePartyCreditorFinancialAccount/IBANID")),
+        bic=_text(settlement, f"{_CII_PAYMENT}/PayeeSpecifiedCreditorFinancialInstitution/BICID"),
     )
 
 
@@ -381,6 +387,8 @@ def _parse_ubl(root: ET.Element, kind: str, name: str) -> EInvoice:
         due_payable=_text(total, "PayableAmount"),
         lines=tuple(_ubl_line(line, quantity_tag) for line in root.findall(line_tag)),
         name=name,
+        iban=_compact(_text(root, "PaymentMeans/PayeeFinancialAccount/ID")),
+        bic=_text(root, "PaymentMeans/PayeeFinancialAccount/FinancialInstitutionBranch/ID"),
     )
 
 
@@ -416,6 +424,11 @@ def _ubl_address(party: ET.Element | None) -> str | None:
     return _join([*parts, city, _text(address, "Country/IdentificationCode")])
 
 
+def _compact(iban: str | None) -> str | None:
+    """An IBAN without the spaces some senders group it with."""
+    return iban.replace(" ", "") if iban else None
+
+
 def _join(parts: list[str | None]) -> str | None:
     kept = [p for p in parts if p]
     return ", ".join(kept) or None
@@ -449,3 +462,84 @@ def _decimal(value: str | None) -> Decimal | None:
 def _number(value: str | None) -> float | None:
     exact = _decimal(value)
     return float(exact) if exact is not None and exact.is_finite() else None
+
+
+def field_paths(invoice: EInvoice) -> dict[str, str]:
+    """Where each value of ``invoice.to_fields()`` stands in the XML, by the same paths as the
+    record's leaves (``seller.vat_id``, ``line_items[2].amount``): XPath with local names,
+    lines counted from 1 as XPath does. A value read from one of two places names both."""
+    if invoice.xml_root in _CII_NAMES:
+        return _cii_paths(invoice, _CII_NAMES[invoice.xml_root])
+    return _ubl_paths(invoice)
+
+
+def _kept_lines(invoice: EInvoice) -> list[int]:
+    """The 1-based positions of the lines to_fields keeps (not the note-only ones)."""
+    return [n for n, line in enumerate(invoice.lines, 1)
+            if (line.description, line.quantity, line.unit_price, line.amount) != (None, None, None, None)]
+
+
+def _cii_paths(invoice: EInvoice, names: dict[str, str]) -> dict[str, str]:
+    root = f"/{invoice.xml_root}"
+    doc = f"{root}/{names['document']}"
+    trade = f"{root}/{names['transaction']}"
+    agreement, settlement = f"{trade}/{names['agreement']}", f"{trade}/{names['settlement']}"
+    summation = f"{settlement}/{names['summation']}"
+    paths = {
+        "invoice_number": f"{doc}/ID",
+        "issue_date": f"{doc}/IssueDateTime/DateTimeString",
+        "due_date": f"{settlement}/SpecifiedTradePaymentTerms/DueDateDateTime/DateTimeString",
+        "currency": f"{settlement}/InvoiceCurrencyCode",
+        "net_total": f"{summation}/{'TaxBasisTotalAmount' if invoice.tax_basis_total else 'LineTotalAmount'}",
+        "tax_total": f"{summation}/TaxTotalAmount",
+        "gross_total": f"{summation}/GrandTotalAmount",
+        "iban": f"{settlement}/{_CII_PAYMENT}/PayeePartyCreditorFinancialAccount/IBANID",
+        "bic": f"{settlement}/{_CII_PAYMENT}/PayeeSpecifiedCreditorFinancialInstitution/BICID",
+    }
+    for role, party, vat in (("seller", "SellerTradeParty", invoice.seller_vat_id),
+                             ("buyer", "BuyerTradeParty", invoice.buyer_vat_id)):
+        scheme = "VA" if vat or role == "buyer" else "FC"
+        paths |= {f"{role}.name": f"{agreement}/{party}/Name",
+                  f"{role}.address": f"{agreement}/{party}/PostalTradeAddress",
+                  f"{role}.vat_id": f"{agreement}/{party}/SpecifiedTaxRegistration/ID[@schemeID='{scheme}']"}
+    for i, n in enumerate(_kept_lines(invoice)):
+        line = f"{trade}/IncludedSupplyChainTradeLineItem[{n}]"
+        paths |= {
+            f"line_items[{i}].description": f"{line}/SpecifiedTradeProduct/Name",
+            f"line_items[{i}].quantity": f"{line}/{names['line_delivery']}/BilledQuantity",
+            f"line_items[{i}].unit_price": f"{line}/{names['line_agreement']}/NetPriceProductTradePrice/ChargeAmount",
+            f"line_items[{i}].amount":
+                f"{line}/{names['line_settlement']}/{names['line_summation']}/LineTotalAmount",
+        }
+    return paths
+
+
+def _ubl_paths(invoice: EInvoice) -> dict[str, str]:
+    kind = invoice.xml_root
+    root = f"/{kind}"
+    total = f"{root}/LegalMonetaryTotal"
+    paths = {
+        "invoice_number": f"{root}/ID",
+        "issue_date": f"{root}/IssueDate",
+        "due_date": f"{root}/DueDate | {root}/PaymentMeans/PaymentDueDate",
+        "currency": f"{root}/DocumentCurrencyCode",
+        "net_total": f"{total}/{'TaxExclusiveAmount' if invoice.tax_basis_total else 'LineExtensionAmount'}",
+        "tax_total": f"{root}/TaxTotal/TaxAmount",
+        "gross_total": f"{total}/TaxInclusiveAmount",
+        "iban": f"{root}/PaymentMeans/PayeeFinancialAccount/ID",
+        "bic": f"{root}/PaymentMeans/PayeeFinancialAccount/FinancialInstitutionBranch/ID",
+    }
+    for role, party in (("seller", "AccountingSupplierParty"), ("buyer", "AccountingCustomerParty")):
+        base = f"{root}/{party}/Party"
+        paths |= {f"{role}.name": f"{base}/PartyLegalEntity/RegistrationName | {base}/PartyName/Name",
+                  f"{role}.address": f"{base}/PostalAddress",
+                  f"{role}.vat_id": f"{base}/PartyTaxScheme/CompanyID"}
+    line_tag, quantity_tag = ("InvoiceLine", "InvoicedQuantity") if kind == "Invoice" else (
+        "CreditNoteLine", "CreditedQuantity")
+    for i, n in enumerate(_kept_lines(invoice)):
+        line = f"{root}/{line_tag}[{n}]"
+        paths |= {f"line_items[{i}].description": f"{line}/Item/Name",
+                  f"line_items[{i}].quantity": f"{line}/{quantity_tag}",
+                  f"line_items[{i}].unit_price": f"{line}/Price/PriceAmount",
+                  f"line_items[{i}].amount": f"{line}/LineExtensionAmount"}
+    return paths

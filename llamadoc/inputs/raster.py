@@ -25,11 +25,12 @@ from llamadoc.errors import DocumentError, UsageError
 from llamadoc.inputs import einvoice, textpage
 from llamadoc.inputs.sniff import HEAD, KINDS, signature
 from llamadoc.inputs.sources import Source
-from llamadoc.results import Page
+from llamadoc.results import Page, PageWords
 
 MIN_PIXELS = 1024  # 32 x 32: the smallest page a vision encoder can take
 MAX_DPI = 300  # above this the budget, not the DPI, is the limit worth raising
 MIN_DPI = 36
+OCR_DPI = 300  # what Tesseract reads best (benchmarks/ocr_choice.md); not the model's budget
 FIXED_DPI = (1.0, 2400.0)  # what --dpi accepts; the pixel limit below still applies per page
 
 # What Pillow's decoders raise on bad data. Anything else raised around them is a bug
@@ -351,6 +352,37 @@ class Document:
                 raise self._damaged(index, err) from None
         return self._info[index]
 
+    def words(self, index: int) -> PageWords | None:
+        """A PDF page's text-layer words and their boxes; None for images and pages without text."""
+        if self._pdf is None:
+            return None
+        from llamadoc.inputs.words import pdf_words
+
+        try:
+            return pdf_words(self._pdf[index - 1], index)
+        except _pdf_errors() as err:
+            raise self._damaged(index, err) from None
+
+    def read_words(self, index: int) -> PageWords:
+        """OCR of a page (for one without a text layer): the page drawn at OCR_DPI (a PDF) or
+        the upright image, with boxes in the page's own unit (PDF points, image pixels)."""
+        from llamadoc.inputs import ocr
+
+        if self._pdf is not None:
+            import pymupdf
+
+            try:
+                page = self._pdf[index - 1]
+                zoom = OCR_DPI / 72
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
+            except _pdf_errors() as err:
+                raise DocumentError(f"page {index} of {self.label} cannot be rendered ({decoder_message(err)})") \
+                    from None
+            image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+            return ocr.read(image, index, page.rect.width, page.rect.height)
+        frame = self._frame(index)
+        return ocr.read(frame, index, frame.width, frame.height)
+
     def _damaged(self, index: int, err: BaseException) -> DocumentError:
         return DocumentError(f"page {index} of {self.label} cannot be read: damaged PDF ({decoder_message(err)})")
 
@@ -387,7 +419,8 @@ class Document:
         return Page(index=index, image=image, dpi=round(dpi, 2), text=text, rotation=page.rotation,
                     graphics=graphics)
 
-    def _image_page(self, index: int) -> Page:
+    def _frame(self, index: int) -> Image.Image:
+        """Frame ``index`` upright, in 8-bit RGB, at its own size."""
         assert self._image is not None
         img = self._image
         try:
@@ -399,8 +432,12 @@ class Document:
             raise self._bomb() from None
         except IMAGE_ERRORS as err:
             raise DocumentError(f"frame {index} of {self.label} cannot be decoded ({decoder_message(err)})") from None
-        frame = page_rgb(frame)
-        dpi = img.info.get("dpi")
+        return page_rgb(frame)
+
+    def _image_page(self, index: int) -> Page:
+        assert self._image is not None
+        frame = self._frame(index)
+        dpi = self._image.info.get("dpi")
         frame = fit_budget(frame, self.options.budget)
         return Page(index=index, image=frame, dpi=float(dpi[0]) if dpi else None)
 

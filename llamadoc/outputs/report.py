@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from llamadoc.errors import ExitCode, UsageError
 from llamadoc.results import Check, DocumentResult, Status
 
-OUTCOMES = ("failed", "blocked", "ungrounded", "check-failed")
+OUTCOMES = ("failed", "blocked", "ungrounded", "check-failed", "needs-review", "duplicate")
 DEFAULT_FAIL_ON = frozenset({"failed", "blocked"})
 
 
@@ -42,6 +42,8 @@ class Report:
     not_written: int = 0  # results the disk refused (the result itself is kept in the store)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # about the run, not one document: resuming off, ...
+    review: set[str] = field(default_factory=set)  # sources that need a person's look (needs_review)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (first, repeat): the same invoice twice
 
     def __post_init__(self) -> None:
         _checked(frozenset(self.fail_on))
@@ -60,8 +62,21 @@ class Report:
         self.check_failed += any(
             not c.name.startswith("grounding") and c.name != "schema" and c.status == "fail" for c in checks
         )
+        if doc.needs_review:
+            self.review.add(doc.source)
         if doc.status not in (Status.OK, Status.SKIPPED):
             self.failures.extend(self.problems(doc)[:3])
+
+    def add_duplicate(self, first: DocumentResult, repeat: DocumentResult) -> None:
+        """Two documents of the batch are one invoice (both flagged already; the first was added
+        before the second was read)."""
+        self.duplicates.append((first.source, repeat.source))
+        self.review.update((first.source, repeat.source))
+
+    @property
+    def duplicated(self) -> int:
+        """Documents that are the same invoice as another of the batch."""
+        return len({source for pair in self.duplicates for source in pair})
 
     def add_write_failure(self, doc: DocumentResult, message: str) -> None:
         """The result is right but its file could not be written: a failure of this run."""
@@ -88,6 +103,8 @@ class Report:
             ("failed" in self.fail_on and (self.counts[Status.FAILED] or self.failed_pages))
             or ("ungrounded" in self.fail_on and self.ungrounded)
             or ("check-failed" in self.fail_on and self.check_failed)
+            or ("needs-review" in self.fail_on and self.review)
+            or ("duplicate" in self.fail_on and self.duplicates)
             or self.not_written  # a result the user asked for in a file and did not get
         )
         if failing:
@@ -107,6 +124,14 @@ class Report:
             lines.append(f"{self.not_written} result files could not be written (see problems)")
         if self.ungrounded or self.check_failed:
             lines.append(f"checks: {self.ungrounded} with ungrounded values, {self.check_failed} failing other checks")
+        if self.review:
+            also = f", {self.duplicated} of them the same invoice as another" if self.duplicates else ""
+            lines.append(f"review: {len(self.review)} need a person's look{also}")
+        if self.duplicates:
+            lines.append("duplicates:")
+            lines.extend(f"  {repeat} is the same invoice as {first}" for first, repeat in self.duplicates[:20])
+            if len(self.duplicates) > 20:
+                lines.append(f"  ... and {len(self.duplicates) - 20} more")
         lines.extend(self.notes)
         if self.failures:
             lines.append("problems:")
@@ -120,3 +145,5 @@ def _checks(doc: DocumentResult) -> Iterable[Check]:
     yield from doc.checks
     for page in doc.pages:
         yield from page.checks
+    for value in doc.values:
+        yield from value.checks

@@ -38,6 +38,7 @@ class Plan:
     skipped: dict[int, str] = field(default_factory=dict)  # pages not worth the model, and why
     notes: list[str] = field(default_factory=list)  # for the document's warnings
     answered: bool = False  # no page goes to the model: the document carries its answer
+    words: bool = False  # the task wants each page's word boxes (text layer, else OCR) for its evidence
     context: Any = None  # the task's own findings, for combine (extract: an embedded e-invoice)
 
 

@@ -53,14 +53,15 @@ class MllamaEngine:
         return BatchItem(image, ids, schema_grammar(request.schema) if request.schema else None,
                          request.max_tokens, s.temperature, s.top_p, s.seed)
 
-    @staticmethod
-    def response(c: Completion, elapsed_ms: float) -> GenerationResponse:
+    def response(self, c: Completion, elapsed_ms: float) -> GenerationResponse:
+        piece = self.model.tokenizer.piece
+        pieces = [(piece(t), lp) for t, lp in zip(c.tokens, c.logprobs, strict=False)]
         timings = {"model": round(elapsed_ms, 2)}
         # The model's "vision" is the protocol's "vision_encode", the name the pipeline records.
         timings.update({"vision_encode" if k == "vision" else k: round(v, 2) for k, v in c.timings_ms.items()
                         if k != "decode_steps"})
         return GenerationResponse(text=c.text, prompt_tokens=c.prompt_tokens, completion_tokens=len(c.tokens),
-                                  finish_reason=c.finish_reason, timings_ms=timings)
+                                  finish_reason=c.finish_reason, timings_ms=timings, logprobs=pieces)
 
     def generate(self, request: GenerationRequest) -> GenerationResponse:
         return self.generate_batch([request])[0]

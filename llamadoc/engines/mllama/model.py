@@ -62,6 +62,7 @@ class Completion:
     prompt_tokens: int
     logits: list[np.ndarray] = field(default_factory=list)  # of the first steps, when asked to keep them
     timings_ms: dict[str, float] = field(default_factory=dict)  # the batch's: vision, prefill, decode
+    logprobs: list[float] = field(default_factory=list)  # of each token in ``tokens``, as the model gave it
 
 
 @dataclass(frozen=True)
@@ -423,7 +424,8 @@ class MllamaModel:
         t3 = time.perf_counter()
         timings = {"vision": (t1 - t0) * 1e3, "prefill": (t2 - t1) * 1e3, "decode": (t3 - t2) * 1e3,
                    "decode_steps": float(n_steps)}
-        return [Completion(outs[i], self.tokenizer.decode(outs[i]), finish[i], len(it.prompt), kept[i], timings)
+        return [Completion(outs[i], self.tokenizer.decode(outs[i]), finish[i], len(it.prompt), kept[i], timings,
+                           samplers[i].logprobs[: len(outs[i])])
                 for i, it in enumerate(items)]
 
     def _place_images(self, items: Sequence[BatchItem]) -> list[_Seq]:

@@ -40,6 +40,7 @@ class Sampler:
                 self._grammar = llama_cpp.llama_sampler_init_grammar(tok.vocab, grammar.encode(), b"root")
             if not self._grammar:
                 raise UsageError("the grammar does not parse (llama.cpp rejected it)")
+        self.logprobs: list[float] = []  # of each token picked, as the model gave it (temperature 1, no grammar)
         self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
@@ -58,6 +59,12 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         """Pick the next token from one row of logits and advance the grammar past it."""
+        token = self._pick(logits)
+        top = float(logits.max())
+        self.logprobs.append(float(logits[token]) - top - float(np.log(np.exp(logits - top).sum())))
+        return token
+
+    def _pick(self, logits: np.ndarray) -> int:
         if self._greedy:  # what llama.cpp's greedy sampler picks (the first maximum), minus the copying
             return int(np.argmax(logits))
         self._fill(logits)

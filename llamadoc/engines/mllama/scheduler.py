@@ -96,7 +96,7 @@ class Scheduler:
     def completion(self, r: Running) -> Completion:
         """An ended sequence as generate_batch reports one."""
         return Completion(r.tokens, self.model.tokenizer.decode(r.tokens), r.finish or "length", len(r.item.prompt),
-                          [], r.timings_ms)
+                          [], r.timings_ms, r.sampler.logprobs[: len(r.tokens)])
 
     def cancel(self, running: Running) -> None:
         """Free a sequence's row now (its client went away)."""
