@@ -204,7 +204,8 @@ class Settings:
     ollama_stores: tuple[Path, ...] = ()  # Ollama's own model folders, whose blobs are used in place
     stdin_limit: int = DEFAULT_STDIN_LIMIT  # bytes a pipe may carry (LLAMADOC_STDIN_LIMIT)
     server: str | None = None  # a running `llamadoc serve` for the document commands (LLAMADOC_HOST)
-    api_key: str | None = None  # its Bearer token (LLAMADOC_API_KEY)
+    api_key: str | None = None  # its Bearer token (LLAMADOC_API_KEY); `llamadoc serve`'s own key too
+    origins: tuple[str, ...] = ()  # web origins `llamadoc serve` allows besides its defaults (LLAMADOC_ORIGINS)
 
     @property
     def models_dir(self) -> Path:
@@ -295,6 +296,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         stdin_limit=_stdin_limit(env),
         server=env.get("LLAMADOC_HOST") or None,
         api_key=env.get("LLAMADOC_API_KEY") or None,
+        origins=_list(env.get("LLAMADOC_ORIGINS", "")),
     )
 
 
@@ -307,6 +309,11 @@ def raise_errors(env: Mapping[str, str] | None = None) -> bool:
 def echo_ggml_logs(env: Mapping[str, str] | None = None) -> bool:
     """LLAMADOC_GGML_LOG=1: show ggml's own log lines (debugging the mllama engine)."""
     return (os.environ if env is None else env).get("LLAMADOC_GGML_LOG") == "1"
+
+
+def _list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting, quotes and spaces around each item trimmed, as Ollama reads OLLAMA_ORIGINS."""
+    return tuple(p for p in (part.strip().strip("\"'").strip() for part in value.split(",")) if p)
 
 
 def _stdin_limit(env: Mapping[str, str]) -> int:

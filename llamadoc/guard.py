@@ -14,6 +14,7 @@ import io
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,45 @@ def _image_digest(image: Image) -> str:
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
+class FairLock:
+    """A reentrant lock granted in the order it was asked for. The guard judges one prompt at a
+    time; with a plain lock the thread judging a long text chunk by chunk takes it back before a
+    waiting request wakes, so one 5 MB prompt kept a small one waiting for all of its chunks."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._queue: deque[object] = deque()
+
+    def acquire(self) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            turn = object()
+            self._queue.append(turn)
+            while self._owner is not None or self._queue[0] is not turn:
+                self._cond.wait()
+            self._queue.popleft()
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class Guard:
     """A guard engine under a policy, with verdicts cached by content hash. The engine is
@@ -163,8 +203,9 @@ class Guard:
     _engine: GuardEngine | None = field(default=None, init=False)
     _overhead: int = field(default=0, init=False)
     # Input checks run on the rasterising thread, output checks on the model's: one
-    # engine (one llama.cpp context) must never serve both at once.
-    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    # engine (one llama.cpp context) must never serve both at once. Fair: a server's requests
+    # take turns chunk by chunk.
+    _lock: FairLock = field(default_factory=FairLock, init=False)
 
     @property
     def engine(self) -> GuardEngine:
@@ -249,32 +290,38 @@ class Guard:
             )
         return pieces or [text]
 
-    def _classify(self, messages: list[str], subject: str, image: Image | None = None) -> Verdict:
-        prompt = build_prompt(messages, self.policy.categories, image=image is not None)
+    def judge(self, prompt: str, image: Image | None = None) -> tuple[GuardOutput, bool]:
+        """The guard's output for a rendered prompt (and its image), from the cache when this prompt
+        was judged before, and whether it came from there. A server's clients send the prompts their
+        own Guard renders; a server screening the same request on its own finds them here."""
         cache_key = key("guard-v1", self.identity or self.name, prompt, _image_digest(image) if image else "")
-        started = time.perf_counter()
         entry = self.store.get(cache_key) if self.store else None
         cached = _cached_output(entry)
         if entry is not None and cached is None and self.store is not None:
             self.store.refuse()  # another version's or a damaged entry: judged again and replaced
         if cached is not None:
-            output = cached
-        else:
-            request = JudgeRequest(prompt=prompt, answer_prefix=ANSWER_PREFIX, grammar=VERDICT_GRAMMAR,
-                                   max_tokens=MAX_VERDICT_TOKENS, unsafe_word="unsafe", image=image)
-            try:
-                with self._lock:
-                    output = self.engine.judge(request)
-            except LlamadocError as err:
-                return Verdict(safe=None, model=self.name, subject=subject, error=f"the guard failed: {err}",
-                               screened=self._screened(image))
-            if self.store:
-                self.store.put(cache_key, {"text": output.text, "p_unsafe": output.p_unsafe})
+            return cached, True
+        request = JudgeRequest(prompt=prompt, answer_prefix=ANSWER_PREFIX, grammar=VERDICT_GRAMMAR,
+                               max_tokens=MAX_VERDICT_TOKENS, unsafe_word="unsafe", image=image)
+        with self._lock:
+            output = self.engine.judge(request)
+        if self.store:
+            self.store.put(cache_key, {"text": output.text, "p_unsafe": output.p_unsafe})
+        return output, False
+
+    def _classify(self, messages: list[str], subject: str, image: Image | None = None) -> Verdict:
+        prompt = build_prompt(messages, self.policy.categories, image=image is not None)
+        started = time.perf_counter()
+        try:
+            output, cached = self.judge(prompt, image)
+        except LlamadocError as err:
+            return Verdict(safe=None, model=self.name, subject=subject, error=f"the guard failed: {err}",
+                           screened=self._screened(image))
         verdict = self.apply(output)
         verdict.subject = subject
         verdict.screened = self._screened(image)
         verdict.elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        verdict.cached = cached is not None
+        verdict.cached = cached
         return verdict
 
     @staticmethod

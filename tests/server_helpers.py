@@ -51,15 +51,14 @@ def offline_home(home: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def serving(**options: object) -> Iterator[Served]:
     """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends."""
-    import uvicorn
-
-    from llamadoc.server import listen
+    from llamadoc.server import http, listen
     from llamadoc.server.app import build
 
     opts = ServeOptions(**{"threads": 1, **options, "port": 0})  # type: ignore[arg-type]
     sock = listen(opts.host, 0)
     resident = Resident(opts, notify=lambda _m: None)
-    server = uvicorn.Server(uvicorn.Config(build(resident), log_level="warning", lifespan="on"))
+    app = build(resident)
+    server = http.Server(http.config(app, opts), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -86,17 +86,21 @@ def test_openai_chat_with_image_url_and_json_schema(served: Served, text_model: 
     assert text == r.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
-    assert [m.id for m in o.models.list()] == [str(text_model)]
+    assert [m.id for m in o.models.list()] == [text_model.name]  # a name, not this machine's path
 
 
 def test_model_routes(served: Served, text_model: Path) -> None:
     c = served.ollama()
     [listed] = c.list().models
-    assert listed.model == str(text_model) and listed.details is not None and listed.details.format == "gguf"
+    assert listed.model == text_model.name and listed.details is not None  # a name, never the path
+    assert listed.details.format == "gguf" and httpx.get(f"{served.url}/api/tags").json()["models"][0]["name"] == \
+        text_model.name
     assert listed.digest == served.resident.models.sha256()
     shown = c.show(str(text_model))
     assert shown.capabilities == ["completion", "vision"] and shown.modelinfo["general.architecture"] == "llama"
-    assert [m.model for m in c.ps().models] == [str(text_model)]  # loaded by the tests before
+    assert [m.model for m in c.ps().models] == [text_model.name]  # loaded by the tests before
+    assert str(text_model.parent) not in json.dumps(httpx.post(f"{served.url}/api/show", json={"model": text_model.name}
+                                                               ).json())
     assert httpx.get(f"{served.url}/api/version").json()["version"]
 
 
@@ -159,7 +163,8 @@ def test_image_urls_are_never_fetched(served: Served, text_model: Path) -> None:
 
 
 def test_malformed_requests_are_400(served: Served, text_model: Path) -> None:
-    assert httpx.post(f"{served.url}/api/chat", content=b"{oops").status_code == 400
+    assert httpx.post(f"{served.url}/api/chat", content=b"{oops", headers={"Content-Type": "application/json"}
+                      ).status_code == 400
     r = httpx.post(f"{served.url}/api/chat", json={"model": str(text_model), "stream": False, "messages": [
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
     assert r.status_code == 400 and "one user message" in r.json()["error"]
@@ -195,7 +200,7 @@ def test_a_bug_is_500_with_one_line_and_a_logged_traceback(served: Served, text_
 
 
 def test_the_api_key_is_checked_on_every_route(text_model: Path, mmproj: Path) -> None:
-    with serving(model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), api_key="s3cret") as s:
+    with serving(model=str(text_model), mmproj=str(mmproj), guard=GuardPolicy(mode="off"), api_key="s3cret-s3cret-s3cret") as s:
         for method, path in (("GET", "/api/tags"), ("POST", "/api/chat"), ("GET", "/v1/models"),
                              ("POST", "/v1/documents/ask"), ("GET", "/v1/engine/info"), ("GET", "/")):
             assert httpx.request(method, s.url + path).status_code == 401, path
@@ -203,16 +208,16 @@ def test_the_api_key_is_checked_on_every_route(text_model: Path, mmproj: Path) -
         with pytest.raises(ollama.ResponseError) as err:
             s.ollama().list()
         assert err.value.status_code == 401
-        assert s.ollama(headers={"Authorization": "Bearer s3cret"}).list().models
+        assert s.ollama(headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}).list().models
         with pytest.raises(openai.AuthenticationError):
             s.openai().models.list()
-        assert s.openai(api_key="s3cret").models.list().data
+        assert s.openai(api_key="s3cret-s3cret-s3cret").models.list().data
 
 
 def test_other_addresses_need_a_key(run_cli: Any) -> None:
     with pytest.raises(UsageError, match="--api-key"):
         ServeOptions(host="0.0.0.0")
-    assert ServeOptions(host="0.0.0.0", api_key="k").host == "0.0.0.0"
+    assert ServeOptions(host="0.0.0.0", api_key="k" * 16).host == "0.0.0.0"
     result = run_cli("serve", "--host", "0.0.0.0")
     assert result.exit_code == 2 and "--api-key" in result.stderr and "Traceback" not in result.stderr
 
@@ -234,7 +239,7 @@ def test_keep_alive_zero_unloads_after_the_request(text_model: Path, mmproj: Pat
             time.sleep(0.1)
         assert c.ps().models == [] and s.resident.models.loaded is None
         loaded = c.chat(model=str(text_model), messages=[], keep_alive="5m")  # an empty chat loads it again
-        assert loaded.done_reason == "load" and [m.model for m in c.ps().models] == [str(text_model)]
+        assert loaded.done_reason == "load" and [m.model for m in c.ps().models] == [text_model.name]
 
 
 def test_serve_without_the_extra_names_it(run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,7 +311,8 @@ def test_flag_answers_and_says_what_was_flagged(text_model: Path, mmproj: Path, 
                  max_tokens=4) as s:
         r = httpx.post(f"{s.url}/api/generate", json={"model": str(text_model), "prompt": "?", "stream": False,
                                                        "images": [b64(chart)]}).json()
-        assert r["response"] and r["warnings"] == ["the answer was judged unsafe (S6 Specialized Advice)"]
+        assert r["response"] and r["warnings"] == ["the image was not screened by a text-only guard",
+                                                   "the answer was judged unsafe (S6 Specialized Advice)"]
 
 
 # -- the queue ------------------------------------------------------------------------------

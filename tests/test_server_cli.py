@@ -80,12 +80,12 @@ def test_an_unreachable_server_is_one_line_and_exit_1(run_cli: Any, chart: Path)
 
 def test_what_the_server_refuses(run_cli: Any, text_model: Path, mmproj: Path, guard_model: Path, chart: Path,
                                  tmp_path: Path) -> None:
-    with offline_home(tmp_path / "home-server"), serving(model=str(text_model), mmproj=str(mmproj), api_key="k",
+    with offline_home(tmp_path / "home-server"), serving(model=str(text_model), mmproj=str(mmproj), api_key="k" * 16,
                                                          guard=GuardPolicy(model=str(guard_model))) as s:
         keyless = run_cli("ask", str(chart), "-q", "?", "--server", s.url)
         assert keyless.exit_code == 2 and "refused the API key" in keyless.stderr and "LLAMADOC_API_KEY" in keyless.stderr
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("LLAMADOC_API_KEY", "k")
+            mp.setenv("LLAMADOC_API_KEY", "k" * 16)
             unscreened = run_cli("ask", str(chart), "-q", "?", "--server", s.url, "--guard", "off")
             assert unscreened.exit_code == 2 and "this server screens every request" in unscreened.stderr
             other = run_cli("ask", str(chart), "-q", "?", "--server", s.url, "--model", "qwen2.5-vl:7b")

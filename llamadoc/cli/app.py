@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,8 +18,10 @@ from llamadoc.cli.documents import (
     EXIT_CODES,
     Ctx,
     GpuLayers,
+    GuardCategories,
     GuardMode,
     GuardModel,
+    GuardThreshold,
     Mmproj,
     Model,
     Threads,
@@ -29,7 +32,7 @@ from llamadoc.cli.documents import (
 )
 from llamadoc.cli.export import export
 from llamadoc.cli.models import doctor, models_app
-from llamadoc.errors import ExitCode
+from llamadoc.errors import ExitCode, UsageError
 
 app = typer.Typer(
     cls=Commands,
@@ -67,24 +70,47 @@ def serve(
     keep_alive: Annotated[str, typer.Option("--keep-alive", help="Unload after this long idle: 5m, 1h, -1 never.")
                           ] = "5m",
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait; more get 503.")] = 16,
+    api_key_file: Annotated[Path | None, typer.Option(
+        "--api-key-file", help="Require the Bearer token in this file on every route (or set LLAMADOC_API_KEY).")
+    ] = None,
     api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="LLAMADOC_API_KEY", help="Require this Bearer token on every route.")] = None,
+        "--api-key", help="The token itself: visible to every user in `ps`, prefer --api-key-file.")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option(
+        "--allow-origin", help="Also let web pages from this origin call (repeatable, * wildcards; also "
+        "LLAMADOC_ORIGINS). Default: localhost, 127.0.0.1, 0.0.0.0 and app schemes.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also accept this Host name: a LAN name or a reverse proxy's (repeatable).")] = None,
     preload: Annotated[bool, typer.Option("--preload", help="Load the models now, not on the first request.")] = False,
     gpu_layers: GpuLayers = -1, threads: Threads = None, ctx: Ctx = 0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer a request may have.")] = 1024,
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB.")] = 64,
+    max_prompt_kb: Annotated[int, typer.Option("--max-prompt-kb", help="Largest prompt text, in KiB (413).")] = 256,
+    max_pages: Annotated[int, typer.Option("--max-pages", help="Pages read of one uploaded document.")] = 100,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Connections open at once.")] = 256,
+    guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None,
     config: Config = None, verbose: Verbose = False,
 ) -> None:
     """Keep the models loaded for Ollama, OpenAI and llamadoc clients (and --server)."""
-    from llamadoc.guard import GuardPolicy
+    from llamadoc.config import load_settings
+    from llamadoc.guard import GuardPolicy, parse_categories
     from llamadoc.server import serve as run
-    from llamadoc.server.options import ServeOptions, parse_duration
+    from llamadoc.server.options import ServeOptions, parse_duration, read_key
 
+    policy = GuardPolicy(mode=guard, model=guard_model, threshold=guard_threshold,
+                         categories=parse_categories(guard_categories))
+    settings = load_settings(config)  # LLAMADOC_API_KEY and LLAMADOC_ORIGINS, as config reads them
+    if api_key_file is not None and api_key is not None:
+        raise UsageError("--api-key and --api-key-file both give a key", hint="keep --api-key-file")
+    if api_key is not None:
+        say("warning: --api-key is visible to every user of this machine (ps, /proc); "
+            "use --api-key-file or LLAMADOC_API_KEY")
+    key = read_key(api_key_file) if api_key_file is not None else api_key if api_key is not None else settings.api_key
     run(ServeOptions(
-        host=host, port=port, model=model, mmproj=mmproj, guard=GuardPolicy(mode=guard, model=guard_model),
-        keep_alive=parse_duration(keep_alive), max_queue=max_queue, api_key=api_key, preload=preload,
-        threads=threads, gpu_layers=gpu_layers, ctx=ctx, max_tokens=max_tokens, max_body_mb=max_body_mb,
-        config=config, verbose=verbose), notify=say)
+        host=host, port=port, model=model, mmproj=mmproj, guard=policy, keep_alive=parse_duration(keep_alive),
+        max_queue=max_queue, api_key=key, preload=preload, threads=threads, gpu_layers=gpu_layers, ctx=ctx,
+        max_tokens=max_tokens, max_body_mb=max_body_mb, max_prompt_kb=max_prompt_kb, max_pages=max_pages,
+        max_connections=max_connections, origins=(*settings.origins, *(allow_origin or ())),
+        hosts=tuple(allow_host or ()), config=config, verbose=verbose), notify=say)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

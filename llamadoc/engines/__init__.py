@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from llamadoc.engines.base import GuardEngine, LoadOptions, VisionEngine
-from llamadoc.errors import ModelError
+from llamadoc.errors import ModelError, UsageError
+
+MAX_GRAMMAR = 1 << 20  # characters of GBNF a schema may become (examples/invoice.yaml: about 3 KiB)
 
 
 def check_grammar(schema: dict[str, Any]) -> None:
@@ -13,7 +15,10 @@ def check_grammar(schema: dict[str, Any]) -> None:
     constrained decoding: checked once, before the first page, rather than failing every page."""
     from llamadoc.engines.llamacpp import schema_grammar  # both engines decode with its grammar
 
-    schema_grammar(schema)
+    grammar = schema_grammar(schema)
+    if len(grammar) > MAX_GRAMMAR:  # llama.cpp would parse it for every request: refused, not slowly served
+        raise UsageError(f"the JSON schema makes a grammar of {len(grammar) >> 10:,} KiB, over the limit of "
+                         f"{MAX_GRAMMAR >> 10:,} KiB", hint="simplify the schema (fewer repetitions and variants)")
 
 
 def vision_engine_class(engine: str) -> type[VisionEngine]:

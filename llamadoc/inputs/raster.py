@@ -12,6 +12,7 @@ import math
 import re
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexE
 _PILLOW = {"PNG": ["PNG"], "JPEG": ["JPEG"], "TIFF": ["TIFF"], "BigTIFF": ["TIFF"], "GIF": ["GIF"],
            "WebP": ["WEBP"], "BMP": ["BMP"], "HEIF": ["HEIF"], "AVIF": ["AVIF"], "JPEG 2000": ["JPEG2000"],
            "PNM": ["PPM"]}
+MAX_ATTACHMENT = 16 << 20  # bytes a PDF's attachment may inflate to (an e-invoice XML is some KiB)
+# Pillow plugins whose decoders run another program (EPS: Ghostscript on the file's PostScript):
+# never handed bytes, whatever they announce.
+RUNS_PROGRAMS = frozenset({"EPS"})
 READS = ("PDF, PNG, JPEG, TIFF (BigTIFF too), GIF, WebP, BMP, HEIC/HEIF, AVIF, JPEG 2000, PNM, "
          "e-invoice XML (CII, UBL), e-mail (.eml, .msg) and ZIP/TAR archives")
 _REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
@@ -52,6 +57,11 @@ class RasterOptions:
     max_pixels: int | None = None  # None: the model's budget, or DEFAULT_MAX_PIXELS
     pages: str | None = None  # "1-3,7": 1-based, for PDFs and multi-frame images
     password: str | None = None
+    # The most pixels a page may be decoded or rendered at before it is fit to the budget (an
+    # image past it is refused before decoding); None: Pillow's decompression-bomb limit.
+    # `llamadoc serve` sets it: one request must not make the server hold gigabytes.
+    ceiling: int | None = None
+    max_pages: int | None = None  # the most pages read of one document; None: all
 
     def __post_init__(self) -> None:
         low, high = FIXED_DPI
@@ -60,6 +70,9 @@ class RasterOptions:
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or self.max_pixels < MIN_PIXELS):
             raise UsageError(f"--max-pixels {self.max_pixels} is too small",
                              hint=f"use at least {MIN_PIXELS:,} (32 x 32)")
+        if self.ceiling is not None and self.max_pixels is not None and self.max_pixels > self.ceiling:
+            raise UsageError(f"max_pixels {self.max_pixels:,} is over the limit of {self.ceiling:,} pixels a page",
+                             hint=f"use at most {self.ceiling:,}")
         if self.pages is not None:
             parse_pages(self.pages)
 
@@ -107,9 +120,13 @@ def _bombs_refused() -> Iterator[None]:
 
 
 def _unknown(label: str, data: bytes) -> str:
-    """Why a file is not read: the format Pillow names, when it knows one we do not read."""
+    """Why a file is not read: the format Pillow names, when it knows one we do not read. Only
+    its header is read, and never by the PostScript plugin, whose decoder runs Ghostscript."""
+    if data.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return f"{label}: PostScript (EPS) is not supported"
+    Image.init()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=[f for f in Image.ID if f not in RUNS_PROGRAMS]) as img:
             name = img.format
     except (*IMAGE_ERRORS, Image.DecompressionBombError):  # a decoder's complaint: not an image we know
         name = None
@@ -287,7 +304,12 @@ class Document:
             with _bombs_refused():
                 # Only the decoder the signature names: a damaged TIFF is not read as something else.
                 img = Image.open(io.BytesIO(data), formats=_PILLOW[name])
-                img.load()
+                try:
+                    self._decode_small(img)
+                    img.load()
+                except BaseException:
+                    img.close()
+                    raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise self._bomb() from None
         except IMAGE_ERRORS as err:
@@ -295,6 +317,29 @@ class Document:
         self._image = img
         # An MPO (what phone cameras write as .jpg) keeps a second, smaller view after the photo.
         self.page_count = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
+
+    def _decode_small(self, img: Image.Image) -> None:
+        """Before the pixels are decoded: JPEG and JPEG 2000 decode at a fraction of their size
+        when the budget needs no more (libjpeg's DCT scaling, OpenJPEG's resolution levels), so
+        a 40-megapixel photo never exists whole in memory. The other formats decode whole, and
+        past the ceiling they are refused here, from the header alone."""
+        w, h = img.size
+        budget, ceiling = self.options.budget, self.options.ceiling
+        decoded = (w, h)
+        if w * h > budget and img.format in ("JPEG", "MPO"):
+            scale = math.sqrt(budget / (w * h))
+            img.draft(img.mode, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+            decoded = img.size  # what the draft will decode: at least the budget's size
+        elif w * h > budget and img.format == "JPEG2000":
+            factor = 0  # each resolution level halves both sides
+            while factor < 5 and math.ceil(w / 2 ** (factor + 1)) * math.ceil(h / 2 ** (factor + 1)) >= budget:
+                factor += 1
+            img.reduce = factor  # type: ignore[method-assign, assignment]  # the plugin's setter, before load
+            decoded = (math.ceil(w / 2**factor), math.ceil(h / 2**factor))
+        if ceiling is not None and decoded[0] * decoded[1] > ceiling:
+            raise DocumentError(
+                f"{self.label} is {w:,} x {h:,} pixels, over the limit of {ceiling:,} pixels a page",
+                hint=f"downscale it first: the model reads about {budget:,} pixels")
 
     def _bomb(self) -> DocumentError:
         return DocumentError(
@@ -316,13 +361,42 @@ class Document:
         return self._attached
 
     def embedded_files(self) -> dict[str, bytes]:
-        """Files attached to a PDF (e-invoice XML lives here); empty for images and XML."""
+        """XML files attached to a PDF (e-invoice XML lives in one); empty for images and XML, and
+        when an attachment would inflate past MAX_ATTACHMENT: PyMuPDF reads an attachment whole,
+        and a 1 MB one can inflate to gigabytes."""
         if self._pdf is None or self._xml is not None:
             return {}
         try:
-            return {name: self._pdf.embfile_get(name) for name in self._pdf.embfile_names()}
+            names = [n for n in self._pdf.embfile_names() if n.lower().endswith(".xml")]
+            if not names or not self._attachments_bounded(len(self._pdf.embfile_names())):
+                return {}
+            return {name: self._pdf.embfile_get(name) for name in names}
         except _pdf_errors() as err:
             raise DocumentError(f"the attachments of {self.label} cannot be read ({decoder_message(err)})") from None
+
+    def _attachments_bounded(self, count: int) -> bool:
+        """Whether each of the PDF's ``count`` attachments inflates to at most MAX_ATTACHMENT bytes,
+        found by inflating at most that much of each. Unfiltered and Flate streams are checked;
+        an attachment under another filter, or not marked as one, is not read at all."""
+        pdf, checked = self._pdf, 0
+        for xref in range(1, pdf.xref_length()):
+            if pdf.xref_get_key(xref, "Type") != ("name", "/EmbeddedFile") or not pdf.xref_is_stream(xref):
+                continue
+            kind, value = pdf.xref_get_key(xref, "Filter")
+            raw = pdf.xref_stream_raw(xref)
+            if kind == "null":
+                size = len(raw)
+            elif value in ("/FlateDecode", "[/FlateDecode]") and pdf.xref_get_key(xref, "DecodeParms")[0] == "null":
+                try:
+                    size = len(zlib.decompressobj().decompress(raw, MAX_ATTACHMENT + 1))
+                except zlib.error:
+                    return False
+            else:
+                return False
+            if size > MAX_ATTACHMENT:
+                return False
+            checked += 1
+        return checked >= count
 
     def selected(self) -> list[int]:
         indices = select_pages(self.options.pages, self.page_count)
@@ -331,6 +405,10 @@ class Document:
                 f"--pages {self.options.pages} selects nothing in {self.label}",
                 hint=f"it has {self.page_count} page(s)",
             )
+        most = self.options.max_pages
+        if most is not None and len(indices) > most:
+            raise DocumentError(f"{len(indices):,} pages of {self.label} are selected, over the limit of {most:,}",
+                                hint=f"select at most {most:,} with pages (e.g. 1-{most}), or split the document")
         return indices
 
     def pages(self, indices: list[int] | None = None) -> Iterator[Page]:
@@ -396,12 +474,6 @@ class Document:
             raise self._damaged(index, err) from None
         if self.options.dpi is not None:
             dpi = float(self.options.dpi)
-            pixels = width_in * height_in * dpi * dpi
-            if pixels > Image.MAX_IMAGE_PIXELS:
-                raise DocumentError(
-                    f"page {index} of {self.label} at {dpi:g} DPI would be {pixels:,.0f} pixels",
-                    hint="lower --dpi",
-                )
         else:
             budget = self.options.budget
             dpi = math.sqrt(budget / max(width_in * height_in, 1e-6))
@@ -409,6 +481,13 @@ class Document:
             # MuPDF rounds the pixmap size up: step down until the budget holds.
             while dpi > MIN_DPI and math.ceil(width_in * dpi) * math.ceil(height_in * dpi) > budget:
                 dpi *= 0.998
+        # A fixed DPI, or the least DPI on a page the size of a wall, must not render gigapixels.
+        pixels = math.ceil(width_in * dpi) * math.ceil(height_in * dpi)
+        if pixels > (self.options.ceiling or Image.MAX_IMAGE_PIXELS):
+            raise DocumentError(
+                f"page {index} of {self.label} at {dpi:g} DPI would be {pixels:,.0f} pixels",
+                hint="lower --dpi" if self.options.dpi is not None else "the page is too large to render",
+            )
         try:
             zoom = dpi / 72  # a matrix, not dpi=: the budget gives fractional DPIs
             pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)

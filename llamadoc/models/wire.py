@@ -5,7 +5,12 @@ and models.remote's client; one module, so both ends read it the same way.
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import math
+import re
+import struct
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from llamadoc import errors
@@ -31,17 +36,34 @@ def image_to_wire(image: Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def image_from_wire(data: str) -> Image:
+def image_from_wire(data: Any, max_pixels: int | None = None) -> Image:
+    """A page image off the wire: PNG only (what ``image_to_wire`` writes), so no other decoder
+    (PostScript's runs Ghostscript) ever sees a client's bytes; its size is read from the header
+    and refused past ``max_pixels`` (default: Pillow's bomb limit) before anything is decoded."""
     from PIL import Image as PILImage
 
     try:
-        img = PILImage.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise UsageError("the page image is not base64") from None
+    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise UsageError("the page image is not a PNG (the engine protocol carries PNG only)")
+    limit = max_pixels or int(PILImage.MAX_IMAGE_PIXELS or 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            img = PILImage.open(io.BytesIO(raw), formats=["PNG"])
+        w, h = img.size
+        if w * h > limit:
+            img.close()
+            raise UsageError(f"the page image is {w:,} x {h:,} pixels, over the limit of {limit:,}",
+                             hint="lower --max-pixels")
         img.load()
-    except PILImage.DecompressionBombError:
-        raise UsageError(f"the page image is too large to decode safely (over {PILImage.MAX_IMAGE_PIXELS:,} pixels)",
-                         hint="send pages within the model's pixel budget") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UsageError(f"the page image cannot be decoded ({err})") from None
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise UsageError(f"the page image is over the limit of {limit:,} pixels", hint="lower --max-pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as err:
+        reason = re.sub(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
+        raise UsageError(f"the page image cannot be decoded ({reason})") from None
     return img
 
 
@@ -54,18 +76,29 @@ def request_to_wire(r: GenerationRequest, guard_mode: str) -> dict[str, Any]:
     }
 
 
-def request_from_wire(body: dict[str, Any]) -> tuple[GenerationRequest, str]:
-    """The request and the guard mode the client screens it under."""
+def request_from_wire(body: dict[str, Any], max_pixels: int | None = None) -> tuple[GenerationRequest, str]:
+    """The request and the guard mode the client screens it under; a UsageError for anything
+    malformed or out of range, checked before any image is decoded."""
     try:
         s = body["sampling"]
-        request = GenerationRequest(
-            prompt=str(body["prompt"]), images=tuple(image_from_wire(i) for i in body["images"]),
-            system=body["system"], schema=body["schema"], max_tokens=int(body["max_tokens"]),
-            sampling=Sampling(temperature=float(s["temperature"]), top_p=float(s["top_p"]), seed=int(s["seed"])),
-        )
-        return request, str(body["guard"])
-    except (KeyError, TypeError, ValueError) as err:
+        prompt, system, schema, images = body["prompt"], body["system"], body["schema"], body["images"]
+        sampling = Sampling(temperature=float(s["temperature"]), top_p=float(s["top_p"]), seed=int(s["seed"]))
+        max_tokens, guard = body["max_tokens"], body["guard"]
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise UsageError(f"not an engine request ({type(err).__name__}: {err})") from None
+    if not isinstance(prompt, str) or not (system is None or isinstance(system, str)):
+        raise UsageError("not an engine request: prompt and system must be strings")
+    if not (schema is None or isinstance(schema, dict)) or not isinstance(images, list):
+        raise UsageError("not an engine request: schema must be an object and images a list")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise UsageError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+    if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+        raise UsageError("temperature must be 0 or more")
+    if not (math.isfinite(sampling.top_p) and 0 < sampling.top_p <= 1):
+        raise UsageError("top_p must be above 0 and at most 1")
+    request = GenerationRequest(prompt=prompt, images=tuple(image_from_wire(i, max_pixels) for i in images),
+                                system=system, schema=schema, max_tokens=max_tokens, sampling=sampling)
+    return request, str(guard)
 
 
 def response_to_wire(r: GenerationResponse) -> dict[str, Any]:
@@ -82,16 +115,6 @@ def response_from_wire(body: dict[str, Any]) -> GenerationResponse:
 def judge_to_wire(r: JudgeRequest) -> dict[str, Any]:
     return {"prompt": r.prompt, "answer_prefix": r.answer_prefix, "grammar": r.grammar, "max_tokens": r.max_tokens,
             "unsafe_word": r.unsafe_word, "image": image_to_wire(r.image) if r.image is not None else None}
-
-
-def judge_from_wire(body: dict[str, Any]) -> JudgeRequest:
-    try:
-        return JudgeRequest(prompt=str(body["prompt"]), answer_prefix=str(body["answer_prefix"]),
-                            grammar=str(body["grammar"]), max_tokens=int(body["max_tokens"]),
-                            unsafe_word=str(body["unsafe_word"]),
-                            image=image_from_wire(body["image"]) if body["image"] is not None else None)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UsageError(f"not a guard request ({type(err).__name__}: {err})") from None
 
 
 def error_to_wire(err: LlamadocError) -> dict[str, Any]:

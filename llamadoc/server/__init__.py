@@ -8,32 +8,46 @@ when a server starts, so `llamadoc --help` never loads it.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 from collections.abc import Callable
 
-from llamadoc.errors import UsageError
-from llamadoc.server.options import ServeOptions
+from llamadoc.errors import ExitCode, UsageError
+from llamadoc.server.options import ServeOptions, is_loopback
 
 EXTRA = "pip install 'llamadoc[serve]'"
 
 
 def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None) -> None:
-    """Resolve the models, listen, and serve until SIGINT or SIGTERM."""
+    """Resolve the models, listen, and serve until SIGINT (KeyboardInterrupt) or SIGTERM (returns)."""
     try:
         import starlette  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError("llamadoc serve needs its web stack", hint=EXTRA) from None
+    from llamadoc.server import http
     from llamadoc.server.app import build
     from llamadoc.server.resident import Resident
 
+    if not is_loopback(options.host):  # said first: a wrong --host is the likely mistake
+        notify(f"warning: plain HTTP on {options.host}: the API key and every document cross the network "
+               "unencrypted; put a TLS reverse proxy (Caddy, nginx) in front and keep llamadoc on 127.0.0.1")
     sock = listen(options.host, options.port)
     resident = Resident(options, notify)
     host, port = sock.getsockname()[:2]
+    app = build(resident, notify)
+    server = http.Server(http.config(app, options), app.state.bounds.stopping)
     notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*)")
-    config = uvicorn.Config(build(resident, notify), log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    server.run(sockets=[sock])
+    if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
+        notify("stopped; the engine was mid-generation, so its model is left to the process's exit")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(ExitCode.INTERRUPTED) if server.signalled == signal.SIGINT else 0)
+    if server.signalled == signal.SIGINT:
+        raise KeyboardInterrupt
 
 
 def listen(host: str, port: int) -> socket.socket:

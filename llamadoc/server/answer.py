@@ -14,13 +14,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from anyio import to_thread
 from starlette.requests import Request
 
 from llamadoc.engines.base import GenerationResponse
 from llamadoc.errors import LlamadocError
+from llamadoc.guard import NOT_SCREENED
 from llamadoc.results import Verdict
 from llamadoc.server.batcher import Busy, Ticket
+from llamadoc.server.bounds import bounds, run
 from llamadoc.server.chat import Chat
 from llamadoc.server.failures import ApiError, withheld
 from llamadoc.server.resident import Resident
@@ -44,7 +45,9 @@ class _Done:
 
 
 def judged(verdicts: Sequence[Verdict], what: str, mode: str, warnings: list[str]) -> None:
-    """Apply the server's policy: raise (withheld) under block, note under flag. Unjudged is not safe."""
+    """Apply the server's policy: raise (withheld) under block, note under flag. Unjudged is not safe.
+    What a text-only guard could not see is said in every answer, as the CLI's results record it."""
+    warnings.extend(f"the {v.subject} was {NOT_SCREENED}" for v in verdicts if v.screened == NOT_SCREENED)
     failure = next((v.error for v in verdicts if v.error), None)
     codes = sorted({f"{c} {n}" for v in verdicts if v.safe is False for c, n in zip(v.categories, v.category_names,
                                                                                     strict=True)})
@@ -63,10 +66,11 @@ async def generate(resident: Resident, chat: Chat, client: Request) -> AsyncIter
     started, loaded_before = time.perf_counter(), resident.loaded_at
     guard, warnings = resident.guard, list[str]()
     mode = guard.policy.mode if guard is not None else "off"
+    stopping = bounds(client).stopping
     with resident.use():
         if guard is not None:
             context = [chat.system] if chat.system else []
-            verdicts = await to_thread.run_sync(guard.check_request, chat.prompt, chat.image, context)
+            verdicts = await run("guard", guard.check_request, chat.prompt, chat.image, context)
             judged(verdicts, "the request", mode, warnings)
         live = mode != "block"
         loop = asyncio.get_running_loop()
@@ -83,6 +87,8 @@ async def generate(resident: Resident, chat: Chat, client: Request) -> AsyncIter
         done: _Done | None = None
         try:
             while done is None:
+                if stopping.is_set():  # SIGTERM: the stream ends with an error line, in its own format
+                    raise ApiError(503, "the server is shutting down", headers={"Retry-After": "5"})
                 try:
                     item = await asyncio.wait_for(queue.get(), POLL_S)
                 except TimeoutError:
@@ -103,7 +109,7 @@ async def generate(resident: Resident, chat: Chat, client: Request) -> AsyncIter
             raise done.outcome
         response = done.outcome
         if guard is not None:
-            verdict = await to_thread.run_sync(guard.check_output, chat.prompt, response.text)
+            verdict = await run("guard", guard.check_output, chat.prompt, response.text)
             judged([verdict], "the answer", mode, warnings)
         for piece in held:
             if piece:

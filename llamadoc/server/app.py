@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import sys
-import traceback
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
 from anyio import to_thread
@@ -20,11 +20,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.errors import LlamadocError
-from llamadoc.server import documents_api, engine_api, ollama_api, openai_api
+from llamadoc.server import documents_api, engine_api, http, ollama_api, openai_api
+from llamadoc.server.access import Access, Gate, default_origins
+from llamadoc.server.bounds import Bounds
 from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
 
 REAP_S = 1.0  # how often idle models are checked against keep-alive
+BODY_IDLE_S = 20.0  # seconds a request body may go without a byte
+CLOSE_S = 3.0  # seconds the engine gets to stop at shutdown; then the process exits without unloading it
 
 
 def _error(path: str, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
@@ -48,8 +52,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _bug(request: Request, exc: Exception) -> Response:
-    """A bug: its traceback to the server's stderr, one line to the client."""
-    traceback.print_exception(exc, file=sys.stderr)
+    """A bug: one line to the client. Starlette raises it on after this answer, and uvicorn logs
+    its traceback (the same one at most once a minute: server/http.py)."""
     return _error(request.url.path, 500, f"internal error: {type(exc).__name__}: {exc} (see the server's log)")
 
 
@@ -61,8 +65,8 @@ class Guarded:
     hears that its client went away.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int) -> None:
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    def __init__(self, app: ASGIApp, api_key: str | None, max_body: int, body_timeout: float = 60.0) -> None:
+        self.app, self.api_key, self.max_body, self.body_timeout = app, api_key, max_body, body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,10 +83,18 @@ class Guarded:
             await self._too_large(path, scope, receive, send)
             return
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout
         while True:
-            message = await receive()
+            try:  # a body that trickles in, or stops, must not hold its connection for good
+                wait = min(BODY_IDLE_S, deadline - time.monotonic())
+                message = await asyncio.wait_for(receive(), max(wait, 0.001))
+            except TimeoutError:
+                await _error(path, 408, f"the request body did not arrive within {self.body_timeout:g} s "
+                                        f"(or stopped for {BODY_IDLE_S:g} s)", code="request_timeout")(
+                    scope, receive, send)
+                return
             if message["type"] != "http.request":
-                break
+                return  # the client went away mid-body: nothing to answer, no job to start
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body:
@@ -119,6 +131,8 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        http.quiet_repeats()
+        http.repeats_once(asyncio.get_running_loop())
         if options.preload:
             await to_thread.run_sync(resident.engine)
             if resident.guard is not None:
@@ -128,7 +142,12 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
             yield
         finally:
             reaper.cancel()
-            await to_thread.run_sync(resident.close)
+            app.state.bounds.stopping.set()
+            closing = asyncio.ensure_future(to_thread.run_sync(resident.close, abandon_on_cancel=True))
+            try:  # a generation that cannot stop mid-way must not hold the process for its whole length
+                await asyncio.wait_for(asyncio.shield(closing), CLOSE_S)
+            except TimeoutError:
+                app.state.abandoned = True
 
     app = Starlette(
         routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes],
@@ -137,7 +156,13 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
         lifespan=lifespan,
     )
     app.state.resident = resident
-    app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body)
+    app.state.bounds = Bounds()
+    app.state.abandoned = False  # set when the engine was still busy at shutdown
+    app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body, body_timeout=options.body_timeout)
+    # Added last, so outermost: Host and Origin are checked before the key, and preflights
+    # (which carry no key) answered.
+    app.add_middleware(Gate, access=Access(origins=(*default_origins(), *options.origins),
+                                           hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host))
     return app
 
 

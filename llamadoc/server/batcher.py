@@ -195,9 +195,10 @@ class BatchedEngine(ConcurrentBatch):
     """The batcher as a VisionEngine, for pipelines run inside the server (the document routes):
     their pages join the same batches as every other request."""
 
-    def __init__(self, batcher: Batcher, engine: VisionEngine) -> None:
+    def __init__(self, batcher: Batcher, engine: VisionEngine, cancelled: threading.Event | None = None) -> None:
         super().__init__()
         self._batcher = batcher
+        self._cancelled = cancelled or threading.Event()  # the job's: set, its pages leave the queue and batch
         self.name, self.max_images, self.max_batch = engine.name, engine.max_images, engine.max_batch
         self.supports_schema, self.gpu_layers, self.device = engine.supports_schema, engine.gpu_layers, engine.device
 
@@ -209,14 +210,18 @@ class BatchedEngine(ConcurrentBatch):
             outcome.append(result)
             done.set()
 
-        ticket = Ticket(request, on_done=finished)
+        ticket = Ticket(request, on_done=finished, cancelled=self._cancelled)
         while True:
+            if self._cancelled.is_set():
+                raise Cancelled("the client went away")
             try:
                 self._batcher.submit(ticket)
                 break
             except Busy:
                 time.sleep(0.5)  # a document's pages wait their turn rather than fail
-        done.wait()
+        while not done.wait(0.5):
+            if self._cancelled.is_set():  # the engine drops the ticket when it reaches it
+                raise Cancelled("the client went away")
         if isinstance(outcome[0], LlamadocError):
             raise outcome[0]
         return outcome[0]

@@ -20,6 +20,7 @@ from llamadoc.inputs.raster import RasterOptions, open_document
 from llamadoc.inputs.sniff import HEAD, IMAGE_FORMATS, sniff
 from llamadoc.inputs.sources import Source
 from llamadoc.server.failures import ApiError
+from llamadoc.tasks.schema import check_bounds
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -66,8 +67,9 @@ def conversation(turns: list[Turn]) -> tuple[str | None, str, list[bytes]]:
     return system, rest[0].text, rest[0].images
 
 
-def page_image(data: bytes, label: str, budget: int) -> Image:
-    """A page image from a request's bytes, sized to the model's pixel budget."""
+def page_image(data: bytes, label: str, budget: int, ceiling: int | None = None) -> Image:
+    """A page image from a request's bytes, sized to the model's pixel budget; past ``ceiling``
+    pixels refused from its header, before anything is decoded."""
     kind = sniff(data[:HEAD])
     if kind == "pdf":
         raise ApiError(400, f"{label} is a PDF, not an image: send page images here, "
@@ -75,7 +77,7 @@ def page_image(data: bytes, label: str, budget: int) -> Image:
     if kind != "image":
         raise ApiError(400, f"{label} is not an image ({', '.join(IMAGE_FORMATS)})")
     try:
-        with open_document(Source(label=label, data=data), RasterOptions(max_pixels=budget)) as doc:
+        with open_document(Source(label=label, data=data), RasterOptions(max_pixels=budget, ceiling=ceiling)) as doc:
             return next(doc.pages([1])).image
     except LlamadocError as err:
         raise ApiError(400, str(err)) from None
@@ -109,9 +111,12 @@ def checked_schema(schema: Any, what: str) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ApiError(400, f"{what} must be \"json\" or a JSON Schema object")
     try:
+        check_bounds(schema, what)  # before anything walks it whole or builds its grammar
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as err:
         raise ApiError(400, f"{what} is not a valid JSON Schema: {err.message}") from None
+    except LlamadocError as err:
+        raise ApiError(400, str(err)) from None
     try:
         engines.check_grammar(schema)
     except LlamadocError as err:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from llamadoc import __version__, registry
 from llamadoc.errors import LlamadocError
 from llamadoc.server.answer import Answer, complete, generate, primed
+from llamadoc.server.bounds import check_prompt, decode
 from llamadoc.server.chat import (
     ANY_OBJECT,
     Chat,
@@ -27,7 +28,6 @@ from llamadoc.server.chat import (
     checked_schema,
     conversation,
     number,
-    page_image,
     sampling,
     token_budget,
 )
@@ -44,7 +44,10 @@ def _now() -> str:
 
 
 def _stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):  # past year 9999: as Ollama writes "for good"
+        return "9999-12-31T23:59:59Z"
 
 
 def _model(resident: Resident, body: dict[str, Any]) -> str:
@@ -71,10 +74,10 @@ async def _chat(resident: Resident, body: dict[str, Any], system: str | None, pr
         raise ApiError(400, "options must be an object")
     if len(images) > 1:
         raise ApiError(400, f"the model reads one image per request, not {len(images)}: send one request per page")
+    check_prompt(resident, prompt, system)
     fmt = body.get("format")
     schema = None if fmt in (None, "") else ANY_OBJECT if fmt == "json" else checked_schema(fmt, "format")
-    budget = resident.max_pixels
-    image = await to_thread.run_sync(page_image, images[0], "image 1", budget) if images else None
+    image = await decode(resident, images[0], "image 1") if images else None
     if options.get("num_ctx") is not None:
         engine = await to_thread.run_sync(resident.engine)
         have = getattr(engine, "n_ctx", None)
@@ -208,7 +211,8 @@ def _details(resident: Resident) -> dict[str, Any]:
 def _entry(resident: Resident) -> dict[str, Any]:
     r = resident.models.resolve()
     files = [r.model_path, *([r.mmproj_path] if r.mmproj_path else [])]
-    return {"name": r.name, "model": r.name, "modified_at": _stamp(r.model_path.stat().st_mtime),
+    name = resident.name  # a name, never the model's path on this machine
+    return {"name": name, "model": name, "modified_at": _stamp(r.model_path.stat().st_mtime),
             "size": sum(Path(f).stat().st_size for f in files), "digest": resident.models.sha256(),
             "details": _details(resident)}
 
@@ -227,7 +231,7 @@ async def show(request: Request) -> Response:
     if s.context:
         info[f"{s.architecture}.context_length"] = s.context
     return JSONResponse({
-        "modelfile": f"# served by llamadoc {__version__}\nFROM {r.model_path}\n", "parameters": "", "template": "",
+        "modelfile": f"# served by llamadoc {__version__}\nFROM {resident.name}\n", "parameters": "", "template": "",
         "details": _details(resident), "model_info": info, "capabilities": ["completion", "vision"],
         "modified_at": _stamp(r.model_path.stat().st_mtime),
     })

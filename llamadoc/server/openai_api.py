@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +17,7 @@ from starlette.routing import Route
 from llamadoc import __version__
 from llamadoc.errors import LlamadocError
 from llamadoc.server.answer import Answer, complete, generate, primed
+from llamadoc.server.bounds import check_prompt, decode
 from llamadoc.server.chat import (
     ANY_OBJECT,
     Chat,
@@ -25,7 +25,6 @@ from llamadoc.server.chat import (
     checked_schema,
     conversation,
     data_uri,
-    page_image,
     sampling,
     token_budget,
 )
@@ -86,12 +85,15 @@ async def completions(request: Request) -> Response:
     if req.get("n") not in (None, 1):
         raise ApiError(400, "n must be 1: the server gives one answer per request")
     system, prompt, images = conversation([_turn(i, m) for i, m in enumerate(messages)])
+    check_prompt(resident, prompt, system)
     if len(images) > 1:
         raise ApiError(400, f"the model reads one image per request, not {len(images)}: send one request per page")
-    budget = resident.max_pixels
-    image = await to_thread.run_sync(page_image, images[0], "the image", budget) if images else None
     limit = req.get("max_completion_tokens", req.get("max_tokens"))
-    chat = Chat(prompt=prompt, system=system, image=image, schema=_schema(req.get("response_format")),
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):  # -1 is Ollama's
+        raise ApiError(400, "max_tokens must be a positive integer", code="invalid_value")
+    schema = _schema(req.get("response_format"))
+    image = await decode(resident, images[0], "the image") if images else None
+    chat = Chat(prompt=prompt, system=system, image=image, schema=schema,
                 max_tokens=token_budget(limit, "max_tokens", resident.options.max_tokens),
                 sampling=sampling(req.get("temperature"), req.get("top_p"), req.get("seed")))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

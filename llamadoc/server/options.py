@@ -12,6 +12,8 @@ from llamadoc.errors import UsageError
 from llamadoc.guard import GuardPolicy
 
 DEFAULT_PORT = 11435  # Ollama's 11434 plus one: both can run on one machine
+MIN_KEY = 16  # characters an API key must have: a short one is guessed
+MAX_KEEP_ALIVE = 10 * 365 * 86400.0  # seconds; longer is -1 (for good), and past it dates overflow
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -34,7 +36,21 @@ def parse_duration(value: str | float | int, what: str = "--keep-alive") -> floa
             seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if not math.isfinite(seconds):
         raise UsageError(f"{what} {value!r} is not a duration")
+    if seconds > MAX_KEEP_ALIVE:
+        raise UsageError(f"{what} {value!r} is too long", hint="use -1 to keep the model loaded for good")
     return None if seconds < 0 else seconds
+
+
+def read_key(path: Path) -> str:
+    """The API key in a file (its first line, trimmed), as --api-key-file gives it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--api-key-file {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise UsageError(f"--api-key-file {path} is empty")
+    return key
 
 
 def is_loopback(host: str) -> bool:
@@ -64,18 +80,43 @@ class ServeOptions:
     max_body_mb: int = 64  # the largest request body (uploads, base64 images)
     config: Path | None = None
     verbose: bool = False
+    # Who may call from where (server/access.py): origins and Host names besides the defaults.
+    origins: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    # What one request may cost (server/bounds.py).
+    max_prompt_kb: int = 256  # UTF-8 text of a request's prompts and system messages; more is 413
+    max_pages: int = 100  # pages read of one document on the document routes
+    max_documents: int = 32  # documents in one upload
+    max_image_pixels: int = 4096 * 4096  # a page decoded or rendered at more is refused first
+    max_connections: int = 256  # open at once; lowered to fit the process's file limit
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    idle_timeout: float = 5.0  # seconds a kept-alive connection may sit idle between requests
+    body_timeout: float = 60.0  # seconds a request body may take to arrive (20 s at most without a byte)
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.api_key:
             raise UsageError(f"--host {self.host} would let other machines in without a key",
-                             hint="pass --api-key KEY (clients send it as a Bearer token), or keep 127.0.0.1")
+                             hint="set LLAMADOC_API_KEY or pass --api-key-file (clients send it as a Bearer token), "
+                                  "or keep 127.0.0.1")
+        if self.api_key is not None and len(self.api_key) < MIN_KEY:
+            raise UsageError(f"the API key has {len(self.api_key)} characters; use at least {MIN_KEY}",
+                             hint="e.g. `openssl rand -hex 24`")
         if not 0 <= self.port <= 65535:
             raise UsageError(f"--port {self.port} is not a port number")
         if self.max_queue < 1:
             raise UsageError("--max-queue must be at least 1")
         if self.max_body_mb < 1:
             raise UsageError("--max-body-mb must be at least 1")
+        for name in ("max_prompt_kb", "max_pages", "max_documents", "max_connections"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_image_pixels < 1024:
+            raise UsageError("max_image_pixels must be at least 1024")
 
     @property
     def max_body(self) -> int:
         return self.max_body_mb << 20
+
+    @property
+    def max_prompt(self) -> int:
+        return self.max_prompt_kb << 10

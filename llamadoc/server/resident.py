@@ -3,7 +3,7 @@ request, and unloaded after --keep-alive without a request, as Ollama does.
 
 They resolve at start (a missing one stops `llamadoc serve` with exit 2), load on the first
 request (or at start with --preload), and the guard screens every request. The document
-routes run a Reader over the same models (``Batched``): its pipeline's pages join the
+routes run a Reader per job over the same models (``Batched``): its pipeline's pages join the
 batcher's batches like any other request.
 """
 
@@ -13,6 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from llamadoc import __version__, engines, registry
@@ -21,7 +22,6 @@ from llamadoc.engines.base import VisionEngine
 from llamadoc.guard import Guard, GuardPolicy
 from llamadoc.models.base import EngineNeeds, Models, ModelSettings
 from llamadoc.models.local import LocalModels
-from llamadoc.reader import Reader
 from llamadoc.results import ModelInfo
 from llamadoc.server.batcher import BatchedEngine, Batcher
 from llamadoc.server.options import ServeOptions
@@ -38,7 +38,6 @@ class Resident:
         # Every request shares one engine, sized for the longest answer a request may ask.
         self.needs = EngineNeeds(max_tokens=options.max_tokens)
         self.batcher = Batcher(self.engine, options.max_queue)
-        self.documents = Reader(models=Batched(self.models, self.batcher, self.needs))
         self.keep_alive = options.keep_alive  # a request may change it, as Ollama's keep_alive does
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -48,13 +47,16 @@ class Resident:
 
     @property
     def name(self) -> str:
-        return self.models.resolve().name
+        """What clients see the model called: its registry name or address, or for a model given
+        as a path the file's name (a path on this machine is not the clients' business)."""
+        r = self.models.resolve()
+        return Path(r.name).name if registry.looks_like_path(r.name) else r.name
 
     def names(self) -> list[str]:
         """What a request may call the model: its name (and Ollama's name:latest when it has no
         tag), the path or address the server was started with, and the file."""
         r = self.models.resolve()
-        names = [r.name, *([f"{r.name}:latest"] if ":" not in r.name else []), str(r.model_path)]
+        names = [self.name, r.name, *([f"{r.name}:latest"] if ":" not in r.name else []), str(r.model_path)]
         if self.options.model:
             names.append(self.options.model)
         return list(dict.fromkeys(names))
@@ -152,10 +154,12 @@ class Resident:
 
 class Batched:
     """The server's models as a Reader's (llamadoc.models.base.Models), for the document routes:
-    the same models, with the engine's requests going through the batcher like every other."""
+    the same models, with the engine's requests going through the batcher like every other.
+    With ``cancelled``, a job's pages stop reaching the engine once it is set (its client went away)."""
 
-    def __init__(self, models: Models, batcher: Batcher, needs: EngineNeeds) -> None:
-        self._models, self._batcher, self._needs = models, batcher, needs
+    def __init__(self, models: Models, batcher: Batcher, needs: EngineNeeds,
+                 cancelled: threading.Event | None = None) -> None:
+        self._models, self._batcher, self._needs, self._cancelled = models, batcher, needs, cancelled
 
     @property
     def settings(self) -> Settings:
@@ -173,7 +177,7 @@ class Batched:
 
     def vision_engine(self, needs: EngineNeeds) -> VisionEngine:
         # The server's engine is loaded for every request (self._needs), whatever one run asks.
-        return BatchedEngine(self._batcher, self._models.vision_engine(self._needs))
+        return BatchedEngine(self._batcher, self._models.vision_engine(self._needs), self._cancelled)
 
     def guard(self) -> Guard | None:
         return self._models.guard()

@@ -3,25 +3,65 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from llamadoc.server.failures import ApiError
 
+JSON_TYPE = re.compile(r"application/([\w.+-]+\+)?json\s*(;.*)?", re.IGNORECASE)
+PARSE_ON_LOOP = 256 << 10  # bytes: bigger bodies are parsed on a worker thread
+
 
 async def json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object. Only as ``Content-Type: application/json``: a web page can POST
+    text/plain to any address without the browser asking the server first, never JSON. Strict
+    JSON (no NaN or Infinity) and valid Unicode (no lone surrogates), or a 4xx saying why."""
+    kind = request.headers.get("content-type", "")
+    if not JSON_TYPE.fullmatch(kind.strip()):
+        raise ApiError(415, f"send the request as JSON (Content-Type: application/json), not {kind or 'untyped'}",
+                       code="unsupported_media_type")
     raw = await request.body()
-    try:
-        body = json.loads(raw) if raw else {}
-    except (ValueError, RecursionError):
-        raise ApiError(400, "the request body is not JSON") from None
+    body = _parse(raw) if len(raw) <= PARSE_ON_LOOP else await to_thread.run_sync(_parse, raw)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        body = json.loads(raw, parse_constant=_no_constant) if raw else {}
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the request body is not JSON") from None
+    _check_unicode(body)
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_unicode(value: Any) -> None:
+    """A \\ud800 escape parses into a string no encoder takes: refused here, not a 500 later."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "the request holds a lone surrogate (a \\ud800-\\udfff escape on its own): "
+                                    "not valid Unicode") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 class Stream(StreamingResponse):

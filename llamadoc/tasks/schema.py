@@ -4,10 +4,64 @@ and used to validate replies."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 from llamadoc.errors import UsageError
+
+# What a schema may cost, checked before anything walks it whole (jsonschema), writes it out (the
+# prompt) or turns it into a grammar: YAML aliases make a 400-byte file a structure of millions of
+# nodes, and a grammar spells every repetition out (minItems: 10000000 is ten million rules).
+MAX_NODES = 10_000  # values, counted as often as aliases repeat them
+MAX_DEPTH = 32
+MAX_TEXT = 256 << 10  # characters of keys and strings, as written out
+MAX_REPEAT = 1_000  # minItems, maxItems, minLength, ... and {n,m} in patterns: each
+MAX_REPEAT_TOTAL = 10_000  # ... and all of them together
+_COUNTS = frozenset({"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
+                     "minContains", "maxContains"})
+_QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+
+
+def check_bounds(schema: Any, where: str) -> None:
+    """A UsageError when a schema is too big or too deep to use, or asks for more repetitions than
+    a grammar can spell out. Walks at most MAX_NODES values, however the YAML aliased them."""
+    nodes = text = repeats = 0
+    stack: list[tuple[Any, int, str]] = [(schema, 1, "")]
+    while stack:
+        node, depth, key = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UsageError(f"{where} is too large (over {MAX_NODES:,} values, aliases counted as written out)",
+                             hint="simplify the schema")
+        if depth > MAX_DEPTH:
+            raise UsageError(f"{where} nests deeper than {MAX_DEPTH} levels", hint="flatten the schema")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                text += len(str(k))
+                stack.append((v, depth + 1, str(k)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, "") for v in node)
+        elif isinstance(node, str):
+            text += len(node)
+            if key == "pattern":
+                counts = [int(n) for pair in _QUANTIFIER.findall(node) for n in pair if n]
+                repeats += sum(counts)
+                if any(n > MAX_REPEAT for n in counts):
+                    raise UsageError(f"{where}: the pattern {node[:40]!r} repeats more than {MAX_REPEAT:,} times",
+                                     hint="a grammar spells every repetition out; loosen the pattern")
+        elif key in _COUNTS and isinstance(node, int | float) and not isinstance(node, bool):
+            if not math.isfinite(node) or node > MAX_REPEAT:
+                raise UsageError(f"{where}: {key} {node:,.0f} is over the limit of {MAX_REPEAT:,}",
+                                 hint="a grammar spells every repetition out; leave it out or lower it")
+            repeats += int(node)
+        if text > MAX_TEXT:
+            raise UsageError(f"{where} is too large (over {MAX_TEXT >> 10} KiB of text, aliases written out)",
+                             hint="shorten the descriptions")
+        if repeats > MAX_REPEAT_TOTAL:
+            raise UsageError(f"{where} asks for over {MAX_REPEAT_TOTAL:,} repetitions in all (minItems, maxLength, "
+                             "...)", hint="a grammar spells every repetition out; lower them")
 
 
 def check_schema(schema: Any, where: str) -> dict[str, Any]:
@@ -16,6 +70,7 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
 
     if not isinstance(schema, dict):
         raise UsageError(f"{where} must hold a JSON Schema object")
+    check_bounds(schema, where)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as err:

@@ -33,13 +33,18 @@ class Preprocessed:
         return self.grid[0] * self.grid[1]
 
 
+# What encoded images are decoded as: the page formats llamadoc reads (inputs/sniff.py), never a
+# plugin whose decoder runs another program (PostScript's runs Ghostscript).
+DECODED = ("PNG", "JPEG", "TIFF", "GIF", "WEBP", "BMP", "JPEG2000", "PPM")
+
+
 def open_image(source: Image.Image | str | os.PathLike[str] | bytes) -> Image.Image:
     """A decoded PIL image from a PIL image, a path or encoded bytes; DocumentError when undecodable."""
     if isinstance(source, Image.Image):
         return source
     name = "image bytes" if isinstance(source, bytes) else str(source)
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source), formats=DECODED)
         img.load()  # PIL decodes lazily: truncated data only fails here
     except FileNotFoundError:
         raise DocumentError(f"{name}: no such image file") from None
