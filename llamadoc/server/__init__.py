@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 
 from llamadoc.errors import ExitCode, UsageError
 from llamadoc.server.options import ServeOptions, is_loopback
+from llamadoc.web import listen
 
 EXTRA = "pip install 'llamadoc[serve]'"
 
@@ -49,17 +49,3 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     if server.signalled == signal.SIGINT:
         raise KeyboardInterrupt
 
-
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before any model loads: a taken port is one line, not a traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror or err})",
-                         hint="pick another --port, or stop what holds it") from None
-    sock.listen(128)
-    return sock

@@ -21,10 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.errors import LlamadocError
 from llamadoc.server import documents_api, engine_api, http, ollama_api, openai_api
-from llamadoc.server.access import Access, Gate, default_origins
 from llamadoc.server.bounds import Bounds
 from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
+from llamadoc.web.access import Access, Gate, default_origins
 
 REAP_S = 1.0  # how often idle models are checked against keep-alive
 BODY_IDLE_S = 20.0  # seconds a request body may go without a byte
@@ -162,7 +162,8 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
     # Added last, so outermost: Host and Origin are checked before the key, and preflights
     # (which carry no key) answered.
     app.add_middleware(Gate, access=Access(origins=(*default_origins(), *options.origins),
-                                           hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host))
+                                           hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host),
+                       shape=body)
     return app
 
 
