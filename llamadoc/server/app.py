@@ -10,13 +10,14 @@ import contextlib
 import hmac
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.errors import LlamadocError
@@ -126,7 +127,8 @@ class Guarded:
         await response(scope, receive, send)
 
 
-def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -> Starlette:
+def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None,
+          mounts: Mapping[str, ASGIApp] | None = None) -> Starlette:
     options = resident.options
 
     @contextlib.asynccontextmanager
@@ -150,7 +152,8 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
                 app.state.abandoned = True
 
     app = Starlette(
-        routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes],
+        routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes,
+                *(Mount(prefix, app=mounted) for prefix, mounted in (mounts or {}).items())],
         exception_handlers={ApiError: _api_error, LlamadocError: _library_error, HTTPException: _http_error,
                             Exception: _bug},
         lifespan=lifespan,
