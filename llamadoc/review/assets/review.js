@@ -130,6 +130,7 @@
       return;
     }
     state.doc = doc;
+    if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`); // a reload comes back here
     state.edits = {};
     state.selected = null;
     const decided = doc.decision && !doc.decision_problem ? doc.decision : null;
