@@ -49,15 +49,16 @@ def offline_home(home: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serving(**options: object) -> Iterator[Served]:
-    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends."""
+def serving(mounts: dict[str, object] | None = None, **options: object) -> Iterator[Served]:
+    """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends;
+    ``mounts``: other faces' apps by prefix, as the CLI mounts them (serve --review)."""
     from llamadoc.server import http, listen
     from llamadoc.server.app import build
 
     opts = ServeOptions(**{"threads": 1, **options, "port": 0})  # type: ignore[arg-type]
     sock = listen(opts.host, 0)
     resident = Resident(opts, notify=lambda _m: None)
-    app = build(resident)
+    app = build(resident, mounts=mounts)  # type: ignore[arg-type]
     server = http.Server(http.config(app, opts), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
