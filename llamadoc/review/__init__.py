@@ -39,8 +39,8 @@ def app(options: ReviewOptions) -> Any:
     """The review page's ASGI app, for `llamadoc serve` to mount: no origin rules of its own
     (the server's apply)."""
     _web_stack()
-    from llamadoc.review.app import build
     from llamadoc.review.batch import warm
+    from llamadoc.review.routes import build
 
     made = build(options.out, options.documents)
     warm()
@@ -52,8 +52,8 @@ def review(options: ReviewOptions, notify: Callable[[str], None] = lambda _m: No
     _web_stack()
     import uvicorn
 
-    from llamadoc.review.app import build
     from llamadoc.review.batch import warm
+    from llamadoc.review.routes import build
     from llamadoc.web import listen
     from llamadoc.web.access import Access, Gate, default_origins
 

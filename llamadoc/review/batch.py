@@ -24,7 +24,9 @@ from typing import Any
 from llamadoc.errors import DocumentError, LlamadocError, UsageError
 from llamadoc.evidence.checks import _leaves, _path, _subschema, arithmetic
 from llamadoc.evidence.validate import _keys, check_value
-from llamadoc.outputs.decisions import Decision, DecisionError, Decisions, Entry, entries, result_files
+from llamadoc.files import write_atomic
+from llamadoc.outputs.decisions import Decision, DecisionError, Decisions, Entry, entries, result_stats
+from llamadoc.outputs.writer import STATE_DIR
 from llamadoc.results import Check
 
 # Why a document needs a look, as the page filters them; in the order the queue weighs them.
@@ -55,10 +57,14 @@ class Item:
     looks: int  # values that need a look
     page_count: int
 
+    @property
+    def name(self) -> str:
+        return re.split(r"[\\/#]", self.source)[-1] or self.source
+
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "source": self.source, "name": Path(self.source.split("#")[-1]).name or self.source,
-                "status": self.status, "needs_review": self.needs_review, "reasons": self.reasons,
-                "review": self.review}
+        """What the queue shows of it (2,000 of these make the page's first request: kept small)."""
+        return {"id": self.id, "name": self.name, "needs_review": self.needs_review, "reasons": self.reasons,
+                "pages": self.page_count}
 
 
 def value_reasons(value: dict[str, Any], below: float) -> list[str]:
@@ -103,8 +109,15 @@ def _need(item: Item) -> tuple[Any, ...]:
 
 @dataclass
 class _Read:
+    """What one result file gave the queue, as of its mtime and size."""
+
     stamp: tuple[int, int]  # mtime_ns, size
     items: list[Item]
+    problems: list[str]
+
+
+INDEX = "review-index.json"  # in OUT/.llamadoc: the queue's cache, so a restart reads only what changed
+INDEX_FORMAT = 1
 
 
 class Batch:
@@ -116,7 +129,7 @@ class Batch:
         self.out = out
         self.decisions = Decisions(out)
         self.roots = (*roots, Path.cwd(), out.resolve().parent)  # where a relative source may be found
-        self._read: dict[Path, _Read] = {}
+        self._read: dict[str, _Read] = {}  # by the result file's path below OUT
         self._items: list[Item] = []
         self._by_id: dict[str, Item] = {}
         self._lock = threading.Lock()
@@ -128,25 +141,53 @@ class Batch:
     def refresh(self) -> list[Item]:
         """The queue, ordered by need; files changed since the last look are read again."""
         with self._lock:
-            seen: dict[Path, _Read] = {}
-            problems: list[str] = []
-            for path in result_files(self.out):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
+            if not self._read:
+                self._read = self._load_index()
+            seen: dict[str, _Read] = {}
+            changed = False
+            for rel, st in result_stats(self.out):
                 stamp = (st.st_mtime_ns, st.st_size)
-                known = self._read.get(path)
+                known = self._read.get(rel)
                 if known is None or known.stamp != stamp:
-                    known = _Read(stamp, self._index(path, problems))
-                seen[path] = known
+                    known = self._index(self.out / rel, stamp)
+                    changed = True
+                seen[rel] = known
+            changed = changed or seen.keys() != self._read.keys()
             self._read = seen
-            self.problems = problems
+            self.problems = [p for r in seen.values() for p in r.problems]
             self._items = sorted((i for r in seen.values() for i in r.items), key=_need)
             self._by_id = {i.id: i for i in self._items}
+            if changed:
+                self._save_index()
             return self._items
 
-    def _index(self, path: Path, problems: list[str]) -> list[Item]:
+    def _load_index(self) -> dict[str, _Read]:
+        """The queue as an earlier run left it (each file's part checked against its stat later)."""
+        try:
+            body = json.loads((self.out / STATE_DIR / INDEX).read_text(encoding="utf-8"))
+            if body.get("format") != INDEX_FORMAT:
+                return {}
+            return {rel: _Read((int(r["stamp"][0]), int(r["stamp"][1])),
+                               [Item(**{**i, "path": self.out / i["path"]}) for i in r["items"]],
+                               [str(p) for p in r["problems"]])
+                    for rel, r in body["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return {}  # none, or not ours: read every file again
+
+    def _save_index(self) -> None:
+        files = {rel: {"stamp": list(r.stamp), "problems": r.problems,
+                       "items": [{**vars(i), "path": i.path.relative_to(self.out).as_posix()} for i in r.items]}
+                 for rel, r in self._read.items()}
+        try:
+            write_atomic(self.out / STATE_DIR / INDEX, json.dumps({"format": INDEX_FORMAT, "files": files}))
+        except OSError:
+            pass  # a folder we may only read: the next start reads every file again, nothing worse
+
+    def _index(self, path: Path, stamp: tuple[int, int]) -> _Read:
+        problems: list[str] = []
+        return _Read(stamp, self._items_of(path, problems), problems)
+
+    def _items_of(self, path: Path, problems: list[str]) -> list[Item]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
@@ -459,8 +500,11 @@ class Pages:
 
 
 def warm(then: Callable[[], None] = lambda: None) -> None:
-    """Import the checks' libraries (python-stdnum, schwifty, pycountry) off the first request."""
+    """Import what the first requests need off them: PyMuPDF (the first page image) and the
+    checks' libraries (python-stdnum, schwifty, pycountry: the first edit)."""
     def run() -> None:
+        import pymupdf  # noqa: F401
+
         check_value(("seller", "vat_id"), "DE136695976")
         check_value(("iban",), "DE89370400440532013000")
         check_value(("currency",), "EUR")
