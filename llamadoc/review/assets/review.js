@@ -335,7 +335,10 @@
     state.selected = path;
     $$(".box.selected, .field.selected, .cell.selected").forEach((node) => node.classList.remove("selected"));
     const holder = $(`.field[data-path="${CSS.escape(path)}"], .cell[data-path="${CSS.escape(path)}"]`);
-    if (holder) holder.classList.add("selected");
+    if (holder) {
+      holder.classList.add("selected");
+      holder.scrollIntoView({ block: "nearest" }); // with the pane's scroll-padding: above the decision bar
+    }
     const boxes = $$(`.box[data-path="${CSS.escape(path)}"]`);
     boxes.forEach((box) => box.classList.add("selected"));
     if (boxes.length) boxes[0].scrollIntoView({ block: "center", inline: "nearest" });
