@@ -213,3 +213,35 @@ def test_a_damaged_decision_file_is_one_clear_line_and_is_not_written_over(fresh
 def test_a_results_folder_that_is_not_one_is_a_usage_error(tmp_path: Path, run_cli: Any) -> None:
     result = run_cli("review", str(tmp_path / "nowhere"), "--no-browser")
     assert result.exit_code == 2 and "is not a folder of results" in result.stderr
+
+
+def test_a_document_not_read_comes_first_and_can_only_be_rejected(fresh: Made) -> None:
+    result = fresh.out / "clean.json"
+    body = json.loads(result.read_text())
+    body.update(fields=None, values=[], status="failed", needs_review=True, review=["no fields were extracted"])
+    result.write_text(json.dumps(body))
+    with reviewing(fresh.out) as review:
+        queue = httpx.get(review.url + "api/queue").json()
+        doc = ids(review.url)["clean.pdf"]
+        approve = post(review.url, f"api/documents/{doc}/decision", {"session": SESSION_A, "decision": "approved"})
+        reject = post(review.url, f"api/documents/{doc}/decision", {"session": SESSION_A, "decision": "rejected",
+                                                                   "note": "unreadable scan"})
+    assert queue_names(queue)[0] == "clean.pdf" and queue["items"][0]["reasons"] == ["not read"]
+    assert approve.status_code == 400 and "no fields" in approve.json()["error"]
+    assert reject.status_code == 200 and reject.json()["decision"]["fields"] is None
+
+
+def test_a_decision_on_an_earlier_result_is_shown_as_such_and_not_counted(fresh: Made) -> None:
+    with reviewing(fresh.out) as review:
+        doc = ids(review.url)["wrong.pdf"]
+        assert post(review.url, f"api/documents/{doc}/decision",
+                    {"session": SESSION_A, "decision": "approved"}).status_code == 200
+        assert httpx.get(review.url + "api/queue").json()["reviewed"] == 1
+        result = fresh.out / "wrong.json"
+        body = json.loads(result.read_text())
+        body["timings_ms"] = {"total": 2.0}  # the batch ran again and wrote another result
+        result.write_text(json.dumps(body))
+        queue = httpx.get(review.url + "api/queue").json()
+        shown = httpx.get(review.url + f"api/documents/{doc}").json()
+    assert queue["reviewed"] == 0 and [i["decision"] for i in queue["items"] if i["id"] == doc] == [None]
+    assert "on an earlier result of the batch" in shown["decision_problem"]

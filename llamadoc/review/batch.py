@@ -56,6 +56,7 @@ class Item:
     review: list[str]  # the result's own words for them
     looks: int  # values that need a look
     page_count: int
+    digest: str  # of the result's text: a decision made on another is stale
 
     @property
     def name(self) -> str:
@@ -117,7 +118,7 @@ class _Read:
 
 
 INDEX = "review-index.json"  # in OUT/.llamadoc: the queue's cache, so a restart reads only what changed
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
 class Batch:
@@ -210,7 +211,7 @@ class Batch:
             items.append(Item(id=entry.id, key=entry.key, path=path, source=body["source"], sha256=body.get("sha256"),
                               status=str(body.get("status")), needs_review=bool(body.get("needs_review")),
                               reasons=reasons, review=[str(r) for r in body.get("review") or []], looks=looks,
-                              page_count=int(body.get("page_count") or 0)))
+                              page_count=int(body.get("page_count") or 0), digest=entry.digest))
         return items
 
     def item(self, doc_id: str) -> Item:
@@ -258,6 +259,8 @@ class Batch:
         for item in items:
             row = item.summary()
             decision = made.get(item.id)
+            if decision is not None and decision.stale(item.digest):  # the batch ran again since: undecided
+                decision = None
             row["decision"] = decision.decision if decision is not None else None
             row["by"] = decision.by if decision is not None else None
             row["damaged"] = item.id in damaged

@@ -9,6 +9,7 @@ JSON (a web page elsewhere cannot send JSON without a preflight, which the origi
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -76,12 +77,6 @@ class Holds:
             if held is not None and held[0] == session:
                 self._let_go(doc_id)
 
-    def holder(self, doc_id: str) -> str | None:
-        with self._lock:
-            self._expire()
-            held = self._by.get(doc_id)
-            return held[0] if held else None
-
     def close(self) -> None:
         with self._lock:
             for doc_id in list(self._by):
@@ -144,8 +139,6 @@ async def _json(request: Request) -> dict[str, Any]:
         data += chunk
         if len(data) > MAX_BODY:
             raise HTTPException(413, f"the request body is over {MAX_BODY >> 10} KiB")
-    import json
-
     try:
         body = json.loads(data)
     except (ValueError, RecursionError):
@@ -183,10 +176,7 @@ def build(out: Path, documents: tuple[Path, ...] = ()) -> Starlette:
 
     def document(request: Request) -> Response:
         doc_id = request.path_params["id"]
-        body = batch.document(doc_id)
-        holder = holds.holder(doc_id)
-        body["held"] = holder is not None
-        return JSONResponse({**body, "reviewer": reviewer}, headers=HEADERS)
+        return JSONResponse({**batch.document(doc_id), "reviewer": reviewer}, headers=HEADERS)
 
     def image(request: Request) -> Response:
         item = batch.item(request.path_params["id"])
@@ -226,8 +216,13 @@ def build(out: Path, documents: tuple[Path, ...] = ()) -> Starlette:
             raise HTTPException(400, "base is the revision the page saw, values {path: value}")
         holds.take(item.id, session)  # the page holds it already; a page that lost it gets 423
         entry, result = batch.entry(item)
-        record, _, changed = batch.changes(result, edits)
+        record: dict[str, Any] | None = None
+        changed: dict[str, dict[str, Any]] = {}
+        # A document that was not read has nothing to correct: it can only be rejected.
+        if not (result.get("fields") is None and not edits and decision == "rejected"):
+            record, _, changed = batch.changes(result, edits)  # refuses a document without fields
         if decision == "approved":
+            assert record is not None
             failed = [c for c in record_checks(record, schema_of(result)) if c.name == "schema" and c.status == "fail"]
             if failed:
                 raise UsageError(f"the values do not fit the batch's schema: {failed[0].detail}",
