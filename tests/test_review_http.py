@@ -245,3 +245,27 @@ def test_a_decision_on_an_earlier_result_is_shown_as_such_and_not_counted(fresh:
         shown = httpx.get(review.url + f"api/documents/{doc}").json()
     assert queue["reviewed"] == 0 and [i["decision"] for i in queue["items"] if i["id"] == doc] == [None]
     assert "on an earlier result of the batch" in shown["decision_problem"]
+
+
+def test_pages_come_from_the_documents_the_results_name_and_only_unchanged(fresh: Made, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "archive" / "invoices"
+    elsewhere.mkdir(parents=True)
+    for name, path in fresh.docs.items():
+        shutil.copyfile(path, elsewhere / name)
+    for result in fresh.out.glob("*.json"):  # the batch ran with relative paths, in another folder
+        body = json.loads(result.read_text())
+        body["source"] = "invoices/" + Path(body["source"]).name
+        result.write_text(json.dumps(body))
+    (elsewhere / "absent.pdf").write_bytes((elsewhere / "absent.pdf").read_bytes() + b"\n% edited since\n")
+    with reviewing(fresh.out, cwd=tmp_path) as review:
+        missing = httpx.get(review.url + f"api/documents/{ids(review.url)['wrong.pdf']}").json()["images"]
+    with reviewing(fresh.out, "--documents", str(tmp_path / "archive"), cwd=tmp_path) as review:
+        found = ids(review.url)
+        shown = httpx.get(review.url + f"api/documents/{found['wrong.pdf']}").json()["images"]
+        image = httpx.get(review.url + f"api/documents/{found['wrong.pdf']}/pages/1")
+        changed = httpx.get(review.url + f"api/documents/{found['absent.pdf']}").json()["images"]
+        refused = httpx.get(review.url + f"api/documents/{found['absent.pdf']}/pages/1")
+    assert "invoices/wrong.pdf is not found" in missing and "--documents" in missing
+    assert shown is None and image.status_code == 200
+    assert "has changed since the batch read it" in changed
+    assert refused.status_code == 404 and "has changed" in refused.json()["error"]

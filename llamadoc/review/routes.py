@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from llamadoc.errors import LlamadocError, UsageError
+from llamadoc.errors import DocumentError, LlamadocError, UsageError
 from llamadoc.outputs.decisions import Conflict, DecisionError, who
 from llamadoc.outputs.writer import Claims
 from llamadoc.review.batch import Batch, NotFound, record_checks, schema_of
@@ -103,7 +103,7 @@ def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
 
 
 def _status(err: LlamadocError) -> int:
-    if isinstance(err, NotFound):
+    if isinstance(err, NotFound | DocumentError):  # no such document, or no page of it to show
         return 404
     if isinstance(err, Locked):
         return 423
