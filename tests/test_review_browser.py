@@ -189,3 +189,21 @@ def test_the_keyboard_alone_reviews_documents_and_every_input_is_labelled(page: 
     assert absent["decision"] == "approved" and absent["changed"] == {
         "buyer.name": {"old": "Nirgendwo Handels GmbH", "new": "Beispiel AG"}}
     assert decisions[str(fresh.docs["again.pdf"])]["decision"] == "rejected"
+
+
+def test_what_a_document_says_is_shown_as_text_never_run(page: Any, fresh: Made) -> None:
+    from playwright.sync_api import expect
+
+    result = fresh.out / "wrong.json"
+    body = json.loads(result.read_text())
+    hostile = '<img src=x onerror="document.body.dataset.pwned=1"><b id="pwned">RE</b>'
+    body["fields"]["invoice_number"] = hostile
+    body["values"][0]["value"] = hostile
+    body["review"][0] = hostile
+    result.write_text(json.dumps(body))
+    with reviewing(fresh.out) as review:
+        page.goto(review.url)
+        expect(page.locator("input[data-path='invoice_number']")).to_have_value(hostile)
+        expect(page.locator("#doc-reasons li").first).to_have_text(hostile)
+        expect(page.locator("#pwned")).to_have_count(0)
+        assert page.evaluate("() => document.body.dataset.pwned") is None
