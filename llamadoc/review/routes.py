@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llamadoc.errors import DocumentError, LlamadocError, UsageError
-from llamadoc.outputs.decisions import Conflict, DecisionError, who
+from llamadoc.outputs.decisions import Conflict, Decision, DecisionError, who
 from llamadoc.outputs.writer import Claims
 from llamadoc.review.batch import Batch, NotFound, record_checks, schema_of
 
@@ -188,24 +189,30 @@ def build(out: Path, documents: tuple[Path, ...] = ()) -> Starlette:
         edits = body.get("values")
         if not isinstance(edits, dict):
             raise HTTPException(400, "send the edited values as {\"values\": {path: value}}")
-        return JSONResponse(batch.checks(request.path_params["id"], edits), headers=HEADERS)
+        checked = await run_in_threadpool(batch.checks, request.path_params["id"], edits)
+        return JSONResponse(checked, headers=HEADERS)
 
     async def hold(request: Request) -> Response:
         body = await _json(request)
-        item = batch.item(request.path_params["id"])
-        holds.take(item.id, _session(body))
+        item = await run_in_threadpool(batch.item, request.path_params["id"])
+        await run_in_threadpool(holds.take, item.id, _session(body))
         return JSONResponse({"held": True}, headers=HEADERS)
 
     async def release(request: Request) -> Response:
         body = await _json(request)
-        item = batch.item(request.path_params["id"])
-        holds.release(item.id, _session(body))
+        item = await run_in_threadpool(batch.item, request.path_params["id"])
+        await run_in_threadpool(holds.release, item.id, _session(body))
         return JSONResponse({"held": False}, headers=HEADERS)
 
     async def decide(request: Request) -> Response:
         body = await _json(request)
+        # Files and locks (a decision may wait for another reviewer's write): off the event loop.
+        made = await run_in_threadpool(decide_now, request.path_params["id"], body)
+        return JSONResponse({"decision": made.to_json()}, headers=HEADERS)
+
+    def decide_now(doc_id: str, body: dict[str, Any]) -> Decision:
         session = _session(body)
-        item = batch.item(request.path_params["id"])
+        item = batch.item(doc_id)
         decision, note, base, edits = body.get("decision"), body.get("note") or "", body.get("base", 0), \
             body.get("values") or {}
         if decision not in ("approved", "rejected"):
@@ -227,8 +234,7 @@ def build(out: Path, documents: tuple[Path, ...] = ()) -> Starlette:
             if failed:
                 raise UsageError(f"the values do not fit the batch's schema: {failed[0].detail}",
                                  hint="correct them before approving, or reject the document")
-        made = batch.decisions.decide(entry, item.source, decision, record, changed, note.strip(), base, reviewer)
-        return JSONResponse({"decision": made.to_json()}, headers=HEADERS)
+        return batch.decisions.decide(entry, item.source, decision, record, changed, note.strip(), base, reviewer)
 
     app = Starlette(
         routes=[
