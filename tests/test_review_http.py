@@ -59,8 +59,9 @@ def test_origin_and_host_are_checked_as_the_server_checks_them(fresh: Made) -> N
         preflight = httpx.options(url + "api/queue", headers={"Origin": "http://evil.example",
                                                                "Access-Control-Request-Method": "POST"})
     assert evil.status_code == 403 and "evil.example" in evil.json()["error"]
-    assert "llamadoc review" in evil.json()["error"] and "LLAMADOC_ORIGINS" in evil.json()["error"]
+    assert "set LLAMADOC_ORIGINS=ORIGIN for llamadoc review" in evil.json()["error"]
     assert rebound.status_code == 403 and "DNS rebinding" in rebound.json()["error"]
+    assert f"open the page at {url}" in rebound.json()["error"]
     assert local.status_code == 200 and local.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert preflight.status_code == 403
 

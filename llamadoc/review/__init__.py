@@ -62,7 +62,8 @@ def review(options: ReviewOptions, notify: Callable[[str], None] = lambda _m: No
     sock = listen(HOST, options.port)
     port = sock.getsockname()[1]
     url = f"http://{HOST}:{port}/"
-    gated = Gate(page, Access(origins=(*default_origins(), *options.origins), bound=HOST), command="llamadoc review")
+    hints = ("set LLAMADOC_ORIGINS=ORIGIN for llamadoc review", f"open the page at {url}")
+    gated = Gate(page, Access(origins=(*default_origins(), *options.origins), bound=HOST), hints=hints)
     config = uvicorn.Config(gated, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)

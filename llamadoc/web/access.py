@@ -86,18 +86,23 @@ class Access:
             return any(p.fullmatch(host) for p in self._hosts)  # type: ignore[attr-defined]
 
 
+# How `llamadoc serve` lets an origin, and a Host name, in.
+SERVE_HINTS = ("start llamadoc serve with --allow-origin ORIGIN, or set LLAMADOC_ORIGINS",
+               "start llamadoc serve with --allow-host NAME for a name of your own")
+
+
 def _plain(path: str, status: int, message: str, code: str) -> dict[str, Any]:
     return {"error": message}
 
 
 class Gate:
     """Pure ASGI middleware, outermost: Host, then Origin, then preflights; the rest passes on
-    with CORS headers added for an allowed origin. ``command`` is what the refusal's hint tells
-    the user to start with the option that lets the origin or host in; ``shape`` writes the
-    refusal in the face's own error shape."""
+    with CORS headers added for an allowed origin. ``hints`` say how the face lets an origin,
+    and a Host, in; ``shape`` writes the refusal in the face's own error shape."""
 
-    def __init__(self, app: ASGIApp, access: Access, command: str = "llamadoc serve", shape: Shape = _plain) -> None:
-        self.app, self.access, self.command, self.shape = app, access, command, shape
+    def __init__(self, app: ASGIApp, access: Access, hints: tuple[str, str] = SERVE_HINTS,
+                 shape: Shape = _plain) -> None:
+        self.app, self.access, self.hints, self.shape = app, access, hints, shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,7 +113,7 @@ class Gate:
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.access.host_allowed(host):
             await self._refuse(path, f"the Host {host_name(host)!r} is not this server's name (DNS rebinding?)",
-                               f"start {self.command} with --allow-host NAME for a name of your own")(
+                               self.hints[1])(
                 scope, receive, send)
             return
         origin = headers.get(b"origin", b"").decode("latin-1")
@@ -116,8 +121,7 @@ class Gate:
             await self.app(scope, receive, send)
             return
         if not self.access.origin_allowed(origin):
-            await self._refuse(path, f"requests from the web origin {origin!r} are not allowed",
-                               f"start {self.command} with --allow-origin ORIGIN, or set LLAMADOC_ORIGINS")(
+            await self._refuse(path, f"requests from the web origin {origin!r} are not allowed", self.hints[0])(
                 scope, receive, send)
             return
         cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin", "Access-Control-Expose-Headers": EXPOSED}
