@@ -185,6 +185,7 @@ class Decisions:
         self.dir = out / REVIEW_DIR
         self.log = self.dir / "audit.jsonl"
         self.locks = self.dir / "locks"
+        self._seen: dict[str, tuple[tuple[int, int, int], Decision | None, str | None]] = {}  # all()'s, by id
 
     def path(self, doc_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{20}", doc_id):  # an id is a hash: nothing else names a file here
@@ -213,20 +214,36 @@ class Decisions:
         return made
 
     def all(self) -> tuple[dict[str, Decision], dict[str, str]]:
-        """Every decision by document id, and for each damaged file, why it cannot be read."""
+        """Every decision by document id, and for each damaged file, why it cannot be read. A file
+        is read again only when it changed (the review page asks for all of them with its queue)."""
         found: dict[str, Decision] = {}
         damaged: dict[str, str] = {}
-        folder = self.dir / "decisions"
-        if not folder.is_dir():
+        try:
+            listed = sorted(os.scandir(self.dir / "decisions"), key=lambda item: item.name)
+        except OSError:
             return found, damaged
-        for path in sorted(folder.glob("*.json")):
-            try:
-                made = self.get(path.stem)
-            except DecisionError as err:
-                damaged[path.stem] = str(err)
+        seen: dict[str, tuple[tuple[int, int, int], Decision | None, str | None]] = {}
+        for item in listed:
+            if not item.name.endswith(".json"):
                 continue
-            if made is not None:
-                found[made.id] = made
+            doc_id = item.name[: -len(".json")]
+            try:
+                st = item.stat()
+            except OSError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # a decision is replaced whole: a new inode
+            known = self._seen.get(doc_id)
+            if known is None or known[0] != stamp:
+                try:
+                    known = (stamp, self.get(doc_id), None)
+                except DecisionError as err:
+                    known = (stamp, None, str(err))
+            seen[doc_id] = known
+            if known[2] is not None:
+                damaged[doc_id] = known[2]
+            elif known[1] is not None:
+                found[known[1].id] = known[1]
+        self._seen = seen
         return found, damaged
 
     def decide(self, entry: Entry, source: str, decision: str, fields: dict[str, Any] | None,
