@@ -20,11 +20,6 @@ from llamadoc.results import TRANSIENT, DocumentResult
 DERIVED = frozenset({"pages_read"})  # written for readers, recomputed on reading
 
 
-class ForeignResult(Exception):
-    """A result document this version does not read: another version's, cut short, or edited.
-    Its own class, not ValueError: a bug that raises ValueError must not pass for a cache miss."""
-
-
 def _kept(cls: type) -> list[dataclasses.Field[Any]]:
     """The fields a result document holds: all but the stages' hand-overs (TRANSIENT)."""
     return [f for f in dataclasses.fields(cls) if not f.metadata.get(TRANSIENT)]
@@ -40,6 +35,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+class ForeignResult(Exception):
+    """A result document this version does not read: another version's, cut short, or edited.
+    Its own class, not ValueError: a bug that raises ValueError must not pass for a cache miss."""
 
 
 def to_dict(doc: DocumentResult) -> dict[str, Any]:

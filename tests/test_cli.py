@@ -27,7 +27,7 @@ def test_ask_json_is_the_result_document(run_cli: Any, model_args: list[str], tm
                      "--format", "json", "--dpi", "30")
     assert result.exit_code == 0, result.stderr
     doc = parse_json(result.stdout)
-    assert doc["schema_version"] == 2 and doc["task"] == "ask" and doc["status"] == "ok"
+    assert doc["schema_version"] == 3 and doc["task"] == "ask" and doc["status"] == "ok"
     assert doc["page_count"] == 2 and doc["pages_read"] == [1, 2]
     assert doc["model"]["engine"] == "mtmd" and len(doc["model"]["sha256"]) == 64
     assert [p["text_layer"] for p in doc["pages"]] == ["Revenue 2024: 12", "Revenue 2025: 15"]

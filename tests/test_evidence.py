@@ -14,6 +14,7 @@ from llamadoc.inputs import ocr
 from llamadoc.inputs.raster import RasterOptions, open_document
 from llamadoc.inputs.sources import collect
 from llamadoc.results import PageWords, Word
+from tests.conftest import CORPUS
 from tests.printed import PrintedInvoice, image_only_pdf, phone_photo
 
 needs_ocr = pytest.mark.skipif(ocr.unavailable() is not None, reason=ocr.unavailable() or "")
@@ -160,3 +161,46 @@ def test_the_labelled_place_wins_when_a_value_is_printed_twice() -> None:
     pages = page_of(["Subtotal", "100,00"], ["Shipping", "100,00"], ["Total", "100,00"])
     evidence, _ = Locator(pages).find(100.0, "number", ("gross_total",))
     assert evidence.occurrences == 3 and evidence.boxes[0][1] == 128  # the "Total" line
+
+
+# -- the corpus: the share of an invoice's values with evidence (extra: skipped without it) --------
+
+CORPUS_PDFS = sorted((CORPUS / "zugferd_corpus" / "ZUGFeRDv2_correct").glob("*.pdf"))
+needs_corpus = pytest.mark.skipif(not CORPUS_PDFS, reason=f"the shared corpus is not at {CORPUS}")
+
+
+def corpus_record(pdf: Path) -> dict[str, Any]:
+    from llamadoc.inputs import einvoice
+
+    return einvoice.parse(pdf.with_suffix(".xml").read_bytes()).to_fields()
+
+
+def share_found(fields: dict[str, Any], pages: dict[int, PageWords]) -> tuple[int, int]:
+    from llamadoc.evidence.checks import MAX_GROUNDED_TEXT
+
+    locator = Locator(pages)
+    wanted = [(k, v) for k, v in _leaves(fields) if _kind(k, v, {}) is not None
+              and not (isinstance(v, str) and len(v) > MAX_GROUNDED_TEXT)]
+    return sum(1 for k, v in wanted if locator.find(v, _kind(k, v, {}), k)[0].page is not None), len(wanted)
+
+
+@needs_corpus
+def test_most_values_of_the_corpus_e_invoices_have_text_layer_evidence() -> None:
+    """The e-invoices' own XML is the truth; their PDFs print it (benchmarks/evidence_cost.py
+    reports the share over the whole corpus)."""
+    found = total = 0
+    for pdf in CORPUS_PDFS:
+        got, wanted = share_found(corpus_record(pdf), words_of(pdf))
+        found, total = found + got, total + wanted
+    assert total > 300 and found / total >= 0.9, (found, total)
+
+
+@needs_corpus
+@needs_ocr
+def test_ocr_finds_on_a_scanned_corpus_page_what_its_text_layer_shows(tmp_path: Path) -> None:
+    for pdf in CORPUS_PDFS[:2]:
+        scan = image_only_pdf(pdf, tmp_path / f"{pdf.stem}.scan.pdf")
+        first = {1: words_of(pdf)[1]}
+        on_text, _ = share_found(corpus_record(pdf), first)
+        on_ocr, _ = share_found(corpus_record(pdf), {1: words_of(scan, read=True)[1]})
+        assert on_ocr >= 0.85 * on_text, (pdf.name, on_ocr, on_text)

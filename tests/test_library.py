@@ -48,7 +48,7 @@ def test_run_batch_writes_reports_and_resumes(text_model: Path, mmproj: Path, tm
         assert sorted(p.name for p in out.glob("*.json")) == ["broken.json", "inv0.json", "inv1.json", "inv2.json",
                                                                "inv3.json"]
         doc = json.loads((out / "inv0.json").read_text())
-        assert doc["schema_version"] == 2 and doc["options"]["question"] == "What is the invoice number?"
+        assert doc["schema_version"] == 3 and doc["options"]["question"] == "What is the invoice number?"
 
         again = reader.run_batch(Ask("What is the invoice number?"), [docs], options,
                                  output=OutputSpec(out, "json"), select=Selection(include=("inv*.pdf",)))

@@ -141,8 +141,11 @@ def test_an_e_invoice_gives_xml_paths_confidence_one_and_the_printed_box(tmp_pat
     assert got["line_items[1].amount"].evidence.xml_path == (
         "/CrossIndustryInvoice/SupplyChainTradeTransaction/IncludedSupplyChainTradeLineItem[2]/"
         "SpecifiedLineTradeSettlement/SpecifiedTradeSettlementLineMonetarySummation/LineTotalAmount")
-    # Printed on the PDF's page too: the box is there beside the path.
+    # Printed on the PDF's page too: the box is there beside the path, for every value the page prints.
     assert got["gross_total"].evidence.page == 1 and got["gross_total"].evidence.text == inv.gross
+    unprinted = {v.path for v in doc.values if v.evidence.page is None}
+    assert unprinted == {"due_date", "seller.address", "buyer.address", "buyer.vat_id"}  # not in Invoice.text
+    assert all(v.evidence.xml_path for v in doc.values if v.value is not None)
     assert got["buyer.address"].evidence.why_not == "no value"
     assert not doc.needs_review
 

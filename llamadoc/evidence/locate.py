@@ -210,7 +210,7 @@ class Locator:
             if runs:
                 best = self._best(self.pages[index], runs, keys, near if near and near.page == index else None)
                 return self._evidence(index, best, len(runs)), Place(index, best[0][0], best[-1][1])
-        return Evidence("none", why_not=f"not found on {_pages(order)}"), None
+        return Evidence("none", why_not=f"not found on {_pages(sorted(order))}"), None
 
     def _runs(self, page: _Page, value: Any, kind: str) -> list[list[tuple[int, int]]]:
         """Every place the value is printed on a page: each a list of runs (one, or one per

@@ -338,7 +338,8 @@ class Document:
             decoded = (math.ceil(w / 2**factor), math.ceil(h / 2**factor))
         if ceiling is not None and decoded[0] * decoded[1] > ceiling:
             raise DocumentError(
-                f"{self.label} is {w:,} x {h:,} pixels, over the limit of {ceiling:,} pixels a page",
+                f"{self.label} is too large to decode safely ({w:,} x {h:,} pixels, over the limit of {ceiling:,} "
+                "pixels a page)",
                 hint=f"downscale it first: the model reads about {budget:,} pixels")
 
     def _bomb(self) -> DocumentError:

@@ -56,11 +56,12 @@ def image_from_wire(data: Any, max_pixels: int | None = None) -> Image:
         w, h = img.size
         if w * h > limit:
             img.close()
-            raise UsageError(f"the page image is {w:,} x {h:,} pixels, over the limit of {limit:,}",
-                             hint="lower --max-pixels")
+            raise UsageError(f"the page image is too large to decode safely ({w:,} x {h:,} pixels, over the limit "
+                             f"of {limit:,})", hint="send pages within the model's pixel budget")
         img.load()
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise UsageError(f"the page image is over the limit of {limit:,} pixels", hint="lower --max-pixels") from None
+        raise UsageError(f"the page image is too large to decode safely (over the limit of {limit:,} pixels)",
+                         hint="send pages within the model's pixel budget") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError) as err:
         reason = re.sub(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>", "", str(err)).strip() or type(err).__name__
         raise UsageError(f"the page image cannot be decoded ({reason})") from None

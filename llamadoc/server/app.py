@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import hmac
 import socket
+import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 
 from anyio import to_thread
@@ -53,8 +55,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _bug(request: Request, exc: Exception) -> Response:
-    """A bug: one line to the client. Starlette raises it on after this answer, and uvicorn logs
-    its traceback (the same one at most once a minute: server/http.py)."""
+    """A bug: its traceback to the server's stderr (the same one at most once a minute), one line
+    to the client. Starlette raises it on after this answer, for uvicorn's log: server/http.py
+    drops that second copy."""
+    if http.first_in_a_while(f"{type(exc).__name__}: {exc}"):
+        traceback.print_exception(exc, file=sys.stderr)
     return _error(request.url.path, 500, f"internal error: {type(exc).__name__}: {exc} (see the server's log)")
 
 

@@ -139,6 +139,23 @@ def config(app: Any, options: ServeOptions) -> uvicorn.Config:
                           backlog=min(2048, cap))
 
 
+_seen: dict[str, float] = {}
+_seen_lock = threading.Lock()
+
+
+def first_in_a_while(what: str) -> bool:
+    """True the first time ``what`` (its first line) comes up in REPEAT_WINDOW_S: whether to log it."""
+    key, now = what.splitlines()[0][:300] if what else "", time.monotonic()
+    with _seen_lock:
+        if now - _seen.get(key, -REPEAT_WINDOW_S) < REPEAT_WINDOW_S:
+            return False
+        _seen[key] = now
+        if len(_seen) > 1000:
+            for k in [k for k, t in _seen.items() if now - t >= REPEAT_WINDOW_S]:
+                del _seen[k]
+        return True
+
+
 class Once(logging.Filter):
     """Lets a record through once per minute per message (its first line), then says how many
     were held back: 300 connections failing the same way once wrote 480 MB of tracebacks."""
@@ -149,6 +166,8 @@ class Once(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error" and str(record.msg).strip() == "Exception in ASGI application":
+            return False  # the app's own handler (app._bug) has logged it, once a minute
         exc = record.exc_info[1] if record.exc_info else None
         what = f"{type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
         key = f"{record.name}:{str(record.msg).splitlines()[0] if record.msg else ''}:{what}"

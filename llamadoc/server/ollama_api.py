@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from llamadoc import __version__, registry
 from llamadoc.errors import LlamadocError
-from llamadoc.server.answer import Answer, complete, generate, primed
-from llamadoc.server.bounds import check_prompt, decode
+from llamadoc.server.answer import POLL_S, Answer, complete, generate, primed
+from llamadoc.server.bounds import bounds, check_prompt, decode
 from llamadoc.server.chat import (
     ANY_OBJECT,
     Chat,
@@ -288,9 +288,17 @@ async def pull(request: Request) -> Response:
             raise ApiError(502, last["error"])
         return JSONResponse(last)
 
+    stopping = bounds(request).stopping
+
     async def lines() -> AsyncIterator[bytes]:
         while True:
-            item = await queue.get()
+            try:
+                item = await asyncio.wait_for(queue.get(), POLL_S)
+            except TimeoutError:
+                if stopping.is_set():  # the download goes on in its thread; the stream ends saying why
+                    yield _line({"error": "the server is shutting down"})
+                    return
+                continue
             yield _line(item)
             if "error" in item or item.get("status") == "success":
                 return

@@ -217,8 +217,8 @@ class Extract:
         for v in doc.values:
             if v.evidence.source == "none" and v.evidence.why_not and v.evidence.why_not.startswith(
                     ("not found", "no page")):
-                reasons.append(f"{v.path}: no evidence ({v.evidence.why_not})")
-            if v.confidence is not None and v.confidence < self.review_below:
+                reasons.append(f"{v.path}: no evidence ({v.evidence.why_not})")  # its confidence is low too
+            elif v.confidence is not None and v.confidence < self.review_below:
                 reasons.append(f"{v.path}: confidence {v.confidence:g} is under {self.review_below:g}")
             reasons += [f"{v.path}: {c.name.split(':')[0]} check failed: {c.detail}" for c in v.checks
                         if c.status == "fail" and not c.name.startswith("grounding")]
