@@ -49,9 +49,11 @@ def offline_home(home: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def serving(log: list[str] | None = None, **options: object) -> Iterator[Served]:
+def serving(log: list[str] | None = None, mounts: dict[str, object] | None = None,
+            **options: object) -> Iterator[Served]:
     """``llamadoc serve`` with these ServeOptions (port: any free one), until the block ends;
-    the server's stderr lines (access lines among them) go to ``log`` when given."""
+    the server's stderr lines (access lines among them) go to ``log`` when given; ``mounts``:
+    other faces' apps by prefix, as the CLI mounts them (serve --review)."""
     from llamadoc.server import http, listen
     from llamadoc.server.app import build
 
@@ -59,7 +61,7 @@ def serving(log: list[str] | None = None, **options: object) -> Iterator[Served]
     sock = listen(opts.host, 0)
     say = log.append if log is not None else (lambda _m: None)
     resident = Resident(opts, notify=say)
-    app = build(resident, say)
+    app = build(resident, say, mounts=mounts)  # type: ignore[arg-type]
     server = http.Server(http.config(app, opts, say), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

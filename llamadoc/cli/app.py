@@ -32,6 +32,7 @@ from llamadoc.cli.documents import (
 )
 from llamadoc.cli.export import export
 from llamadoc.cli.models import doctor, models_app
+from llamadoc.cli.review import review
 from llamadoc.errors import ExitCode, UsageError
 
 app = typer.Typer(
@@ -59,6 +60,7 @@ app.command(epilog=EXIT_CODES)(ask)
 app.command(epilog=EXIT_CODES)(describe)
 app.command(epilog=EXIT_CODES)(extract)
 app.command()(export)
+app.command()(review)
 
 
 @app.command()
@@ -88,6 +90,9 @@ def serve(
     max_pages: Annotated[int, typer.Option("--max-pages", help="Pages read of one uploaded document.")] = 100,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Connections open at once.")] = 256,
     guard_threshold: GuardThreshold = None, guard_categories: GuardCategories = None,
+    review_folder: Annotated[Path | None, typer.Option(
+        "--review", help="Also offer the review page of this finished batch at /review/ (loopback, no API key).")
+    ] = None,
     config: Config = None, verbose: Verbose = False,
 ) -> None:
     """Keep the models loaded for Ollama, OpenAI and llamadoc clients (and --server)."""
@@ -105,6 +110,15 @@ def serve(
         say("warning: --api-key is visible to every user of this machine (ps, /proc); "
             "use --api-key-file or LLAMADOC_API_KEY")
     key = read_key(api_key_file) if api_key_file is not None else api_key if api_key is not None else settings.api_key
+    mounts = {}
+    if review_folder is not None:
+        if key is not None:  # a browser sends no Bearer key with a page, its images or its requests
+            raise UsageError("--review serves a page for a browser, which cannot send the API key",
+                             hint="serve the review page without a key on 127.0.0.1, or run llamadoc review")
+        from llamadoc.review import ReviewOptions
+        from llamadoc.review import app as review_app
+
+        mounts["/review"] = review_app(ReviewOptions(out=review_folder, origins=settings.origins))
     options = ServeOptions(
         host=host, port=port, model=model, mmproj=mmproj, guard=policy, keep_alive=parse_duration(keep_alive),
         max_queue=max_queue, api_key=key, preload=preload, threads=threads, gpu_layers=gpu_layers, ctx=ctx,
@@ -112,7 +126,7 @@ def serve(
         max_connections=max_connections, origins=(*settings.origins, *(allow_origin or ())),
         hosts=tuple(allow_host or ()), config=config, verbose=verbose)
     try:
-        run(options, notify=say)
+        run(options, notify=say, mounts=mounts)
     except KeyboardInterrupt:  # Ctrl-C: a server has no documents to keep, it just stops (exit 130)
         say("stopped")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None

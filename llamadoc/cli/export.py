@@ -23,15 +23,16 @@ def export(
 ) -> None:
     """Export a finished batch: one row per invoice and per line item with each value's page,
     confidence and review state; or UBL / CII e-invoices for the invoices whose fields are complete.
+    Where `llamadoc review` has a decision, its approved values are exported and the row says so.
 
     Exit codes: 0 all written; 1 some invoice or result file was left out (each is named); 2 usage error."""
     from llamadoc.outputs.export import export as run
 
     done = run(folder, to, dest)
     if not quiet:
-        for line in done.skipped:
+        for line in [*done.notes, *done.skipped]:
             say(line)
         for path in done.written:
             say(f"wrote {path}")
-        say(f"{done.rows} invoices, {len(done.skipped)} left out")
+        say(f"{done.rows} invoices ({done.reviewed} reviewed), {len(done.skipped)} left out")
     raise typer.Exit(int(ExitCode.FAILED if done.skipped else ExitCode.OK))

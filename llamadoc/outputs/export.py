@@ -27,7 +27,7 @@ from llamadoc.codec import ForeignResult, from_dict
 from llamadoc.errors import OutputError, UsageError
 from llamadoc.evidence import checks
 from llamadoc.inputs import einvoice
-from llamadoc.outputs.writer import STATE_DIR
+from llamadoc.outputs.decisions import Decision, Decisions, Entry, entries, result_files, reviewed
 from llamadoc.results import DocumentResult, Status, Value
 
 FORMATS = ("csv", "xlsx", "jsonl", "ubl", "cii")
@@ -42,6 +42,8 @@ class Exported:
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "source: why"
     rows: int = 0
+    reviewed: int = 0  # rows a person approved or rejected on the review page
+    notes: list[str] = field(default_factory=list)  # worth knowing, nothing left out
 
 
 # -- reading a finished batch -------------------------------------------------------------------
@@ -49,26 +51,29 @@ class Exported:
 def load_results(folder: Path) -> tuple[list[DocumentResult], list[str]]:
     """The results of an -o folder (its .json and .jsonl files) and, for each file that is not
     one of this version's results, why it was left out."""
+    found, problems = load_batch(folder)
+    return [doc for _, doc in found], problems
+
+
+def load_batch(folder: Path) -> tuple[list[tuple[Entry, DocumentResult]], list[str]]:
+    """load_results, each result with where it lies in the folder (what a review decision names)."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder of results", hint="give the -o folder of a finished batch")
-    docs: list[DocumentResult] = []
+    found: list[tuple[Entry, DocumentResult]] = []
     problems: list[str] = []
-    for path in sorted(folder.rglob("*")):
-        if STATE_DIR in path.relative_to(folder).parts or path.suffix not in (".json", ".jsonl") or not path.is_file():
-            continue
+    for path in result_files(folder):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             problems.append(f"{path}: cannot be read ({err})")
             continue
-        bodies = [line for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [text]
-        for body in bodies:
-            doc, why = _result(body)
+        for entry in entries(folder, path, text):
+            doc, why = _result(entry.text)
             if doc is not None:
-                docs.append(doc)
+                found.append((entry, doc))
             else:
                 problems.append(f"{path}: {why}")
-    return docs, problems
+    return found, problems
 
 
 def _result(text: str) -> tuple[DocumentResult | None, str]:
@@ -96,10 +101,14 @@ def invoices(docs: Iterable[DocumentResult]) -> Iterator[DocumentResult]:
 
 # -- tables -------------------------------------------------------------------------------------
 
-def tables(docs: list[DocumentResult]) -> tuple[list[list[Any]], list[list[Any]]]:
+def tables(docs: list[DocumentResult], decided: dict[str, Decision] | None = None
+           ) -> tuple[list[list[Any]], list[list[Any]]]:
     """Two tables, each a header row then rows: one row per invoice, one per line item. Each
     value has three columns beside it: its page, its confidence, and what a reviewer is asked
-    about it (empty when nothing)."""
+    about it (empty when nothing). ``decided``: the review's decisions by source, whose
+    approved values the documents already carry (decisions.reviewed); each row says whether
+    a person reviewed it, who, when, and their note."""
+    decided = decided or {}
     head_paths: list[str] = []
     item_keys: list[str] = []
     for doc in docs:
@@ -109,7 +118,8 @@ def tables(docs: list[DocumentResult]) -> tuple[list[list[Any]], list[list[Any]]
                 head_paths.append(v.path)
             elif item is not None and item[1] not in item_keys:
                 item_keys.append(item[1])
-    header = ["source", "status", "needs_review", "review", "duplicates"]
+    header = ["source", "status", "needs_review", "review", "duplicates", "reviewed", "reviewed_by", "reviewed_at",
+              "review_note"]
     header += [c for p in head_paths for c in (p, f"{p} page", f"{p} confidence", f"{p} review")]
     rows: list[list[Any]] = [header]
     line_header = ["source", "invoice_number", "line"] + [c for k in item_keys for c in (
@@ -117,9 +127,10 @@ def tables(docs: list[DocumentResult]) -> tuple[list[list[Any]], list[list[Any]]
     lines: list[list[Any]] = [line_header]
     for doc in docs:
         by_path = {v.path: v for v in doc.values}
-        reasons = _reasons(doc)
+        made = decided.get(doc.source)
+        reasons = _reasons(doc, made)
         row: list[Any] = [doc.source, doc.status.value, doc.needs_review, "; ".join(doc.review),
-                          "; ".join(doc.duplicates)]
+                          "; ".join(doc.duplicates), *_decision_cells(made)]
         for p in head_paths:
             row += _cells(by_path.get(p), reasons.get(p))
         rows.append(row)
@@ -138,13 +149,20 @@ def _item(path: str) -> tuple[int, str] | None:
     return (int(found.group(1)), found.group(2)) if found else None
 
 
-def _reasons(doc: DocumentResult) -> dict[str, str]:
+def _reasons(doc: DocumentResult, made: Decision | None = None) -> dict[str, str]:
     out: dict[str, list[str]] = {}
+    if made is not None and made.decision == "approved":
+        for path, change in made.changed.items():
+            out.setdefault(path, []).append(f"changed in review from {json.dumps(change.get('old'))}")
     for reason in doc.review:
         path, sep, why = reason.partition(": ")
         if sep:
             out.setdefault(path, []).append(why)
     return {p: "; ".join(w) for p, w in out.items()}
+
+
+def _decision_cells(made: Decision | None) -> list[Any]:
+    return [made.decision, made.by, made.at, made.note] if made is not None else ["", "", "", ""]
 
 
 def _cells(value: Value | None, review: str | None) -> list[Any]:
@@ -154,8 +172,8 @@ def _cells(value: Value | None, review: str | None) -> list[Any]:
     return [shown, value.evidence.page, value.confidence, review or ""]
 
 
-def write_csv(docs: list[DocumentResult], dest: Path) -> list[Path]:
-    rows, lines = tables(docs)
+def write_csv(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
+    rows, lines = tables(docs, decided)
     out = []
     for name, table in (("invoices.csv", rows), ("line_items.csv", lines)):
         path = dest / name
@@ -165,13 +183,13 @@ def write_csv(docs: list[DocumentResult], dest: Path) -> list[Path]:
     return out
 
 
-def write_xlsx(docs: list[DocumentResult], dest: Path) -> list[Path]:
+def write_xlsx(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
     try:
         from openpyxl import Workbook  # imported here: only --to xlsx needs it
     except ImportError:
         raise UsageError("--to xlsx needs openpyxl, which is not installed",
                          hint="pip install 'llamadoc[export]'") from None
-    rows, lines = tables(docs)
+    rows, lines = tables(docs, decided)
     book = Workbook(write_only=True)
     for title, table in (("invoices", rows), ("line items", lines)):
         sheet = book.create_sheet(title)
@@ -182,14 +200,17 @@ def write_xlsx(docs: list[DocumentResult], dest: Path) -> list[Path]:
     return [path]
 
 
-def write_jsonl(docs: list[DocumentResult], dest: Path) -> list[Path]:
+def write_jsonl(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
     """One line per invoice: its fields, and each value's page, confidence and review state."""
     path = dest / "invoices.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for doc in docs:
-            reasons = _reasons(doc)
+            made = (decided or {}).get(doc.source)
+            reasons = _reasons(doc, made)
+            reviewed_ = None if made is None else {"decision": made.decision, "by": made.by, "at": made.at,
+                                                   "note": made.note, "changed": made.changed}
             line = {"source": doc.source, "status": doc.status.value, "needs_review": doc.needs_review,
-                    "review": doc.review, "duplicates": doc.duplicates, "fields": doc.fields,
+                    "review": doc.review, "duplicates": doc.duplicates, "reviewed": reviewed_, "fields": doc.fields,
                     "values": {v.path: {"page": v.evidence.page, "confidence": v.confidence,
                                         "review": reasons.get(v.path, "")} for v in doc.values}}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -432,13 +453,20 @@ def to_ubl(fields: dict[str, Any]) -> bytes:
     return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
-def write_einvoices(docs: list[DocumentResult], dest: Path, to: str) -> Exported:
-    """One XML per invoice whose fields are complete; the others are named with the reason."""
+def write_einvoices(docs: list[DocumentResult], dest: Path, to: str,
+                    decided: dict[str, Decision] | None = None) -> Exported:
+    """One XML per invoice whose fields are complete and that no reviewer rejected; the others
+    are named with the reason."""
     done = Exported()
     make = to_cii if to == "cii" else to_ubl
     taken: set[str] = set()
     for doc in docs:
         assert doc.fields is not None
+        made = (decided or {}).get(doc.source)
+        if made is not None and made.decision == "rejected":
+            note = f" ({made.note})" if made.note else ""
+            done.skipped.append(f"{doc.source}: not exported: {made.by} rejected it in review{note}")
+            continue
         why = incomplete(doc.fields)
         xml = None
         if why is None:
@@ -482,10 +510,11 @@ def _same(key: str, value: Any) -> Any:
 
 
 def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
-    """Export the results of ``folder`` (an -o folder) to ``dest`` (default ``folder/export``)."""
+    """Export the results of ``folder`` (an -o folder) to ``dest`` (default ``folder/export``),
+    with the values a reviewer approved where the review page has a decision."""
     if to not in FORMATS:
         raise UsageError(f"--to {to!r} is not one of {', '.join(FORMATS)}")
-    docs, problems = load_results(folder)
+    batch, problems = load_batch(folder)
     dest = dest or folder / "export"
     if to in ("ubl", "cii"):
         dest = dest / to
@@ -493,12 +522,39 @@ def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"cannot create {dest}: {err.strerror or err}") from None
+    docs, decided, notes = _with_decisions(folder, batch, problems)
     found = list(invoices(docs))
     if to in ("ubl", "cii"):
-        done = write_einvoices(found, dest, to)
+        done = write_einvoices(found, dest, to, decided)
     else:
         write = {"csv": write_csv, "xlsx": write_xlsx, "jsonl": write_jsonl}[to]
-        done = Exported(written=write(found, dest))
+        done = Exported(written=write(found, dest, decided))
     done.rows = len(found)
+    done.reviewed = sum(1 for doc in found if doc.source in decided)
     done.skipped = problems + done.skipped
+    done.notes = notes
     return done
+
+
+def _with_decisions(folder: Path, batch: list[tuple[Entry, DocumentResult]], problems: list[str]
+                    ) -> tuple[list[DocumentResult], dict[str, Decision], list[str]]:
+    """The documents with the approved values of their decisions; the decisions by source; and
+    notes on decisions made on an earlier result, which are not taken. A damaged decision file
+    is a problem (the document is exported as the model read it)."""
+    made, damaged = Decisions(folder).all()
+    docs: list[DocumentResult] = []
+    decided: dict[str, Decision] = {}
+    notes: list[str] = []
+    for entry, doc in batch:
+        if entry.id in damaged:
+            problems.append(f"{doc.source}: its review decision was not used: {damaged[entry.id]}")
+        decision = made.get(entry.id)
+        if decision is not None and decision.stale(entry.digest):
+            notes.append(f"{doc.source}: the review decision ({decision.decision} by {decision.by}) was made on an "
+                         "earlier result of the batch, so the model's values are exported; review it again")
+            decision = None
+        if decision is not None:
+            doc = reviewed(doc, decision)
+            decided[doc.source] = decision
+        docs.append(doc)
+    return docs, decided, notes

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from llamadoc.errors import ExitCode, UsageError
 from llamadoc.server.options import ServeOptions, is_loopback
+from llamadoc.web import listen
 
 EXTRA = "pip install 'llamadoc[serve]'"
 
 
-def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None) -> None:
-    """Resolve the models, listen, and serve until SIGINT (KeyboardInterrupt) or SIGTERM (returns)."""
+def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None,
+          mounts: Mapping[str, Any] | None = None) -> None:
+    """Resolve the models, listen, and serve until SIGINT (KeyboardInterrupt) or SIGTERM (returns).
+    ``mounts``: other faces' ASGI apps by route prefix (the CLI mounts the review page at /review),
+    behind the server's origin, host, key and body rules."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -37,9 +41,10 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     sock = listen(options.host, options.port)
     resident = Resident(options, notify)
     host, port = sock.getsockname()[:2]
-    app = build(resident, notify)
+    app = build(resident, notify, mounts)
     server = http.Server(http.config(app, options, notify), app.state.bounds.stopping)
-    notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*)")
+    notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*"
+           + "".join(f", {prefix}/" for prefix in mounts or {}) + ")")
     server.run(sockets=[sock])
     if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
         notify("stopped; the engine was mid-step (a prompt or an image), so its model is left to the process's exit")
@@ -49,17 +54,3 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     if server.signalled == signal.SIGINT:
         raise KeyboardInterrupt
 
-
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before any model loads: a taken port is one line, not a traceback."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as err:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({err.strerror or err})",
-                         hint="pick another --port, or stop what holds it") from None
-    sock.listen(128)
-    return sock

@@ -12,22 +12,23 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.errors import LlamadocError
 from llamadoc.server import documents_api, engine_api, http, ollama_api, openai_api
-from llamadoc.server.access import Access, Gate, default_origins
 from llamadoc.server.accesslog import AccessLog
 from llamadoc.server.bounds import Bounds
 from llamadoc.server.failures import ApiError, body, status_of
 from llamadoc.server.resident import Resident
+from llamadoc.web.access import Access, Gate, default_origins
 
 REAP_S = 1.0  # how often idle models are checked against keep-alive
 BODY_IDLE_S = 20.0  # seconds a request body may go without a byte
@@ -132,7 +133,8 @@ class Guarded:
         await response(scope, receive, send)
 
 
-def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -> Starlette:
+def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None,
+          mounts: Mapping[str, ASGIApp] | None = None) -> Starlette:
     options = resident.options
 
     @contextlib.asynccontextmanager
@@ -159,7 +161,8 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
                 app.state.abandoned = True
 
     app = Starlette(
-        routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes],
+        routes=[*ollama_api.routes, *openai_api.routes, *documents_api.routes, *engine_api.routes,
+                *(Mount(prefix, app=mounted) for prefix, mounted in (mounts or {}).items())],
         exception_handlers={ApiError: _api_error, LlamadocError: _library_error, HTTPException: _http_error,
                             Exception: _bug},
         lifespan=lifespan,
@@ -170,7 +173,8 @@ def build(resident: Resident, notify: Callable[[str], None] = lambda _m: None) -
     app.add_middleware(Guarded, api_key=options.api_key, max_body=options.max_body, body_timeout=options.body_timeout)
     # Host and Origin are checked before the key, and preflights (which carry no key) answered.
     app.add_middleware(Gate, access=Access(origins=(*default_origins(), *options.origins),
-                                           hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host))
+                                           hosts=(*options.hosts, socket.gethostname().lower()), bound=options.host),
+                       shape=body)
     # Added last, so outermost: the log sees every refusal, the Host's, the origin's, the key's and the limit's.
     app.add_middleware(AccessLog, log=notify)
     return app

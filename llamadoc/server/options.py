@@ -80,7 +80,7 @@ class ServeOptions:
     max_body_mb: int = 64  # the largest request body (uploads, base64 images)
     config: Path | None = None
     verbose: bool = False
-    # Who may call from where (server/access.py): origins and Host names besides the defaults.
+    # Who may call from where (web/access.py): origins and Host names besides the defaults.
     origins: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
     # What one request may cost (server/bounds.py).

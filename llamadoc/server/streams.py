@@ -23,7 +23,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     all: a web page can POST text/plain or a form to any address without the browser asking the
     server first, never JSON. A body with no type is read as JSON, as Ollama reads it, because
     LiteLLM's Ollama provider sends its JSON so; a browser's POST without a type (fetch of a bare
-    ArrayBuffer) always carries an Origin, which server/access.py has checked by now. Strict JSON
+    ArrayBuffer) always carries an Origin, which web/access.py has checked by now. Strict JSON
     (no NaN or Infinity) and valid Unicode (no lone surrogates), or a 4xx saying why."""
     kind = request.headers.get("content-type", "").strip()
     if kind and not JSON_TYPE.fullmatch(kind):

@@ -1,4 +1,5 @@
-"""Who may call the server from where, checked as Ollama checks it (envconfig/config.go AllowedOrigins,
+"""Who may call a local web face (`llamadoc serve`, `llamadoc review`) from where, checked as Ollama
+checks it (envconfig/config.go AllowedOrigins,
 server/routes.go allowedHostsMiddleware), before the API key and before any body is read.
 
 A browser sends ``Origin`` with every cross-site request, and a web page may POST ``text/plain``
@@ -21,12 +22,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llamadoc.server.failures import body
+# An error's body as the face shapes it: (path, status, message, code) -> JSON.
+Shape = Callable[[str, int, str, str], dict[str, Any]]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
 APP_ORIGINS = ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
@@ -83,12 +87,23 @@ class Access:
             return any(p.fullmatch(host) for p in self._hosts)  # type: ignore[attr-defined]
 
 
+# How `llamadoc serve` lets an origin, and a Host name, in.
+SERVE_HINTS = ("start llamadoc serve with --allow-origin ORIGIN, or set LLAMADOC_ORIGINS",
+               "start llamadoc serve with --allow-host NAME for a name of your own")
+
+
+def _plain(path: str, status: int, message: str, code: str) -> dict[str, Any]:
+    return {"error": message}
+
+
 class Gate:
     """Pure ASGI middleware, outermost: Host, then Origin, then preflights; the rest passes on
-    with CORS headers added for an allowed origin."""
+    with CORS headers added for an allowed origin. ``hints`` say how the face lets an origin,
+    and a Host, in; ``shape`` writes the refusal in the face's own error shape."""
 
-    def __init__(self, app: ASGIApp, access: Access) -> None:
-        self.app, self.access = app, access
+    def __init__(self, app: ASGIApp, access: Access, hints: tuple[str, str] = SERVE_HINTS,
+                 shape: Shape = _plain) -> None:
+        self.app, self.access, self.hints, self.shape = app, access, hints, shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,16 +113,16 @@ class Gate:
         path = scope["path"]
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.access.host_allowed(host):
-            await _refuse(path, f"the Host {host_name(host)!r} is not this server's name (DNS rebinding?)",
-                          "start llamadoc serve with --allow-host NAME for a name of your own")(scope, receive, send)
+            await self._refuse(path, f"the Host {host_name(host)!r} is not this server's name (DNS rebinding?)",
+                               self.hints[1])(
+                scope, receive, send)
             return
         origin = headers.get(b"origin", b"").decode("latin-1")
         if not origin:
             await self.app(scope, receive, send)
             return
         if not self.access.origin_allowed(origin):
-            await _refuse(path, f"requests from the web origin {origin!r} are not allowed",
-                          "start llamadoc serve with --allow-origin ORIGIN, or set LLAMADOC_ORIGINS")(
+            await self._refuse(path, f"requests from the web origin {origin!r} are not allowed", self.hints[0])(
                 scope, receive, send)
             return
         cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin", "Access-Control-Expose-Headers": EXPOSED}
@@ -126,6 +141,5 @@ class Gate:
 
         await self.app(scope, receive, with_cors)
 
-
-def _refuse(path: str, message: str, hint: str) -> Response:
-    return JSONResponse(body(path, 403, f"{message}: {hint}", code="forbidden"), status_code=403)
+    def _refuse(self, path: str, message: str, hint: str) -> Response:
+        return JSONResponse(self.shape(path, 403, f"{message}: {hint}", "forbidden"), status_code=403)
