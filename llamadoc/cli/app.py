@@ -99,17 +99,13 @@ def serve(
     from llamadoc.config import load_settings
     from llamadoc.guard import GuardPolicy, parse_categories
     from llamadoc.server import serve as run
-    from llamadoc.server.options import ServeOptions, parse_duration, read_key
+    from llamadoc.server.options import ServeOptions, parse_duration
+    from llamadoc.server.options import api_key as resolve_key
 
     policy = GuardPolicy(mode=guard, model=guard_model, threshold=guard_threshold,
                          categories=parse_categories(guard_categories))
     settings = load_settings(config)  # LLAMADOC_API_KEY and LLAMADOC_ORIGINS, as config reads them
-    if api_key_file is not None and api_key is not None:
-        raise UsageError("--api-key and --api-key-file both give a key", hint="keep --api-key-file")
-    if api_key is not None:
-        say("warning: --api-key is visible to every user of this machine (ps, /proc); "
-            "use --api-key-file or LLAMADOC_API_KEY")
-    key = read_key(api_key_file) if api_key_file is not None else api_key if api_key is not None else settings.api_key
+    key = resolve_key(api_key, api_key_file, settings.api_key, warn=say)
     mounts = {}
     if review_folder is not None:
         if key is not None:  # a browser sends no Bearer key with a page, its images or its requests

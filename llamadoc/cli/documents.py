@@ -151,19 +151,13 @@ class DocumentOptions:
         return Cluster.parse(self.ray, self.workers, self.cpus_per_worker)
 
     def models(self, settings: Settings, notify: Callable[[str], None]) -> Models:
-        """This machine's models, or a running server's when --server (or LLAMADOC_HOST) names one:
-        never a silent local load when a server was asked for."""
-        server = self.server or settings.server
-        if server:
-            from llamadoc.models.remote import ServerModels
-
-            return ServerModels(server, settings, self.model, settings.api_key, guard=self.policy())
+        from llamadoc.models import for_run
         from llamadoc.models.base import ModelSettings
-        from llamadoc.models.local import LocalModels
 
-        return LocalModels(ModelSettings(
-            settings=settings, model=self.model, mmproj=self.mmproj, gpu_layers=self.gpu_layers,
-            threads=self.threads, ctx=self.ctx, verbose=self.verbose, guard=self.policy()), notify)
+        return for_run(ModelSettings(
+            settings=settings, model=self.model, mmproj=self.mmproj, gpu_layers=self.gpu_layers, threads=self.threads,
+            ctx=self.ctx, verbose=self.verbose, guard=self.policy()), self.server or settings.server, settings.api_key,
+            notify)
 
 
 def document_command(**defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:

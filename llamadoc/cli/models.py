@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -24,78 +24,27 @@ ModelNames = Annotated[
 PATH_ROLES = ("model", "mmproj", "template", "params")
 
 
-def _model_or_path(settings: Any, name: str) -> Any:
-    """The registry entry for ``name``, or the Path of a .gguf file given instead."""
-    from llamadoc import registry
-    from llamadoc.errors import ModelError
-
-    if name not in settings.models and registry.looks_like_path(name):
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
-        return path
-    return settings.model(name)
-
-
-def _origin_of(settings: Any, spec: Any) -> Any:
-    """The source a model's files are here from, else the one a pull would take first."""
-    from llamadoc.registry.locate import present_origin
-
-    return present_origin(settings, spec) or spec.origins[0]
-
-
-def _presence(spec: Any, files: list[Any]) -> str:
-    from llamadoc.registry.transfer import human_size
-
-    declared = [f for f in files if f.role in {d.role for d in spec.files}]
-    if all(f.present for f in declared):
-        places = sorted({f.place for f in declared if f.shared})
-        return "yes" + (f" ({', '.join(places)})" if places else "")
-    partial = sum(f.partial for f in declared)
-    return f"partial ({human_size(partial)})" if partial else "no"
-
-
 @models_app.command("list")
 def models_list(config: Config = None) -> None:
     """The models llamadoc knows: engine, size, memory, the source they come from, and whether they are here."""
     from rich.console import Console
     from rich.table import Table
 
-    from llamadoc import registry
     from llamadoc.config import load_settings
-    from llamadoc.registry.locate import HF_CACHE, OLLAMA
+    from llamadoc.registry.card import listing
     from llamadoc.registry.transfer import human_size
 
     settings = load_settings(config)
+    listed = listing(settings)
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "engine", "kind", "quant", "size", "context", "memory", "source", "local"):
+    for column in listed.columns:
         table.add_column(column)
-    shared: dict[Path, int] = {}
-    defaults = {settings.default_vision: " (default)", settings.default_guard: " (default guard)"}
-    for name, spec in sorted(settings.models.items()):
-        source = _origin_of(settings, spec)
-        files = registry.locate(settings, spec.with_origin(source.name))
-        shared.update({f.path: f.size for f in files if f.present and f.place in (OLLAMA, HF_CACHE) and f.path})
-        table.add_row(
-            name + defaults.get(name, ""),
-            spec.engine,
-            spec.kind,
-            spec.quantisation or "",
-            human_size(spec.size_bytes),
-            f"{spec.context:,}" if spec.context else "?",
-            f"{spec.min_memory_gb:g} GB" if spec.min_memory_gb else "?",
-            source.name + ("" if source.checked else " (unchecked)"),
-            _presence(spec.with_origin(source.name), files),
-        )
+    for row in listed.rows:
+        table.add_row(*row)
     Console(width=200).print(table)
-    print(f"models folder: {settings.models_dir} ({human_size(_disk_used(settings.models_dir))} used)")
-    if shared:
-        where = "in Ollama's store or the Hugging Face cache"
-        print(f"used in place, not copied: {human_size(sum(shared.values()))} {where}")
-
-
-def _disk_used(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    print(f"models folder: {settings.models_dir} ({human_size(listed.used)} used)")
+    if listed.in_place:
+        print(f"used in place, not copied: {human_size(listed.in_place)} in Ollama's store or the Hugging Face cache")
 
 
 @models_app.command("pull")
@@ -119,11 +68,12 @@ def models_pull(
     """
     from llamadoc import registry
     from llamadoc.config import load_settings
+    from llamadoc.registry.card import entry_or_file
     from llamadoc.registry.locate import complete
 
     settings = load_settings(config)
     for name in names:
-        target = _model_or_path(settings, name)
+        target = entry_or_file(settings, name)
         if isinstance(target, Path):
             say(f"{target} is a local file: nothing to download")
             print(target)
@@ -147,11 +97,12 @@ def models_rm(names: ModelNames, config: Config = None) -> None:
     """Delete llamadoc's copies of models (never Ollama's or the Hugging Face cache's)."""
     from llamadoc import registry
     from llamadoc.config import load_settings
+    from llamadoc.registry.card import entry_or_file
     from llamadoc.registry.transfer import human_size
 
     settings = load_settings(config)
     for name in names:
-        if isinstance(_model_or_path(settings, name), Path):
+        if isinstance(entry_or_file(settings, name), Path):
             raise UsageError(f"{name} is a file of yours: llamadoc deletes only what it downloaded")
     for name in names:
         done = registry.remove(settings, settings.model(name), notify=say)
@@ -175,15 +126,16 @@ def models_path(
     from llamadoc import registry
     from llamadoc.config import load_settings
     from llamadoc.errors import ModelError
+    from llamadoc.registry.card import entry_or_file, origin_here
 
     if role not in PATH_ROLES:
         raise UsageError(f"--file {role!r} is not one of {', '.join(PATH_ROLES)}")
     settings = load_settings(config)
-    target = _model_or_path(settings, name)
+    target = entry_or_file(settings, name)
     if isinstance(target, Path):
         print(target.absolute())
         return
-    files = {f.role: f for f in registry.locate(settings, target.with_origin(_origin_of(settings, target).name))}
+    files = {f.role: f for f in registry.locate(settings, target.with_origin(origin_here(settings, target).name))}
     file = files.get(role)
     if file is None:
         raise ModelError(f"model {name} has no {role} file")
@@ -195,76 +147,11 @@ def models_path(
 @models_app.command("info")
 def models_info(name: ModelName, config: Config = None) -> None:
     """A model's entry, its files, and what their GGUF headers say."""
-    from llamadoc import registry
     from llamadoc.config import load_settings
-    from llamadoc.errors import ModelError
-    from llamadoc.registry.transfer import human_size
+    from llamadoc.registry.card import card, entry_or_file
 
     settings = load_settings(config)
-    target = _model_or_path(settings, name)
-    rows: list[tuple[str, str]] = []
-    if isinstance(target, Path):
-        rows.append(("file", str(target.absolute())))
-        rows.append(("size", human_size(target.stat().st_size)))
-        rows.extend(_gguf_rows(registry.gguf_summary(target)))
-    else:
-        spec = target
-        rows.extend([
-            ("name", spec.name),
-            ("engine", f"{spec.engine} ({spec.kind})"),
-            ("description", spec.description),
-            ("quantisation", spec.quantisation or "?"),
-            ("size", human_size(spec.size_bytes)),
-            ("context", f"{spec.context:,} tokens" if spec.context else "?"),
-            ("memory", f"{spec.min_memory_gb:g} GB or more" if spec.min_memory_gb else "?"),
-            ("max pixels", f"{spec.max_pixels:,}" if spec.max_pixels else "the default"),
-            ("defined in", spec.defined_in),
-        ])
-        here = _origin_of(settings, spec)
-        for candidate in spec.origins:
-            note = "checked" if candidate.checked else "unchecked"
-            if candidate.converts:
-                note += ", a checkpoint converted to GGUF on pull"
-            used = " <- its files are here" if candidate is here and registry.is_present(settings, spec) else ""
-            rows.append(("source", f"{candidate.name} ({note}){used}"))
-        for file in registry.locate(settings, spec.with_origin(here.name)):
-            rows.append((file.role, file.address))
-            if not file.present or file.path is None:
-                partial = f" ({human_size(file.partial)} of an interrupted download kept)" if file.partial else ""
-                rows.append(("  path", "not downloaded" + partial))
-                continue
-            rows.append(("  path", f"{file.path} ({file.place}, {human_size(file.size)})"))
-            if file.sha256:
-                rows.append(("  sha256", file.sha256))
-            if file.revision:
-                rows.append(("  revision", file.revision))
-            if file.role in ("model", "mmproj"):
-                try:
-                    rows.extend(("  " + key, value) for key, value in _gguf_rows(registry.gguf_summary(file.path)))
-                except ModelError as err:  # say so, and go on with the other files
-                    rows.append(("  gguf", err.message))
-    rows = [(key, value) for key, value in rows if value]
-    width = max(len(key) for key, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-
-
-def _gguf_rows(summary: Any) -> list[tuple[str, str]]:
-    return [
-        ("architecture", summary.architecture + (f" ({summary.name})" if summary.name else "")),
-        ("file type", summary.quantisation or "?"),
-        ("parameters", f"{_count(summary.parameters)} in {summary.tensors} tensors"),
-        ("trained context", f"{summary.context:,}" if summary.context else "not recorded"),
-        ("vision", summary.vision or "none"),
-        ("chat template", "yes" if summary.chat_template else "no"),
-    ]
-
-
-def _count(n: int) -> str:
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return str(n)
+    _print_rows(card(settings, entry_or_file(settings, name)))
 
 
 @models_app.command("verify")
@@ -278,12 +165,10 @@ def models_verify(
     from llamadoc import registry
     from llamadoc.config import load_settings
     from llamadoc.errors import DownloadError
+    from llamadoc.registry.card import downloaded, entry_or_file
 
     settings = load_settings(config)
-    targets = [_model_or_path(settings, n) for n in names] if names else [
-        spec for spec in settings.models.values()
-        if any(f.present for source in spec.origins for f in registry.locate(settings, spec.with_origin(source.name)))
-    ]
+    targets = [entry_or_file(settings, n) for n in names] if names else downloaded(settings)
     if not targets:
         say("no downloaded models to verify")
         return
@@ -346,7 +231,11 @@ def doctor(config: Config = None) -> None:
     rows.append(("offline", "yes" if settings.offline else "no"))
     for name, spec in sorted(settings.models.items()):
         rows.append(("model", f"{name}: {'present' if registry.is_present(settings, spec) else 'not downloaded'}"))
-    width = max(len(k) for k, _ in rows)
+    _print_rows(rows)
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def parse_duration(value: str | float | int, what: str = "--keep-alive") -> floa
     if seconds > MAX_KEEP_ALIVE:  # tighter than Ollama's 292 years (Go's time.Duration): a date must show it
         raise UsageError(f"{what} {value!r} is too long", hint="use -1 to keep the model loaded for good")
     return None if seconds < 0 else seconds
+
+
+def api_key(given: str | None, file: Path | None, env: str | None, warn: Callable[[str], None]) -> str | None:
+    """The key every request must send: from --api-key-file, else --api-key (said to be visible
+    to every user of the machine), else LLAMADOC_API_KEY; None: no key."""
+    if file is not None and given is not None:
+        raise UsageError("--api-key and --api-key-file both give a key", hint="keep --api-key-file")
+    if given is not None:
+        warn("warning: --api-key is visible to every user of this machine (ps, /proc); "
+             "use --api-key-file or LLAMADOC_API_KEY")
+        return given
+    return read_key(file) if file is not None else env
 
 
 def read_key(path: Path) -> str:
