@@ -243,6 +243,8 @@ def test_export_writes_tables_and_e_invoices(tmp_path: Path, run_cli: Any) -> No
     assert run_cli("export", str(out), "--to", "jsonl").exit_code == 0
     lines_ = (out / "export" / "invoices.jsonl").read_text().splitlines()
     assert json.loads(lines_[1])["values"]["gross_total"]["page"] == 2
+    again = run_cli("export", str(out), "--to", "csv")  # an export's own tables are never read as results
+    assert again.exit_code == 0 and "invoices.jsonl" not in again.stderr, again.stderr
 
     for kind in ("cii", "ubl"):
         result = run_cli("export", str(out), "--to", kind)

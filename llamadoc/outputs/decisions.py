@@ -37,6 +37,9 @@ from llamadoc.outputs.writer import STATE_DIR
 from llamadoc.results import DocumentResult
 
 REVIEW_DIR = ".review"  # inside OUT, beside the results; a dot folder, as no input mirrors to it
+# In each folder `llamadoc export` writes (by default OUT/export): its tables are not results,
+# and a folder of results mirrored from an input folder named "export" still is one.
+EXPORT_MARK = ".llamadoc-export"
 DECISIONS = ("approved", "rejected")
 ACTIONS = {"approved": "approve", "rejected": "reject"}  # as the audit log names them
 LOCK_WAIT_S = 10.0  # a decision being written by another reviewer is waited for this long
@@ -111,7 +114,8 @@ def result_stats(folder: Path) -> list[tuple[str, os.stat_result]]:
         for item in listed:
             try:
                 if item.is_dir(follow_symlinks=False):  # as rglob: a link to a folder is not walked
-                    if item.name != STATE_DIR and not (not prefix and item.name == REVIEW_DIR):
+                    if (item.name != STATE_DIR and not (not prefix and item.name == REVIEW_DIR)
+                            and not os.path.exists(os.path.join(item.path, EXPORT_MARK))):
                         pending.append((f"{prefix}{item.name}/", item.path))
                 elif item.name.endswith((".json", ".jsonl")) and item.is_file():
                     found.append((prefix + item.name, item.stat()))

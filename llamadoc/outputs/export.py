@@ -27,7 +27,7 @@ from llamadoc.codec import ForeignResult, from_dict
 from llamadoc.errors import OutputError, UsageError
 from llamadoc.evidence import checks
 from llamadoc.inputs import einvoice
-from llamadoc.outputs.decisions import Decision, Decisions, Entry, entries, result_files, reviewed
+from llamadoc.outputs.decisions import EXPORT_MARK, Decision, Decisions, Entry, entries, result_files, reviewed
 from llamadoc.results import DocumentResult, Status, Value
 
 FORMATS = ("csv", "xlsx", "jsonl", "ubl", "cii")
@@ -520,6 +520,8 @@ def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
         dest = dest / to
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        for marked in {dest, dest.parent} if to in ("ubl", "cii") else {dest}:
+            (marked / EXPORT_MARK).touch()  # so that a later export (or the review page) does not read it
     except OSError as err:
         raise OutputError(f"cannot create {dest}: {err.strerror or err}") from None
     docs, decided, notes = _with_decisions(folder, batch, problems)
