@@ -78,7 +78,17 @@ TINY = replace(
                  cross_layers=(1, 3)),
     vision=replace(CPU_MID.vision, n_embd=32, n_ff=64, image_size=112),
 )
-PRESETS = {"11b": LLAMA_3_2_11B, "cpu-mid": CPU_MID, "cpu-page": CPU_PAGE, "tiny": TINY}
+# Llama 3.2 90B Vision: Llama 3.1 70B's text model with 20 cross-attention layers (every fifth from
+# the fourth), the 11B's vision tower. About 50 GiB as Q4_K_M.
+LLAMA_3_2_90B = replace(
+    LLAMA_3_2_11B,
+    text=replace(LLAMA_3_2_11B.text, n_layer=100, n_embd=8192, n_ff=28672, n_head=64,
+                 cross_layers=tuple(range(3, 100, 5))),
+)
+# The GPU script's --dry-run stands this in for the 90B: the tiny shape with more layers.
+TINY_DEEP = replace(TINY, text=replace(TINY.text, n_layer=8, cross_layers=(1, 4, 7)))
+PRESETS = {"11b": LLAMA_3_2_11B, "90b": LLAMA_3_2_90B, "cpu-mid": CPU_MID, "cpu-page": CPU_PAGE, "tiny": TINY,
+           "tiny-deep": TINY_DEEP}
 
 
 def _pattern(ggml_type: int, rng: np.random.Generator) -> bytes:
@@ -128,10 +138,27 @@ def _rope(t: TextConfig) -> np.ndarray:
                                                        "original_max_position_embeddings": 8192})
 
 
-def _write(path: Path, metadata: dict[str, Any], planned: list[PlannedTensor], quant: str,
-           exact: dict[str, np.ndarray], seed: int) -> int:
-    rng = np.random.default_rng(seed)
+def _types(planned: list[PlannedTensor], quant: str, vision_type: int | None) -> dict[str, int]:
     types = choose_types(planned, quant)
+    if vision_type is not None:  # the vision tower's and projector's matrices (Q8_0 in a Q4_K_M file)
+        for p in planned:
+            if p.name.startswith(("v.", "mm.")) and p.kind == "matmul":
+                types[p.name] = vision_type
+    return types
+
+
+def _nbytes(ggml_type: int, ne: tuple[int, ...]) -> int:
+    ctx = ggml.Context(1)
+    try:
+        return int(ggml.lib.nbytes(ctx.new(ggml_type, *ne)))
+    finally:
+        ctx.free()
+
+
+def _write(path: Path, metadata: dict[str, Any], planned: list[PlannedTensor], quant: str,
+           exact: dict[str, np.ndarray], seed: int, vision_type: int | None = None) -> int:
+    rng = np.random.default_rng(seed)
+    types = _types(planned, quant, vision_type)
     patterns: dict[int, bytes] = {}
     writer = GGUFWriter(path, metadata)
     for p in planned:
@@ -143,14 +170,12 @@ def _write(path: Path, metadata: dict[str, Any], planned: list[PlannedTensor], q
             continue
         if ggml_type not in patterns:
             patterns[ggml_type] = _pattern(ggml_type, rng)
-        ctx = ggml.Context(1)
-        nbytes = ggml.lib.nbytes(ctx.new(ggml_type, *ne))
-        ctx.free()
+        nbytes = _nbytes(ggml_type, ne)
         writer.add_tensor(p.name, ggml_type, ne, lambda pat=patterns[ggml_type], n=nbytes: _fill(pat, n))
     return writer.write()
 
 
-def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) -> int:
+def _plan_mllama(shape: Shape) -> tuple[dict[str, Any], list[PlannedTensor], dict[str, np.ndarray]]:
     t, v = shape.text, shape.vision
     c = MllamaConfig(t, v)
     planned = [PlannedTensor("token_embd.weight", np.zeros, (t.n_vocab + 8, t.n_embd), "rows"),
@@ -164,11 +189,25 @@ def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0)
                 else np.random.default_rng(len(name)).standard_normal(n).astype(np.float32) * 0.02
     meta = {"general.name": "synthetic mllama", "general.file_type": 15, **c.gguf_metadata(),
             **_vocab(shape.n_vocab_tokens, image_token=t.n_vocab)}
-    return _write(path, meta, planned, quant, exact, seed)
+    return meta, planned, exact
 
 
-def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) -> int:
-    """A Llama 3.1-style text model with as many layers as the mllama's text model (all self-attention)."""
+def write_mllama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0,
+                 vision_type: int | None = None) -> int:
+    """vision_type: a ggml type for the vision tower's and projector's matrices instead of the
+    quant's choice (Q8_0 for Q4_K_M), e.g. ggml.F16 to compare the two on a GPU."""
+    meta, planned, exact = _plan_mllama(shape)
+    return _write(path, meta, planned, quant, exact, seed, vision_type)
+
+
+def mllama_bytes(shape: Shape, quant: str = "Q4_K_M", vision_type: int | None = None) -> int:
+    """The tensor bytes write_mllama would write (the file is a few MB larger: metadata, vocabulary),
+    without writing anything: to check disk and GPU memory before a 50 GB file."""
+    _, planned, exact = _plan_mllama(shape)
+    return _planned_bytes(planned, exact, _types(planned, quant, vision_type))
+
+
+def _plan_llama(shape: Shape) -> tuple[dict[str, Any], list[PlannedTensor], dict[str, np.ndarray]]:
     t = shape.text
     q, kv = t.n_head * t.head_dim, t.n_head_kv * t.head_dim
     planned = [PlannedTensor("token_embd.weight", np.zeros, (t.n_vocab, t.n_embd), "rows"),
@@ -188,4 +227,20 @@ def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) 
             exact[b + name] = np.ones(t.n_embd, dtype=np.float32)
     meta = {"general.architecture": "llama", "general.name": "synthetic llama", "general.file_type": 15,
             **t.gguf_metadata("llama"), **_vocab(t.n_vocab, image_token=None)}
+    return meta, planned, exact
+
+
+def write_llama(path: Path, shape: Shape, quant: str = "Q4_K_M", seed: int = 0) -> int:
+    """A Llama 3.1-style text model with as many layers as the mllama's text model (all self-attention)."""
+    meta, planned, exact = _plan_llama(shape)
     return _write(path, meta, planned, quant, exact, seed)
+
+
+def _planned_bytes(planned: list[PlannedTensor], exact: dict[str, np.ndarray], types: dict[str, int]) -> int:
+    return sum(_nbytes(ggml.F32 if p.name in exact else types[p.name], tuple(reversed(p.shape))) for p in planned)
+
+
+def llama_bytes(shape: Shape, quant: str = "Q4_K_M") -> int:
+    """The tensor bytes write_llama would write, without writing (as mllama_bytes)."""
+    _, planned, exact = _plan_llama(shape)
+    return _planned_bytes(planned, exact, _types(planned, quant, None))
