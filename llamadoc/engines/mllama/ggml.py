@@ -253,6 +253,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     # CPU backend (libggml-cpu)
     ("cpu", "ggml_backend_cpu_set_n_threads", None, [P, INT]),
     ("cpu", "ggml_cpu_has_avx512_bf16", INT, []),
+    ("cpu", "ggml_cpu_has_avx2", INT, []),
 ]
 
 
