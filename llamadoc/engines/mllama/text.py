@@ -18,9 +18,10 @@ from .graph import Graph, attention, grouped_attention, rms_norm
 from .loader import MllamaConfig, Weights
 
 # Rows from which a graph multiplies the file-mapped twins of repacked matrices (Weights.plain):
-# ggml's tiled K-quant GEMM overtakes the repacked kernels between 16 and 64 rows on x86
-# (benchmarks/README.md, "Prefill on the fastest kernel").
-PLAIN_ROWS = 32
+# ggml's tiled K-quant GEMM overtakes the repacked kernels between 8 and 16 rows on x86 (Q4_K,
+# 2048 x 8192: 2.58 against 3.06 ms at 8 rows, 3.90 against 3.14 at 16; benchmarks/README.md,
+# "Prompts on the fastest kernel"). Decoding a full batch (8 sequences) stays repacked.
+PLAIN_ROWS = 16
 
 
 @dataclass(frozen=True)
