@@ -1,13 +1,15 @@
 """Text prefill and decode of the mllama engine beside llama-cpp-python and mistral.rs, in CPU time.
 
-Each contender runs in its own process (its own interpreter or checkout), loaded once, on one
-thread; rounds are interleaved (every contender prefills a --prompt-token prompt and decodes
---tokens steps per round). Times are the CPU time of the process around each call: on a shared
-machine whose other work takes most of the cores, wall times of one thread varied 2-3x between
-rounds while CPU time varies a few per cent, so the ratios read CPU time (a tok/s figure here is
-tokens per CPU-second: what one core gives when nothing else runs).
+Each contender runs in its own process (its own interpreter or checkout), loaded once, on
+--threads threads (default 1); rounds are interleaved (every contender prefills a --prompt-token
+prompt and decodes --tokens steps per round). By default times are the CPU time of the process
+around each call: on a shared machine whose other work takes most of the cores, wall times of one
+thread varied 2-3x between rounds while CPU time varies a few per cent (a tok/s figure is then
+tokens per CPU-second: what one core gives when nothing else runs). --clock wall reads wall time,
+for several threads on a quiet machine (CPU time would count threads that spin while they wait).
 
     python -m benchmarks.mllama_text_peers --quant Q8_0 --python-mistralrs VENV/bin/python --base BASE
+    python -m benchmarks.mllama_text_peers --quant Q8_0 --python-mistralrs VENV/bin/python --threads 2 --clock wall
 
 Contenders: llama-cpp-python on a llama file of the same text shape (all 16 layers self-attention;
 ggml's extra buffer types off with --no-extra-bufts); mistral.rs (``pip install mistralrs``, in
@@ -40,10 +42,13 @@ def _prompt(n: int) -> list[int]:
     return [128000] + [PROMPT_BASE + i % 5000 for i in range(n - 1)]
 
 
+CLOCK = time.process_time  # the worker's clock: CPU time of the process, or wall time (--clock wall)
+
+
 def _cpu(fn: Any) -> float:
-    t = time.process_time()
+    t = CLOCK()
     fn()
-    return time.process_time() - t
+    return CLOCK() - t
 
 
 def _serve(prefill: Any, decode: Any, info: dict[str, Any]) -> None:
@@ -56,10 +61,10 @@ def _serve(prefill: Any, decode: Any, info: dict[str, Any]) -> None:
         print(json.dumps({"prefill_cpu_s": p, "decode_cpu_s": d}), flush=True)
 
 
-def worker_llama(path: str, extra_bufts: bool) -> None:
+def worker_llama(path: str, extra_bufts: bool, threads: int) -> None:
     from benchmarks import mllama_llamacpp as baseline
 
-    llm = baseline.load(Path(path), 1, gpu=False, n_ctx=2048, extra_bufts=extra_bufts)
+    llm = baseline.load(Path(path), threads, gpu=False, n_ctx=2048, extra_bufts=extra_bufts)
     llm.eval(_prompt(8))
 
     def prefill(n: int) -> None:
@@ -75,13 +80,13 @@ def worker_llama(path: str, extra_bufts: bool) -> None:
     _serve(prefill, decode, {"extra_bufts": extra_bufts})
 
 
-def worker_engine(path: str, image: bool) -> None:
+def worker_engine(path: str, image: bool, threads: int) -> None:
     import numpy as np
     from PIL import Image
 
     from llamadoc.engines.mllama.model import MllamaModel
 
-    model = MllamaModel.load(path, threads=1, n_ctx=2048)
+    model = MllamaModel.load(path, threads=threads, n_ctx=2048)
     page = Image.fromarray((np.random.default_rng(0).random((900, 700, 3)) * 255).astype(np.uint8)) if image \
         else None
 
@@ -149,10 +154,10 @@ def write_tokenizer(gguf_path: Path, out: Path) -> None:
 
 
 class Contender:
-    def __init__(self, label: str, cmd: list[str], pythonpath: Path, log: Path) -> None:
+    def __init__(self, label: str, cmd: list[str], pythonpath: Path, log: Path, threads: int) -> None:
         self.label = label
-        env = {**os.environ, "PYTHONPATH": str(pythonpath), "GGML_NO_BACKTRACE": "1", "RAYON_NUM_THREADS": "1",
-               "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(pythonpath), "GGML_NO_BACKTRACE": "1",
+               "RAYON_NUM_THREADS": str(threads)}
         with open(log, "w") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                          cwd=REPO, env=env)
@@ -191,12 +196,18 @@ def main() -> None:
     ap.add_argument("--python-mistralrs", help="a Python with mistralrs: adds the mistral.rs contender")
     ap.add_argument("--no-extra-bufts", action="store_true", help="llama-cpp-python without AMX/repack buffers")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/llamadoc-bench"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="wall: wall time (for --threads above 1 on a quiet machine; CPU time counts spinning)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--file", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        global CLOCK
+        CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
         f = args.file
-        {"llama": lambda: worker_llama(f[0], f[1] == "1"), "engine": lambda: worker_engine(f[0], f[1] == "1"),
+        {"llama": lambda: worker_llama(f[0], f[1] == "1", args.threads),
+         "engine": lambda: worker_engine(f[0], f[1] == "1", args.threads),
          "mistralrs": lambda: worker_mistralrs(f[0], f[1])}[args.worker]()
         return
 
@@ -213,7 +224,8 @@ def main() -> None:
         write_tokenizer(ll, tok)
 
     def worker(kind: str, *files: str, python: str = sys.executable) -> list[str]:
-        return [python, str(HERE), "--worker", kind, "--file", *files]
+        return [python, str(HERE), "--worker", kind, "--threads", str(args.threads), "--clock", args.clock,
+                "--file", *files]
 
     specs: list[tuple[str, list[str], Path]] = [
         ("llama-cpp-python, llama 16 layers", worker("llama", str(ll), "0" if args.no_extra_bufts else "1"), REPO)]
@@ -225,7 +237,7 @@ def main() -> None:
             continue
         specs.append((f"engine ({which}), text only", worker("engine", str(ml), "0"), root))
         specs.append((f"engine ({which}), with a page", worker("engine", str(ml), "1"), root))
-    contenders = [Contender(label, cmd, root, args.dir / f"peers-{i}.log")
+    contenders = [Contender(label, cmd, root, args.dir / f"peers-{i}.log", args.threads)
                   for i, (label, cmd, root) in enumerate(specs)]
     for _ in range(args.rounds):
         for c in contenders:
@@ -238,16 +250,17 @@ def main() -> None:
     print(f"command: python -m benchmarks.mllama_text_peers --quant {args.quant} --prompt {args.prompt} "
           f"--tokens {args.tokens} --rounds {args.rounds}{' --base BASE' if args.base else ''}"
           f"{' --python-mistralrs VENV/bin/python' if args.python_mistralrs else ''}"
-          f"{' --no-extra-bufts' if args.no_extra_bufts else ''}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 thread each, llama-cpp-python "
+          f"{' --no-extra-bufts' if args.no_extra_bufts else ''} --threads {args.threads} --clock {args.clock}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) each, llama-cpp-python "
           f"{llama_cpp.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}")
     ref = contenders[0]
 
     def rate(c: Contender, key: str, n: int) -> list[float]:
         return [n / r[key] for r in c.rounds]
 
+    unit = "tok per CPU-second" if args.clock == "cpu" else "tok/s"
     print(f"{'cpu-mid ' + args.quant + ', median of ' + str(args.rounds):<44}{'prefill':>9}{'vs llama':>9}"
-          f"{'decode':>8}{'vs llama':>9}   tok per CPU-second")
+          f"{'decode':>8}{'vs llama':>9}   {unit}")
     for c in contenders:
         cells = []
         for key, n in (("prefill_cpu_s", args.prompt), ("decode_cpu_s", args.tokens)):

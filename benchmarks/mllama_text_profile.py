@@ -6,6 +6,7 @@ decoded, with a page image in the cross-attention layers or without. CPU time of
 computing thread with --threads 1 (other work on a shared machine does not inflate it).
 
     python -m benchmarks.mllama_text_profile --preset cpu-mid --quant Q8_0 --prompt 700 --tokens 16
+    python -m benchmarks.mllama_text_profile --cross-forms 512   # one cross layer's attention, two forms
 """
 
 from __future__ import annotations
@@ -95,6 +96,52 @@ def profiled(model: MllamaModel, run: Callable[[], object]) -> dict[str, dict[st
     return {k: dict(v) for k, v in times.items()}
 
 
+def cross_forms(n: int) -> None:
+    """One cross-attention layer of cpu-mid (16 heads of 128, 4 KV heads) over a page's 6,404 keys
+    for n prompt tokens: the CPU's grouped products (padded keys, a mask) against flash attention
+    over the valid keys only (no mask; it needs V untransposed, which the CPU cache does not keep)."""
+    from llamadoc.engines.mllama.backend import Runtime
+    from llamadoc.engines.mllama.graph import Graph, attention, grouped_attention
+
+    hd, heads, kv, keys, pad = 128, 16, 4, 6404, 6656
+    rt, rng, r = Runtime(None, 1), np.random.default_rng(0), heads // kv
+    q = rng.standard_normal((n, heads * hd)).astype(np.float32)
+    k, v = (rng.standard_normal((kv, pad, hd)).astype(np.float16) for _ in range(2))
+    vt = np.ascontiguousarray(v.transpose(0, 2, 1))
+    mask = np.zeros((1, 1, r * n, pad), np.float16)
+    mask[..., keys:] = -np.inf
+
+    def grouped(g: Graph) -> dict[str, np.ndarray]:
+        qi, ki = g.input(ggml.F32, hd, heads, n, name="q"), g.input(ggml.F16, hd, pad, kv, 1, name="k")
+        vi, mi = g.input(ggml.F16, pad, hd, kv, 1, name="vt"), g.input(ggml.F16, pad, r * n, 1, 1, name="m")
+        g.expand(grouped_attention(g.ops, qi, ki, vi, mi, hd ** -0.5, kv, n, 1))
+        return {"q": q, "k": k, "vt": vt, "m": mask}
+
+    def flash(g: Graph) -> dict[str, np.ndarray]:
+        ops = g.ops
+        qi, ki = g.input(ggml.F32, hd, heads, n, name="q"), g.input(ggml.F16, hd, pad, kv, 1, name="k")
+        vi = g.input(ggml.F16, hd, pad, kv, 1, name="v")
+        nb = ggml.tensor(ki).nb
+        valid = [ops.view_4d(x, hd, keys, kv, 1, nb[1], nb[2], nb[3], 0) for x in (ki, vi)]
+        qh = ops.permute(ops.reshape_4d(qi, hd, heads, n, 1), 0, 2, 1, 3)
+        g.expand(attention(ops, qh, valid[0], valid[1], None, hd ** -0.5, True))
+        return {"q": q, "k": k, "v": v}
+
+    print(f"command: python -m benchmarks.mllama_text_profile --cross-forms {n}")
+    for label, build in (("grouped products, padded keys, mask", grouped), ("flash, valid keys, no mask", flash)):
+        g = Graph(rt)
+        inputs = build(g)
+        g.run(inputs)
+        times = []
+        for _ in range(3):
+            t = time.thread_time()
+            g.run(inputs)
+            times.append(time.thread_time() - t)
+        g.free()
+        print(f"  {label:<40}{min(times) * 1e3:>8.0f} ms  {4 * n * keys * hd * heads / min(times) / 1e9:>6.1f} GFLOP/s")
+    rt.free()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu-mid", choices=sorted(PRESETS))
@@ -103,7 +150,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--text-only", action="store_true", help="no image: the cross-attention layers are skipped")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/llamadoc-bench"))
+    ap.add_argument("--cross-forms", type=int, metavar="N", help="only time two forms of cross-attention")
     args = ap.parse_args()
+    if args.cross_forms:
+        cross_forms(args.cross_forms)
+        return
     shape = PRESETS[args.preset]
     path = args.dir / f"mllama-{args.preset}-{args.quant}.gguf"
     if not path.exists():
