@@ -274,7 +274,7 @@ def main() -> None:
         print(f"{c.label:<44}{''.join(cells)}")
     for c in contenders:
         print(f"  {c.label}: prefill {[round(args.prompt / r['prefill_cpu_s'], 1) for r in c.rounds]}, "
-              f"decode rounds CPU s {[round(r['decode_cpu_s'], 2) for r in c.rounds]}")
+              f"decode rounds s {[round(r['decode_cpu_s'], 2) for r in c.rounds]}")
 
 
 if __name__ == "__main__":
