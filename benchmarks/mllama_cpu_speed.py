@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=700, help="prefill: prompt tokens")
     ap.add_argument("--quant", default="Q4_K_M", choices=("Q4_K_M", "Q8_0"))
     ap.add_argument("--no-repack", action="store_true", help="engine weights outside the CPU repack buffers")
+    ap.add_argument("--no-extra-bufts", action="store_true",
+                    help="llama-cpp-python without ggml's extra buffer types (AMX, repack): where its AMX kernels "
+                         "crash (benchmarks/mllama_llamacpp.py)")
     ap.add_argument("--dir", type=Path, default=None, help="keep the GGUF files here (default: a temp dir)")
     args = ap.parse_args()
     import llama_cpp
@@ -96,7 +99,7 @@ def main() -> None:
     image = Image.fromarray((np.random.default_rng(0).random((900, 700, 3)) * 255).astype(np.uint8))
 
     n_ctx = args.prompt + args.tokens + 64
-    llm = llamacpp_baseline.load(ll, args.threads, gpu=False, n_ctx=n_ctx)
+    llm = llamacpp_baseline.load(ll, args.threads, gpu=False, n_ctx=n_ctx, extra_bufts=not args.no_extra_bufts)
     engine = model_module.MllamaModel.load(ml, threads=args.threads, n_ctx=n_ctx)
     long = [128000] + [1000 + i % 5000 for i in range(args.prompt - 1)]
     ids_image = [128000, engine.tokenizer.image] + prompt[1:]
@@ -144,7 +147,7 @@ def main() -> None:
     t = shape.text
     print(f"command: python -m benchmarks.mllama_cpu_speed --preset {args.preset} --threads {args.threads} "
           f"--tokens {args.tokens} --rounds {args.rounds} --prompt {args.prompt} --quant {args.quant}"
-          f"{' --no-repack' if args.no_repack else ''}")
+          f"{' --no-repack' if args.no_repack else ''}{' --no-extra-bufts' if args.no_extra_bufts else ''}")
     print(f"machine: {platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
           f"threads {args.threads}, llama-cpp-python {llama_cpp.__version__}")
     print(f"shape: {args.preset}: {t.n_layer} text layers ({len(t.cross_layers)} cross), width {t.n_embd}, "

@@ -6,6 +6,7 @@ Times are CPU time of the process, best of --repeat: with --threads 1 (default) 
 shared machine does not inflate them. Random data; ggml's speed does not depend on the values.
 
     python -m benchmarks.mllama_vision_ops --threads 1
+    python -m benchmarks.mllama_vision_ops --rows 1,16,64,128,256,512   # prompt-batch products only
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def weight(rt: Runtime, keep: list[ggml.Context], ggml_type: int, k: int, n: int
 def matmuls(rt: Runtime, repeat: int, threads: int) -> None:
     print(f"matrix products at {T} tokens, GFLOP/s per thread (fc1 {E}->{FF}, fc2 {FF}->{E}, q/k/v/o {E}->{E})")
     keep: list[ggml.Context] = []
-    for ggml_type in (ggml.F32, ggml.F16, ggml.BF16, ggml.Q8_0, ggml.Q4_0, ggml.Q4_K):
+    for ggml_type in (ggml.F32, ggml.F16, ggml.BF16, ggml.Q8_0, ggml.Q4_0, ggml.Q4_K, ggml.Q6_K):
         for repack in (False, True):
             rates = []
             for k, n in ((E, FF), (FF, E), (E, E)):
@@ -128,6 +129,7 @@ def attention_forms(rt: Runtime, repeat: int) -> None:
 
     for label, build in (("flash, F32 K/V, mask (the starting commit)", flash(ggml.F32, True)),
                          ("flash, F16 K/V, mask", flash(ggml.F16, True)),
+                         ("flash, F32 K/V, no mask", flash(ggml.F32, False)),
                          ("flash, F16 K/V, no mask (this commit)", flash(ggml.F16, False)),
                          ("mul_mat + soft_max + mul_mat, F16/BF16, no mask", products)):
         print(f"  {label:<50}{best(rt, build, repeat):>8.2f}")
@@ -149,12 +151,54 @@ def tokens_per_product(rt: Runtime, repeat: int, threads: int) -> None:
     keep[0].free()
 
 
+def prompt_products(rt: Runtime, repeat: int, rows: list[int]) -> None:
+    """A text layer's widest product (2048 -> 8192) by rows: the weight as stored, repacked, or
+    dequantised inside the graph to a float type first (what a prompt batch could multiply)."""
+    k, n = 2048, 8192
+    print(f"ms per {k}x{n} product by rows (CPU time)")
+    print(f"  {'weight':<26}" + "".join(f"{r:>9}" for r in rows))
+    keep: list[ggml.Context] = []
+    forms: list[tuple[int, bool, int | None]] = [
+        (ggml.Q8_0, False, None), (ggml.Q8_0, False, ggml.F32), (ggml.Q8_0, False, ggml.BF16),
+        (ggml.Q8_0, False, ggml.F16), (ggml.Q4_K, False, None), (ggml.Q4_K, True, None), (ggml.Q4_K, False, ggml.F32),
+        (ggml.Q6_K, False, None), (ggml.Q6_K, False, ggml.F32)]
+    for ggml_type, repack, via in forms:
+        w = weight(rt, keep, ggml_type, k, n, repack)
+        if w is None:
+            continue
+        out = []
+        for m in rows:
+            x = rng.standard_normal((m, k)).astype(np.float32)
+
+            def build(g: Graph, w: int = w, x: np.ndarray = x, m: int = m,
+                      via: int | None = via) -> dict[str, np.ndarray]:
+                a = w
+                if via is not None:  # ggml dequantises to F32 only; other float types go through it
+                    a = g.ops.cast(w, ggml.F32)
+                    a = a if via == ggml.F32 else g.ops.cast(a, via)
+                g.expand(g.ops.mul_mat(a, g.input(ggml.F32, k, m, name="x")))
+                return {"x": x}
+
+            out.append(best(rt, build, repeat) * 1e3)
+        label = ggml.type_name(ggml_type) + (" repacked" if repack else "") + \
+            (f" -> {ggml.type_name(via)}" if via is not None else "")
+        print(f"  {label:<26}" + "".join(f"{v:>9.2f}" for v in out))
+    for ctx in keep:
+        ctx.free()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rows", help="only the prompt-batch products, at these row counts (e.g. 1,16,512)")
     args = ap.parse_args()
     rt = Runtime(None, args.threads)
+    if args.rows:
+        print(f"command: python -m benchmarks.mllama_vision_ops --threads {args.threads} --rows {args.rows}")
+        prompt_products(rt, args.repeat, [int(r) for r in args.rows.split(",")])
+        rt.free()
+        return
     print(f"command: python -m benchmarks.mllama_vision_ops --threads {args.threads} --repeat {args.repeat}")
     matmuls(rt, args.repeat, args.threads)
     attention_forms(rt, args.repeat)

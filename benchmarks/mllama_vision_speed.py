@@ -273,6 +273,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/llamadoc-bench"))
+    ap.add_argument("--q4", action="store_true", help="add the engine on the cpu-page shape's Q4_K_M file")
+    ap.add_argument("--no-mtmd", action="store_true", help="leave libmtmd out")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: ratios of the workers' CPU time (with --threads 1, what a shared machine's other "
+                         "work does not inflate)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--file", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -291,11 +296,19 @@ def main() -> None:
     if args.base:
         specs.append(("engine at --base, mid shape", worker("engine", files["page"]), args.base.resolve()))
     specs.append(("engine (this checkout), mid shape", worker("engine", files["page"]), REPO))
+    if args.q4:
+        q4 = args.dir / "mllama-cpu-page-Q4_K_M.gguf"
+        if not q4.exists():
+            from benchmarks.mllama_synth import CPU_PAGE, write_mllama
+            write_mllama(q4, CPU_PAGE, quant="Q4_K_M")
+        specs.append(("engine (this checkout), mid shape Q4_K_M", worker("engine", q4), REPO))
     if args.python_hf:
         specs.append(("engine (this checkout), HF checkpoint Q8_0", worker("engine", files["hf_gguf"]), REPO))
         specs.append(("transformers fp32, HF checkpoint", worker("transformers", files["hf"], python=args.python_hf),
                       REPO))
-    specs.append(("libmtmd, CLIP ViT 1280 x 10 layers, F16", worker("mtmd", files["clip"], files["clip_text"]), REPO))
+    if not args.no_mtmd:
+        specs.append(("libmtmd, CLIP ViT 1280 x 10 layers, F16", worker("mtmd", files["clip"], files["clip_text"]),
+                      REPO))
     contenders = []
     for i, (label, cmd, root) in enumerate(specs):  # loaded one after another, not competing
         contenders.append(Contender(label, cmd, root, args.dir / f"worker-{i}.log"))
@@ -307,23 +320,26 @@ def main() -> None:
 
     import llama_cpp
 
-    print(f"command: python -m benchmarks.mllama_vision_speed{' --base ' + str(args.base) if args.base else ''}"
-          f"{' --python-hf ' + args.python_hf if args.python_hf else ''} --threads {args.threads} "
-          f"--rounds {args.rounds}")
+    print(f"command: python -m benchmarks.mllama_vision_speed{' --base BASE' if args.base else ''}"
+          f"{' --python-hf VENV/bin/python' if args.python_hf else ''} --threads {args.threads} "
+          f"--rounds {args.rounds}{' --q4' if args.q4 else ''}{' --no-mtmd' if args.no_mtmd else ''}"
+          f"{' --clock cpu' if args.clock == 'cpu' else ''}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, "
-          f"llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d')}")
+          f"llama-cpp-python {llama_cpp.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    key = "cpu_ms" if args.clock == "cpu" else "wall_ms"
     # them/us: the median of per-round ratios against this checkout's engine on each of its files
     peers = [c for c in contenders if c.label.startswith("engine (this checkout)")]
-    print(f"{'4-tile page, median of ' + str(args.rounds) + ' interleaved rounds':<48}{'ms':>9}"
+    print(f"{'4-tile page, median of ' + str(args.rounds) + ' rounds, ' + key[:-3] + ' ms':<48}{'ms':>9}"
           + "".join(f"{'them/us (' + p.label.split(', ')[1].split()[0] + ')':>18}" for p in peers) + f"{'cpu use':>9}")
     for c in contenders:
         ratios = "".join(
-            f"{statistics.median(a['wall_ms'] / b['wall_ms'] for a, b in zip(c.rounds, p.rounds, strict=True)):>18.2f}"
+            f"{statistics.median(a[key] / b[key] for a, b in zip(c.rounds, p.rounds, strict=True)):>18.2f}"
             for p in peers)
         use = statistics.median(r["cpu_ms"] / (r["wall_ms"] * args.threads) for r in c.rounds)
-        print(f"{c.label:<48}{c.median():>9.0f}{ratios}{use:>9.0%}")
+        print(f"{c.label:<48}{statistics.median(r[key] for r in c.rounds):>9.0f}{ratios}{use:>9.0%}")
     for c in contenders:
-        print(f"  {c.label}: rounds {[round(r['wall_ms']) for r in c.rounds]} ms; {c.info}")
+        print(f"  {c.label}: rounds {[round(r[key]) for r in c.rounds]} ms; {c.info}")
 
 
 if __name__ == "__main__":

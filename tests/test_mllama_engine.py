@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.mllama_helpers import convert_fixture, fixture_image
+from tests.mllama_helpers import REPO, convert_fixture, fixture_image
 
 pytest.importorskip("llama_cpp")
 jsonschema = pytest.importorskip("jsonschema")
@@ -136,3 +139,17 @@ def test_image_weights_take_the_cpus_fastest_type(engine: MllamaEngine) -> None:
     blocks = [t[f"mm.0.weight.{j}"] for j in range(1 + len(c.vision.intermediate))]
     assert all(ggml.shape(b)[:2] == (c.vision.n_embd, c.text.n_embd) for b in blocks)
     assert {ggml.tensor(b).type for b in blocks} == {ggml.BF16 if want == ggml.BF16 else ggml.F16}
+
+
+@pytest.mark.parametrize("engine", ["llamadoc.engines.mllama.ggml", "llamadoc.engines.mtmd", "llamadoc.engines.llama"])
+@pytest.mark.parametrize("env,want", [
+    ({}, "10000"),  # libgomp's default spins 300,000 times at each barrier before it sleeps
+    ({"GOMP_SPINCOUNT": "50"}, "50"),  # the user's count stays
+    ({"OMP_WAIT_POLICY": "active"}, None),  # so does the user's policy, with libgomp's count for it
+])
+def test_openmp_threads_spin_briefly_unless_the_user_chose(engine: str, env: dict[str, str], want: str | None) -> None:
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    code = f"import os, {engine}; print(os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**base, **env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    assert out == str(want)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from llamadoc.config import echo_ggml_logs
+from llamadoc.engines import llamacpp  # noqa: F401  (its import sets the threads' spin count)
 from llamadoc.errors import EngineError
 from llamadoc.interrupt import called_from_c
 
@@ -46,6 +47,7 @@ _FIX = f"install llama-cpp-python=={LLAMA_CPP_VERSION}, the build this engine's 
 
 # An abort inside ggml would print a gdb backtrace attempt; a plain message is enough.
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+# ggml's CPU threads sleep soon when they wait: llamacpp sets that before any ggml library loads.
 
 # ggml.h constants of the pinned version.
 GGML_MAX_DIMS = 4
@@ -254,6 +256,7 @@ _SIGNATURES: list[tuple[str, str, Any, list[Any]]] = [
     # CPU backend (libggml-cpu)
     ("cpu", "ggml_backend_cpu_set_n_threads", None, [P, INT]),
     ("cpu", "ggml_cpu_has_avx512_bf16", INT, []),
+    ("cpu", "ggml_cpu_has_avx2", INT, []),
 ]
 
 

@@ -322,6 +322,8 @@ class Weights:
 
     t: dict[str, int] = field(default_factory=dict)
     gates: dict[str, float] = field(default_factory=dict)
+    # File-mapped twins of repacked matrices, for graphs with many rows (prefill): see load_weights.
+    plain: dict[str, int] = field(default_factory=dict)
     _contexts: list[ggml.Context] = field(default_factory=list)
     _buffers: list[int] = field(default_factory=list)
     _mapped: np.ndarray | None = None
@@ -353,7 +355,7 @@ def cross_norm_fixes(c: MllamaConfig) -> dict[str, Callable[[np.ndarray], np.nda
 def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, int],
                  cpu_buft: int, fixes: dict[str, Callable[[np.ndarray], np.ndarray]],
                  repack: tuple[int, Callable[[int, tuple[int, ...]], bool]] | None = None,
-                 keep_plain: Collection[str] = ()) -> Weights:
+                 keep_plain: Collection[str] = (), twin_types: Collection[int] = ()) -> Weights:
     """Create every tensor on its device: CPU tensors map the file, others are copied.
 
     ``where`` maps a group ("vision", "text.3", ...) to its buffer type.
@@ -362,6 +364,12 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
     read into F32 and copied. ``repack`` (buffer type, supports(type, ne)) moves the CPU's
     matrix weights it supports into the CPU's repack buffers, as llama.cpp does, except those in
     ``keep_plain`` (to be cast: ggml copies no repacked tensor).
+
+    A repacked matrix of a type in ``twin_types`` also gets a twin in ``plain``: the same tensor
+    bound to the file's pages, which the repacking has read already (no memory is added). The
+    repacked layout is faster for a few rows (decode); for a prompt batch ggml's tiled K-quant
+    GEMM, which skips repacked weights, is faster on x86 (1.7x for Q4_K at 512 rows,
+    benchmarks/README.md).
     """
     w = Weights()
     mapped = np.memmap(f.path, dtype=np.uint8, mode="r")
@@ -369,6 +377,7 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
     base = mapped.ctypes.data
     # (buft, direct-map?) -> names
     plan: dict[tuple[int, bool], list[str]] = {}
+    twins: list[str] = []
     for name, exp in expected.items():
         info = f.tensors[name]
         if exp.use == SCALAR:
@@ -379,6 +388,8 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
         if (repack is not None and buft == cpu_buft and exp.use == MATMUL and name not in keep_plain
                 and repack[1](info.type, info.ne)):
             buft = repack[0]
+            if info.type in twin_types and info.offset % 32 == 0:
+                twins.append(name)
         direct = buft == cpu_buft and not widen and info.offset % 32 == 0
         plan.setdefault((buft, direct), []).append(name)
     try:
@@ -413,6 +424,19 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
                             ggml.set_data(w.t[name], fixes[name](values) if name in fixes else values)
                         else:
                             lib.backend_tensor_set(w.t[name], base + info.offset, 0, info.nbytes)
+            lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
+        if twins:
+            ctx = ggml.Context(len(twins))
+            w._contexts.append(ctx)
+            buf = lib.backend_cpu_buffer_from_ptr(base, mapped.nbytes)
+            if not buf:
+                raise ModelError(f"{f.path}: cannot map the file for the CPU backend")
+            w._buffers.append(buf)
+            for name in twins:
+                info = f.tensors[name]
+                w.plain[name] = ctx.new(info.type, *info.ne, name=name)
+                if lib.backend_tensor_alloc(buf, w.plain[name], base + info.offset) != 0:
+                    raise ModelError(f"{f.path}: cannot place tensor {name}")
             lib.backend_buffer_set_usage(buf, BUFFER_USAGE_WEIGHTS)
     except BaseException:
         w.free()

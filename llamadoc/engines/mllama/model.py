@@ -51,6 +51,14 @@ from .tokenizer import Tokenizer
 from .vision import VisionEncoder
 
 DEFAULT_CTX = 4096
+
+
+def tiled_gemm_types() -> frozenset[int]:
+    """The weight types ggml's tiled GEMM multiplies with many rows on this CPU: K-quants on x86
+    (AVX2 and up), unless GGML_CPU_TILED_MM=0 turns it off. It skips repacked weights."""
+    if not lib.cpu_has_avx2() or os.environ.get("GGML_CPU_TILED_MM", "1").strip() in ("0", ""):
+        return frozenset()
+    return frozenset({ggml.Q2_K, ggml.Q3_K, ggml.Q4_K, ggml.Q5_K, ggml.Q6_K})
 DEFAULT_BATCH = 512  # prompt tokens per prefill graph: bounds the compute buffer
 
 
@@ -156,7 +164,7 @@ class MllamaModel:
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
                                        (repack, partial(repack_supports, runtime.cpu, repack)) if repack else None,
-                                       keep_plain=[*to_bf16, "mm.0.weight"])
+                                       keep_plain=[*to_bf16, "mm.0.weight"], twin_types=tiled_gemm_types())
                 cast_weights(runtime, weights, to_bf16, ggml.BF16)
                 # The projector, split by the vision state it reads (F16 on a GPU: the vision tower
                 # ran faster in F16 than in Q8_0 on an H100, benchmarks/gpu_check_h100.md).

@@ -17,6 +17,12 @@ from .cache import CrossCache, SelfCache
 from .graph import Graph, attention, grouped_attention, rms_norm
 from .loader import MllamaConfig, Weights
 
+# Rows from which a graph multiplies the file-mapped twins of repacked matrices (Weights.plain):
+# ggml's tiled K-quant GEMM overtakes the repacked kernels between 8 and 16 rows on x86 (Q4_K,
+# 2048 x 8192: 2.58 against 3.06 ms at 8 rows, 3.90 against 3.14 at 16; benchmarks/README.md,
+# "Prompts on the fastest kernel"). Decoding a full batch (8 sequences) stays repacked.
+PLAIN_ROWS = 16
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -31,10 +37,11 @@ class Shape:
 def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, cross: CrossCache | None,
                   s: Shape, flash: bool) -> tuple[Graph, int]:
     """The decoder graph for one shape; returns it with its logits tensor [n_vocab, n_out]."""
-    t, txt = w.t, c.text
+    txt = c.text
     g = Graph(runtime)
     ops = g.ops
     b, n, hd, n_rows = s.n_seq, s.n_new, txt.head_dim, s.n_seq * s.n_new
+    t = {**w.t, **w.plain} if n_rows >= PLAIN_ROWS else w.t
     tokens = g.input(ggml.I32, n_rows, name="tokens")
     pos = g.input(ggml.I32, n_rows, name="positions")
     rows = g.input(ggml.I64, n_rows, name="cache_rows")
@@ -96,7 +103,8 @@ def build_decoder(runtime: Runtime, c: MllamaConfig, w: Weights, kv: SelfCache, 
         x = ops.add(x, mlp(p, x))
     x = ops.get_rows(x, out_rows)  # only the rows whose logits are wanted
     x = rms_norm(ops, x, t["output_norm.weight"], txt.eps)
-    logits = g.output(ops.mul_mat(t["output.weight"], x))
+    out_w = (w.plain if s.n_out >= PLAIN_ROWS else {}).get("output.weight", w.t["output.weight"])
+    logits = g.output(ops.mul_mat(out_w, x))
     return g, logits
 
 
