@@ -37,6 +37,22 @@ def test_iban_and_bic() -> None:
     assert statuses("bic", "COBAZZFFXXX")["bic"][0] == "fail"
 
 
+def test_rules_ask_for_whole_words_in_any_spelling() -> None:
+    # a note that starts "Pl", a reference that starts "DE", a volume with "bic" inside it: none is an ID
+    assert statuses("private_note", "Please pay within 14 days") == {}
+    assert statuses("reservation_number", "DE-2026-0815") == {}
+    assert statuses("cubic_volume", "12") == {}
+    assert "vat_id" not in statuses("vat_amount", "19,00")  # the tax, not the ID
+    assert statuses("sellerVatId", "DE136695975")["vat_id"][0] == "fail"
+    assert statuses("Seller-VAT-ID", "DE136695976")["vat_id"][0] == "pass"
+    assert statuses("swift_code", "COBADEFFXXX")["bic"][0] == "pass"
+    assert statuses("issueDate", "5 Dec 2026")["date"][0] == "pass"
+
+
+def test_an_iban_written_with_dashes_is_the_same_iban() -> None:
+    assert statuses("iban", "DE89-3704-0044-0532-0130-00")["iban"][0] == "pass"
+
+
 def test_dates_become_iso_with_the_printed_form_kept() -> None:
     status, detail = statuses("issue_date", "2026-12-05", "05.12.2026")["date"]
     assert (status, detail) == ("pass", "2026-12-05, printed '05.12.2026'")

@@ -42,7 +42,7 @@ def check_value(keys: tuple[Key, ...] | str, value: Any, printed: str | None = N
     keys = _keys(keys) if isinstance(keys, str) else keys
     if value is None or isinstance(value, bool | dict | list):
         return []
-    name = str(keys[-1]).lower() if keys and isinstance(keys[-1], str) else ""
+    name = _name(keys[-1]) if keys and isinstance(keys[-1], str) else ""
     found: list[Check] = []
     for applies, check in _CHECKS:
         if applies(name, value):
@@ -79,14 +79,29 @@ def _keys(path: str) -> tuple[Key, ...]:
     return tuple(keys)
 
 
+def _name(key: str) -> str:
+    """A key as lower-case words joined by "_", whatever its spelling: sellerVatId and
+    Seller-VAT-ID are seller_vat_id (a rule asks for whole words: cubic_volume holds no BIC)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return "_".join(w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w)
+
+
 def _compact(value: Any) -> str:
     return re.sub(r"[\s.\-/]", "", str(value)).upper()
 
 
 # -- VAT IDs ---------------------------------------------------------------------------------
 
+_VAT_WORDS = frozenset({"vat", "vatid", "vatno", "vatnr", "vatnumber", "ustid", "ustidnr", "tva", "btw"})
+# A key with one of these words is the tax (vat_amount, vat_rate), not the VAT ID.
+_NOT_AN_ID = frozenset({"amount", "total", "rate", "percent", "percentage", "sum", "base", "price", "category",
+                        "exempt", "exemption", "net", "gross", "value", "included"})
+
+
 def _is_vat(name: str, value: Any) -> bool:
-    return isinstance(value, str) and ("vat" in name or name in ("ust_id", "tva", "btw"))
+    words = set(name.split("_"))
+    return isinstance(value, str) and bool(words & _VAT_WORDS or name.startswith("ust_id")) and not (
+        words & _NOT_AN_ID)
 
 
 def _vat(path: str, value: Any, printed: str | None) -> Check:
@@ -132,7 +147,7 @@ def _iban(path: str, value: Any, printed: str | None) -> Check:
 
     name = f"iban:{path}"
     try:
-        iban = IBAN(str(value))
+        iban = IBAN(_compact(value))  # as printed: DE89 3704 ... or DE89-3704-...
     except SchwiftyException as err:
         return Check(name, "fail", f"{value!r} is not a valid IBAN: {_reason(err)}", {"value": value})
     return Check(name, "pass", f"{value!r} is a valid IBAN (check digits and {iban.country_code} length agree)",
@@ -140,7 +155,7 @@ def _iban(path: str, value: Any, printed: str | None) -> Check:
 
 
 def _is_bic(name: str, value: Any) -> bool:
-    return isinstance(value, str) and ("bic" in name or "swift" in name)
+    return isinstance(value, str) and bool(set(name.split("_")) & {"bic", "swift", "bicswift", "swiftbic"})
 
 
 def _bic(path: str, value: Any, printed: str | None) -> Check:
