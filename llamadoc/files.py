@@ -8,6 +8,7 @@ leftovers of a killed run (kill -9 leaves them) from the work of a live one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -33,25 +34,55 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()  # what a plain open() would give the file
 
 
-def write_atomic(path: Path, text: str, tmp_dir: Path | None = None) -> None:
+def write_atomic(path: Path, text: str | bytes, tmp_dir: Path | None = None) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename. The temporary file
     is beside it, or in ``tmp_dir`` (on the same file system: a store keeps its own, so
     sweeping it does not mean listing every record). The file gets the mode a plain
     ``open()`` would give it (mkstemp's are 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     folder = tmp_dir or path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp(path, text, folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fchmod(fh.fileno(), _MODE)
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Write several files that belong together (an export's two tables): every temporary
+    file is written before the first is renamed, so a full disk or a folder in the way
+    leaves the old set as it was, not half of a new one."""
+    done: list[str] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done.append(_temp(path, data, path.parent))
+        for path in files:  # what a rename would fail on, found before the first rename
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        for tmp, path in zip(done, files, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in done:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _temp(path: Path, data: str | bytes, folder: Path) -> str:
+    """A temporary file in ``folder`` holding ``data``, synced, with a plain file's mode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fchmod(fh.fileno(), _MODE)
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def sweep_temp(folders: Iterable[Path], recursive: bool = True) -> int:

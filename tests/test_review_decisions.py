@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llamadoc.errors import UsageError
 from llamadoc.outputs.decisions import Conflict, DecisionError, Decisions
 from llamadoc.outputs.export import export, load_batch
 from llamadoc.review.batch import coerce
@@ -100,11 +101,28 @@ def test_a_decision_names_the_revision_it_follows(fresh: Made) -> None:
     ("", "DE123", {}, None),
     ("  ATU13585627 ", "x", {}, "ATU13585627"),
     ("0815", "RE-0815", {"type": "string"}, "0815"),
+    ("9" * 400, 1200.0, {"type": "number"}, "9" * 400),  # past a float's range: kept as text, never inf
 ])
 def test_what_a_person_types_becomes_a_value_of_the_kind_it_replaces(typed: str, original: Any,
                                                                        schema: dict[str, Any], value: Any) -> None:
     got = coerce(typed, original, schema)
     assert got == value and type(got) is type(value)
+
+
+def test_infinity_is_no_value_a_person_can_type() -> None:
+    with pytest.raises(UsageError, match="finite number"):
+        coerce(float("inf"), 1200.0, {"type": "number"})
+
+
+def test_a_decision_whose_changes_are_damaged_is_reported_and_not_used(fresh: Made) -> None:
+    decisions = Decisions(fresh.out)
+    entry, doc = entry_of(fresh.out, "clean.pdf")
+    made = decisions.decide(entry, doc.source, "approved", doc.fields, {}, by="alice")
+    body = made.to_json() | {"changed": {"invoice_number": "X-9"}}  # an edit by hand, not the page's shape
+    decisions.path(entry.id).write_text(json.dumps(body))
+    done = export(fresh.out, "csv", fresh.out / "x")
+    assert any("clean.pdf: its review decision was not used" in s and "damaged" in s for s in done.skipped)
+    assert done.reviewed == 0
 
 
 def test_serve_offers_the_review_page_under_review(fresh: Made, text_model: Path, mmproj: Path,

@@ -123,6 +123,13 @@ def test_changes_are_json_only_and_small(fresh: Made) -> None:
         no_session = post(review.url, f"api/documents/{doc}/decision", {"decision": "approved"})
         bad = post(review.url, f"api/documents/{doc}/decision", {"session": SESSION_A, "decision": "maybe"})
         unknown_field = post(review.url, f"api/documents/{doc}/check", {"values": {"no_such.field": "1"}})
+        infinite = {what: httpx.post(review.url + f"api/documents/{doc}/decision", content=body.replace(
+            "SESSION", SESSION_A), headers={"Content-Type": "application/json"}) for what, body in (
+            ("1e999", '{"session": "SESSION", "decision": "approved", "values": {"net_total": 1e999}}'),
+            ("NaN", '{"session": "SESSION", "decision": "approved", "values": {"net_total": NaN}}'))}
+        still = httpx.get(review.url + f"api/documents/{doc}")
+    assert all(r.status_code == 400 and "finite" in r.json()["error"] for r in infinite.values()), infinite
+    assert still.status_code == 200
     assert form.status_code == 415 and huge.status_code == 413
     assert no_session.status_code == 400 and bad.status_code == 400
     assert unknown_field.status_code == 400 and "no field 'no_such.field'" in unknown_field.json()["error"]
@@ -209,6 +216,17 @@ def test_a_damaged_decision_file_is_one_clear_line_and_is_not_written_over(fresh
     assert damaged.read_text() == '{"format": 1, "id": "'
     exported = run_cli("export", str(fresh.out), "--to", "csv")
     assert exported.exit_code == 1 and "its review decision was not used" in exported.stderr
+
+
+def test_a_damaged_result_file_is_one_problem_and_the_others_are_reviewed(fresh: Made) -> None:
+    good = json.loads((fresh.out / "clean.json").read_text())
+    for name, part in (("values", [1]), ("options", "x"), ("page_count", "two"), ("checks", ["x"])):
+        (fresh.out / f"broken-{name}.json").write_text(json.dumps(good | {"source": f"/b/{name}.pdf", name: part}))
+    with reviewing(fresh.out) as review:
+        body = httpx.get(review.url + "api/queue").json()
+    assert queue_names(body) == QUEUE
+    assert sorted(p.split(":")[0] for p in body["problems"]) == [
+        "broken-checks.json", "broken-options.json", "broken-page_count.json", "broken-values.json"]
 
 
 def test_a_results_folder_that_is_not_one_is_a_usage_error(tmp_path: Path, run_cli: Any) -> None:

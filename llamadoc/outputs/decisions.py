@@ -176,7 +176,8 @@ def _decision(body: Any, where: Path) -> Decision:
     except KeyError as err:
         raise DecisionError(f"{where} is a damaged review decision (no {err.args[0]!r})", hint=fix) from None
     if made.decision not in DECISIONS or not isinstance(made.revision, int) or not isinstance(made.changed, dict) \
-            or not (made.fields is None or isinstance(made.fields, dict)):
+            or not (made.fields is None or isinstance(made.fields, dict)) \
+            or not all(isinstance(c, dict) and {"old", "new"} <= set(c) for c in made.changed.values()):
         raise DecisionError(f"{where} is a damaged review decision", hint=fix)
     return made
 

@@ -9,12 +9,20 @@ alpha without a public repository), and none checks EN 16931's rules for it, so 
 file is checked by reading it back. Both carry one VAT breakdown at the invoice's overall
 rate (the fields have no rate per line). An e-invoice whose fields came from its own XML
 exports to XML that reads back to the same values.
+
+The values come from documents nobody vouches for, and the tables are opened in
+spreadsheets: a text cell that a spreadsheet would run as a formula (=, +, -, @ first, and
+not a plain number) is written as text, behind a ' in CSV (OWASP's rule for CSV injection).
+Each export replaces its files whole, and an e-invoice written by an earlier export that
+this one leaves out is removed, so the folder never holds a file the batch no longer backs.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from llamadoc.codec import ForeignResult, from_dict
-from llamadoc.errors import OutputError, UsageError
+from llamadoc.errors import LlamadocError, OutputError, UsageError, WriteFailed
 from llamadoc.evidence import checks
+from llamadoc.evidence.validate import _currency
+from llamadoc.files import write_atomic, write_together
 from llamadoc.inputs import einvoice
 from llamadoc.outputs.decisions import EXPORT_MARK, Decision, Decisions, Entry, entries, result_files, reviewed
 from llamadoc.results import DocumentResult, Status, Value
@@ -134,7 +144,8 @@ def tables(docs: list[DocumentResult], decided: dict[str, Decision] | None = Non
         for p in head_paths:
             row += _cells(by_path.get(p), reasons.get(p))
         rows.append(row)
-        count = len(doc.fields.get("line_items") or []) if isinstance(doc.fields, dict) else 0
+        items = doc.fields.get("line_items") if isinstance(doc.fields, dict) else None
+        count = len(items) if isinstance(items, list) else 0  # "see attached" is no list of lines
         for n in range(count):
             line: list[Any] = [doc.source, (doc.fields or {}).get("invoice_number"), n + 1]
             for k in item_keys:
@@ -174,18 +185,31 @@ def _cells(value: Value | None, review: str | None) -> list[Any]:
 
 def write_csv(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
     rows, lines = tables(docs, decided)
-    out = []
+    files = {}
     for name, table in (("invoices.csv", rows), ("line_items.csv", lines)):
-        path = dest / name
-        with path.open("w", encoding="utf-8", newline="") as f:
-            csv.writer(f).writerows(table)
-        out.append(path)
-    return out
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([[_csv_cell(c) for c in row] for row in table])
+        files[dest / name] = text.getvalue().encode("utf-8")
+    write_together(files)
+    return list(files)
+
+
+_FORMULA = re.compile(r"[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?\d[\d.,' ]*")
+
+
+def _csv_cell(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, behind a ' (-7,90 stays a number)."""
+    if isinstance(cell, str) and _FORMULA.match(cell) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def write_xlsx(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
     try:
         from openpyxl import Workbook  # imported here: only --to xlsx needs it
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
     except ImportError:
         raise UsageError("--to xlsx needs openpyxl, which is not installed",
                          hint="pip install 'llamadoc[export]'") from None
@@ -194,46 +218,101 @@ def write_xlsx(docs: list[DocumentResult], dest: Path, decided: dict[str, Decisi
     for title, table in (("invoices", rows), ("line items", lines)):
         sheet = book.create_sheet(title)
         for row in table:
-            sheet.append(row)
+            cells: list[Any] = []
+            for value in row:
+                if isinstance(value, str):
+                    # XLSX cannot hold control characters; openpyxl makes "=..." a live formula
+                    cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
+                    cell.data_type = "s"
+                    cells.append(cell)
+                else:
+                    cells.append(value)
+            sheet.append(cells)
+    data = io.BytesIO()
+    book.save(data)
     path = dest / "invoices.xlsx"
-    book.save(path)
+    write_atomic(path, data.getvalue())
     return [path]
 
 
 def write_jsonl(docs: list[DocumentResult], dest: Path, decided: dict[str, Decision] | None = None) -> list[Path]:
     """One line per invoice: its fields, and each value's page, confidence and review state."""
     path = dest / "invoices.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for doc in docs:
-            made = (decided or {}).get(doc.source)
-            reasons = _reasons(doc, made)
-            reviewed_ = None if made is None else {"decision": made.decision, "by": made.by, "at": made.at,
-                                                   "note": made.note, "changed": made.changed}
-            line = {"source": doc.source, "status": doc.status.value, "needs_review": doc.needs_review,
-                    "review": doc.review, "duplicates": doc.duplicates, "reviewed": reviewed_, "fields": doc.fields,
-                    "values": {v.path: {"page": v.evidence.page, "confidence": v.confidence,
-                                        "review": reasons.get(v.path, "")} for v in doc.values}}
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    lines = []
+    for doc in docs:
+        made = (decided or {}).get(doc.source)
+        reasons = _reasons(doc, made)
+        reviewed_ = None if made is None else {"decision": made.decision, "by": made.by, "at": made.at,
+                                               "note": made.note, "changed": made.changed}
+        line = {"source": doc.source, "status": doc.status.value, "needs_review": doc.needs_review,
+                "review": doc.review, "duplicates": doc.duplicates, "reviewed": reviewed_, "fields": doc.fields,
+                "values": {v.path: {"page": v.evidence.page, "confidence": v.confidence,
+                                    "review": reasons.get(v.path, "")} for v in doc.values}}
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+    write_atomic(path, "".join(lines))
     return [path]
 
 
 # -- e-invoices ---------------------------------------------------------------------------------
 
 def incomplete(fields: dict[str, Any]) -> str | None:
-    """Why a record cannot be an e-invoice (a field missing, or its amounts not adding up), or None."""
+    """Why a record cannot be an e-invoice (a field missing or not of its kind, or its amounts
+    not adding up), or None."""
     missing = [p for p in REQUIRED if _get(fields, p) in (None, "")]
     if missing:
         return f"no {', '.join(missing)}"
     items = fields.get("line_items") or []
-    if not items or any(not isinstance(i, dict) or i.get("amount") is None or not i.get("description")
-                        for i in items):
+    if not isinstance(items, list) or not items or any(
+            not isinstance(i, dict) or i.get("amount") is None or not i.get("description") for i in items):
         return "no line items with a description and an amount"
     if einvoice.iso_date(str(fields["issue_date"])) is None:
         return f"issue_date {fields['issue_date']!r} is not a date"
+    if _iso_currency(fields["currency"]) is None:
+        return f"currency {fields['currency']!r} is not one ISO 4217 currency"
+    for path, value, kind in _typed(fields, items):
+        if value is None:
+            continue
+        if kind == "amount" and _decimal(value) is None:
+            return f"{path} {value!r} is not one clear amount"
+        if kind != "amount" and (isinstance(value, bool) or not isinstance(value, str | int if kind == "id" else str)):
+            return f"{path} is {_kind_of(value)}, not text"
+        if isinstance(value, str) and _NOT_XML.search(value):
+            char = _NOT_XML.search(value).group()  # type: ignore[union-attr]
+            return f"{path} holds the control character U+{ord(char):04X}, which XML cannot hold"
     failed = [c.detail for c in checks.arithmetic(fields) if c.status == "fail"]
     if failed:
         return failed[0]
     return None
+
+
+# What XML 1.0 cannot carry (and so neither UBL nor CII can).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_PARTY = ("name", "address", "vat_id")
+
+
+def _typed(fields: dict[str, Any], items: list[dict[str, Any]]) -> Iterator[tuple[str, Any, str]]:
+    """The values an e-invoice is written from, each with its path and kind."""
+    for key in ("net_total", "tax_total", "gross_total"):
+        yield key, fields[key], "amount"
+    yield "invoice_number", fields["invoice_number"], "id"  # 2026017 is as good as "2026017"
+    for key in ("iban", "bic"):
+        yield key, fields.get(key), "text"
+    for role in ("seller", "buyer"):
+        party = fields.get(role)
+        if not isinstance(party, dict):
+            continue  # its name is missing, which REQUIRED has said
+        for key in _PARTY:
+            yield f"{role}.{key}", party.get(key), "text"
+    for n, item in enumerate(items):
+        yield f"line_items[{n}].description", item["description"], "text"
+        for key in ("amount", "unit_price", "quantity"):
+            yield f"line_items[{n}].{key}", item.get(key), "amount"
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "true or false", int: "a number", float: "a number",
+            str: "text"}.get(
+        type(value), type(value).__name__)
 
 
 def _get(fields: dict[str, Any], path: str) -> Any:
@@ -243,15 +322,39 @@ def _get(fields: dict[str, Any], path: str) -> Any:
     return node
 
 
+def _decimal(value: Any) -> Decimal | None:
+    """An amount or quantity as a decimal: a number as written (1234.5), or text as its locale
+    prints it ("1.234,50"); None when it is no one finite number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal):  # a sum of amounts already read
+        return value if value.is_finite() else None
+    if isinstance(value, float):
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    return checks._amount(value) if isinstance(value, str) else None
+
+
 def _money(value: Any) -> Decimal:
-    exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+    exact = _decimal(value)
+    if exact is None:  # incomplete() has refused the record before this is asked
+        raise OutputError(f"{value!r} is not one clear amount")
     return exact.quantize(Decimal("0.01"), ROUND_HALF_UP) if exact.as_tuple().exponent >= -2 else exact  # type: ignore[operator]
 
 
 def _quantity(value: Any) -> Decimal:
     """A line's quantity as a plain decimal (10, not 1E+1): 1 when the record has none."""
-    exact = Decimal(repr(float(value))) if value is not None else Decimal(1)
+    exact = _decimal(value) if value is not None else Decimal(1)
+    if exact is None:
+        raise OutputError(f"quantity {value!r} is not one clear number")
     return exact.quantize(Decimal(1)) if exact == exact.to_integral_value() else exact
+
+
+def _iso_currency(value: Any) -> str | None:
+    """The ISO 4217 code of a currency written as its code or a sign only it uses (€ is EUR)."""
+    found = _currency("currency", value)
+    return str(found.data["iso"]) if found.status == "pass" else None
 
 
 def _rate(fields: dict[str, Any]) -> Decimal:
@@ -298,7 +401,7 @@ def to_cii(fields: dict[str, Any]) -> bytes:
     doc.header.id = str(fields["invoice_number"])
     doc.header.type_code = "380"
     doc.header.issue_date_time = date.fromisoformat(einvoice.iso_date(str(fields["issue_date"])) or "")
-    currency = str(fields["currency"]).upper()
+    currency = _iso_currency(fields["currency"]) or ""
     for role, party in (("seller", doc.trade.agreement.seller), ("buyer", doc.trade.agreement.buyer)):
         given = fields.get(role) or {}
         party.name = given.get("name")
@@ -371,7 +474,7 @@ def to_ubl(fields: dict[str, Any]) -> bytes:
     ET.register_namespace("cac", _CAC)
     ET.register_namespace("cbc", _CBC)
     root = ET.Element(f"{{{_UBL}}}Invoice")
-    currency = str(fields["currency"]).upper()
+    currency = _iso_currency(fields["currency"]) or ""
 
     def cbc(parent: ET.Element, tag: str, text: Any, **attrs: str) -> ET.Element:
         e = ET.SubElement(parent, f"{{{_CBC}}}{tag}", attrs)
@@ -473,8 +576,11 @@ def write_einvoices(docs: list[DocumentResult], dest: Path, to: str,
             try:
                 xml = make(doc.fields)
                 problem = _reads_back(xml, doc.fields)
-            except OutputError as err:
+            except LlamadocError as err:  # the schema's verdict, or XML that does not read back
                 problem = err.message
+            except (ValueError, TypeError, ArithmeticError, AttributeError, KeyError) as err:
+                # a shape incomplete() did not foresee: this invoice is left out, not the batch
+                problem = f"cannot be written as {to.upper()} ({type(err).__name__}: {str(err)[:120]})"
             if problem:
                 why, xml = problem, None
         if xml is None:
@@ -487,9 +593,25 @@ def write_einvoices(docs: list[DocumentResult], dest: Path, to: str,
             name = f"{stem}-{n}.xml"
         taken.add(name)
         path = dest / name
-        path.write_bytes(xml)
+        write_atomic(path, xml)
         done.written.append(path)
+    _forget_earlier(dest, taken)
     return done
+
+
+def _forget_earlier(dest: Path, written: set[str]) -> None:
+    """Remove the e-invoices an earlier export wrote to ``dest`` that this one did not (their
+    invoice was rejected or changed since), and record what this one wrote. Only files an
+    export listed are removed: --dest may be a folder that holds other XML."""
+    mark = dest / EXPORT_MARK
+    try:
+        earlier = set(json.loads(mark.read_text(encoding="utf-8")).get("written", []))
+    except (OSError, ValueError, AttributeError):
+        earlier = set()  # a marker of an older version (empty), or none
+    for name in earlier - written:
+        if isinstance(name, str) and "/" not in name and name.endswith(".xml"):
+            (dest / name).unlink(missing_ok=True)
+    write_atomic(mark, json.dumps({"written": sorted(written)}))
 
 
 def _reads_back(xml: bytes, fields: dict[str, Any]) -> str | None:
@@ -506,7 +628,9 @@ def _same(key: str, value: Any) -> Any:
         return float(_money(value))
     if key == "issue_date":
         return einvoice.iso_date(str(value))
-    return value.upper() if key == "currency" else value
+    if key == "invoice_number":
+        return str(value)
+    return _iso_currency(value) if key == "currency" else value
 
 
 def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
@@ -515,7 +639,11 @@ def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
     if to not in FORMATS:
         raise UsageError(f"--to {to!r} is not one of {', '.join(FORMATS)}")
     batch, problems = load_batch(folder)
+    if not batch and not problems:
+        raise UsageError(f"{folder} holds no llamadoc results", hint="give the -o folder of a finished batch")
     dest = dest or folder / "export"
+    for mine in (dest, dest / to) if to in ("ubl", "cii") else (dest,):
+        _not_results(mine)
     if to in ("ubl", "cii"):
         dest = dest / to
     try:
@@ -524,18 +652,35 @@ def export(folder: Path, to: str, dest: Path | None = None) -> Exported:
             (marked / EXPORT_MARK).touch()  # so that a later export (or the review page) does not read it
     except OSError as err:
         raise OutputError(f"cannot create {dest}: {err.strerror or err}") from None
-    docs, decided, notes = _with_decisions(folder, batch, problems)
-    found = list(invoices(docs))
-    if to in ("ubl", "cii"):
-        done = write_einvoices(found, dest, to, decided)
-    else:
-        write = {"csv": write_csv, "xlsx": write_xlsx, "jsonl": write_jsonl}[to]
-        done = Exported(written=write(found, dest, decided))
+    try:
+        docs, decided, notes = _with_decisions(folder, batch, problems)
+        found = list(invoices(docs))
+        if to in ("ubl", "cii"):
+            done = write_einvoices(found, dest, to, decided)
+        else:
+            write = {"csv": write_csv, "xlsx": write_xlsx, "jsonl": write_jsonl}[to]
+            done = Exported(written=write(found, dest, decided))
+    except OSError as err:
+        where = err.filename or dest
+        raise WriteFailed(Path(where), f"{err.strerror or err}; free some space or move what is in the way, "
+                          "then export again") from None
     done.rows = len(found)
     done.reviewed = sum(1 for doc in found if doc.source in decided)
     done.skipped = problems + done.skipped
     done.notes = notes
     return done
+
+
+def _not_results(dest: Path) -> None:
+    """Refuse to export into a folder that holds the batch's own results (an input folder
+    named "export" mirrored into OUT): the export would hide them from later exports and
+    the review page, or write over one of them."""
+    if not dest.is_dir() or (dest / EXPORT_MARK).exists():
+        return
+    held = next(result_files(dest), None)
+    if held is not None:
+        raise UsageError(f"{dest} holds results of the batch ({held.name}), so the export cannot go there",
+                         hint="give --dest a folder of its own")
 
 
 def _with_decisions(folder: Path, batch: list[tuple[Entry, DocumentResult]], problems: list[str]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -207,11 +208,16 @@ class Batch:
                 problems.append(f"{entry.key}: a result of schema version {body.get('schema_version')}; run the "
                                 "batch again to review it")
                 continue
-            reasons, looks = document_reasons(body)
-            items.append(Item(id=entry.id, key=entry.key, path=path, source=body["source"], sha256=body.get("sha256"),
-                              status=str(body.get("status")), needs_review=bool(body.get("needs_review")),
-                              reasons=reasons, review=[str(r) for r in body.get("review") or []], looks=looks,
-                              page_count=int(body.get("page_count") or 0), digest=entry.digest))
+            try:
+                reasons, looks = document_reasons(body)
+                items.append(Item(id=entry.id, key=entry.key, path=path, source=body["source"],
+                                  sha256=body.get("sha256"), status=str(body.get("status")),
+                                  needs_review=bool(body.get("needs_review")), reasons=reasons,
+                                  review=[str(r) for r in body.get("review") or []], looks=looks,
+                                  page_count=int(body.get("page_count") or 0), digest=entry.digest))
+            except (TypeError, ValueError, AttributeError, KeyError):  # a part not of its kind: one file's problem
+                problems.append(f"{entry.key}: not a llamadoc result of this version (a part of it is damaged); "
+                                "run the batch again for it")
         return items
 
     def item(self, doc_id: str) -> Item:
@@ -349,6 +355,8 @@ def record_checks(record: dict[str, Any], schema: dict[str, Any] | None) -> list
 def coerce(typed: Any, original: Any, schema: dict[str, Any]) -> Any:
     """What a person typed as the value it stands for: empty is null; a number where the value
     (or its schema) is a number and the text is one; otherwise the text."""
+    if isinstance(typed, float) and not math.isfinite(typed):
+        raise UsageError("a value is a finite number")
     if typed is None or isinstance(typed, bool | int | float):
         return typed
     if not isinstance(typed, str):
@@ -360,7 +368,7 @@ def coerce(typed: Any, original: Any, schema: dict[str, Any]) -> Any:
     wanted = set(types) if isinstance(types, list) else {types}
     numeric = (isinstance(original, int | float) and not isinstance(original, bool)) or bool(
         wanted & {"number", "integer"})
-    if numeric and re.fullmatch(r"-?\d+(\.\d+)?", text):
+    if numeric and re.fullmatch(r"-?\d+(\.\d+)?", text) and math.isfinite(float(text)):
         number = float(text)
         return int(number) if "." not in text and ("integer" in wanted or isinstance(original, int)) else number
     return text

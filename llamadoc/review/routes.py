@@ -10,6 +10,7 @@ JSON (a web page elsewhere cannot send JSON without a preflight, which the origi
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -141,12 +142,24 @@ async def _json(request: Request) -> dict[str, Any]:
         if len(data) > MAX_BODY:
             raise HTTPException(413, f"the request body is over {MAX_BODY >> 10} KiB")
     try:
-        body = json.loads(data)
+        body = json.loads(data, parse_constant=_not_a_number, parse_float=_finite)
     except (ValueError, RecursionError):
-        raise HTTPException(400, "the request body is not JSON") from None
+        raise HTTPException(400, "the request body is not JSON (of finite numbers)") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "the request body is not a JSON object")
     return body
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON has")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; 1e999 is refused, not taken as infinity (which no JSON file holds)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is too large")
+    return number
 
 
 def _session(body: dict[str, Any]) -> str:
