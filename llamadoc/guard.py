@@ -255,15 +255,22 @@ class Guard:
             verdicts.append(Verdict(safe=None, model=self.name, screened=NOT_SCREENED, subject="page image"))
         return verdicts
 
-    def check_request(self, prompt: str, image: Image | None, context: Sequence[str] = ()) -> list[Verdict]:
+    def check_request(self, prompt: str, image: Image | None, context: Sequence[str] = (),
+                      more: Sequence[Image] = ()) -> list[Verdict]:
         """A request to llamadoc serve: its prompt (with its image, when the guard sees images) and
-        the other text it carries (a system message), each in chunks that fit the guard. An image
-        a text-only guard cannot see is recorded as not screened, never passed off as checked."""
+        the other text it carries (a system message), each in chunks that fit the guard. ``more``:
+        the request's other images the engine reads (a conversation's earlier ones, for models
+        that read them all), each judged with the prompt's start: the guard takes one image at a
+        time, and an image it did not judge must not reach the engine unscreened. An image a
+        text-only guard cannot see is recorded as not screened, never passed off as checked."""
         seen = image if self.engine.sees_images else None
         chunks = self._chunks(prompt, reserved=0)
         verdicts = [self._classify([c], image=seen if i == 0 else None, subject="prompt")
                     for i, c in enumerate(chunks)]
         verdicts += [self._classify([c], subject="system message") for t in context for c in self._chunks(t, 0)]
+        for other in more:  # judged verdicts are cached: a history's images cost nothing the next turn
+            verdicts.append(self._classify(chunks[:1] or [""], image=other, subject="image") if seen is not None
+                            else Verdict(safe=None, model=self.name, screened=NOT_SCREENED, subject="image"))
         if image is not None and seen is None:
             verdicts.append(Verdict(safe=None, model=self.name, screened=NOT_SCREENED, subject="image"))
         return verdicts

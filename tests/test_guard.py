@@ -11,7 +11,7 @@ import jinja2
 import pytest
 
 from llamadoc import engines
-from llamadoc.engines.base import GuardOutput, LoadOptions
+from llamadoc.engines.base import GuardOutput, JudgeRequest, LoadOptions
 from llamadoc.errors import UsageError
 from llamadoc.gguf_header import gguf_metadata
 from llamadoc.guard import CATEGORIES, NOT_SCREENED, Guard, GuardPolicy, build_prompt, parse_categories, parse_verdict
@@ -124,6 +124,30 @@ def test_long_text_is_checked_in_chunks_and_images_are_not_pretended(tmp_path: P
     assert joined == page.text  # every word screened, none twice
     scan = guard.check_input("Summarise", Page(index=2, image=Image.open(image), text=None))
     assert [v.screened for v in scan] == ["text", NOT_SCREENED] and scan[1].safe is None and scan[1].error is None
+
+
+class SeeingGuard(ScriptedGuard):
+    """A guard that sees images and finds a red one unsafe."""
+
+    sees_images = True
+
+    def judge(self, request: JudgeRequest) -> GuardOutput:
+        self.prompts.append(request.prompt)
+        red = request.image is not None and request.image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+        return GuardOutput(text="unsafe\nS1" if red else "safe", p_unsafe=0.99 if red else 0.01)
+
+
+def test_every_image_the_engine_reads_is_screened_not_only_the_last() -> None:
+    from PIL import Image
+
+    red, white = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))
+    guard = guard_over(SeeingGuard(lambda convo: ("safe", 0.01)))
+    assert all(v.safe for v in guard.check_request("What is this?", white))
+    verdicts = guard.check_request("What is this?", white, more=[red])  # an earlier image of the conversation
+    assert [v.safe for v in verdicts if v.subject == "image"] == [False]
+    blind = guard_over(ScriptedGuard(lambda convo: ("safe", 0.01)))  # text only: said, never passed off
+    unseen = blind.check_request("What is this?", white, more=[red])
+    assert [v.screened for v in unseen if v.subject == "image"] == [NOT_SCREENED, NOT_SCREENED]
 
 
 def test_real_guard_engine_and_cache(guard_model: Path, tmp_path: Path) -> None:

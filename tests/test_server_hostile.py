@@ -810,3 +810,127 @@ def _record(s: Served, outcomes: list[Any], monkeypatch: pytest.MonkeyPatch) -> 
         done(ticket, outcome)
 
     monkeypatch.setattr(batcher, "_done", recorded)
+
+
+# -- what a second review found ------------------------------------------------------------------
+
+def test_an_engine_request_carries_one_page_image(plain: Server) -> None:
+    bomb = b64(png_claiming(4000, 4000))  # each would be decoded whole: 40 of them held gigabytes
+    r = httpx.post(f"{plain.url}/v1/engine/generate", json=wire(images=[bomb] * 40), timeout=60)
+    expect(plain, r, 413, "one page image, not 40")
+
+
+def test_a_body_of_millions_of_json_values_is_refused_before_parsing(plain: Server) -> None:
+    body = '{"model": "%s", "prompt": "?", "x": [%s[]]}' % (plain.name, "[]," * 1_000_001)  # noqa: UP031
+    r = httpx.post(f"{plain.url}/api/generate", content=body, headers={"Content-Type": "application/json"},
+                   timeout=60)
+    expect(plain, r, 413, "over 1,000,000 JSON values")
+
+
+def test_bodies_held_at_once_are_bounded_across_connections() -> None:
+    """Past BODIES_HELD bodies of the largest size, all connections together, a request is 503
+    (retry), not held; and what a request held is given back when it ends."""
+    import asyncio
+
+    from llamadoc.server.app import BODIES_HELD, Guarded
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> list[int]:
+        guarded = Guarded(app, api_key=None, max_body=1000)
+        release = asyncio.Event()
+        statuses: list[int] = []
+
+        async def request() -> None:
+            sent = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": b"x" * 900, "more_body": True}
+                await release.wait()
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+                    if message["status"] == 503:
+                        release.set()  # the one over the bound is answered at once; the others may end
+
+            await guarded({"type": "http", "path": "/api/chat", "headers": []}, receive, send)
+
+        await asyncio.gather(*(request() for _ in range(BODIES_HELD + 1)))
+        assert guarded.held == 0
+        return statuses
+
+    statuses = asyncio.run(main())
+    assert sorted(statuses) == [200] * BODIES_HELD + [503]
+
+
+def test_a_context_with_a_lone_surrogate_is_a_400(plain: Server) -> None:
+    for turns in ([["user", "\ud800", []]], [["user", "?", [{"x": 1}]]]):
+        context = list(json.dumps({"v": 1, "turns": turns}).encode())
+        r = httpx.post(f"{plain.url}/api/generate", timeout=30, json={
+            "model": plain.name, "prompt": "?", "stream": False, "context": context})
+        assert r.status_code == 400, r.text
+        assert "lone surrogate" in one_line(r) or "context is not one this server gave" in one_line(r)
+    plain.answers()
+
+
+def test_what_a_client_sends_is_escaped_and_cut_in_the_log_and_in_messages(plain: Server) -> None:
+    forged = "llamadoc: POST /api/chat 200 forged"
+    httpx.get(f"{plain.url}/x%0A{forged.replace(' ', '%20')}", timeout=30)
+    r = httpx.post(f"{plain.url}/api/show", json={"model": "nope\n" + forged + "y" * 100_000}, timeout=30)
+    assert r.status_code == 404 and len(one_line(r)) < 300
+    r = httpx.post(f"{plain.url}/v1/chat/completions", json={"model": "m" * 100_000, "messages": []}, timeout=30)
+    assert r.status_code == 404 and len(one_line(r)) < 300
+    deadline = time.monotonic() + 10
+    while "/api/show 404" not in plain.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not any(line.startswith(forged) for line in plain.log().splitlines()), plain.log()
+    assert max(len(line) for line in plain.log().splitlines()) < 1000
+    plain.answers()
+
+
+def test_a_text_part_must_be_text_and_form_fields_are_named_as_fields(plain: Server, tmp_path: Path) -> None:
+    r = httpx.post(f"{plain.url}/v1/chat/completions", timeout=30, json={"model": plain.name, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": None}]}]})
+    expect(plain, r, 400, "messages[0].content[0].text must be a string")
+    pdf = make_pdf(tmp_path / "a.pdf", ["Invoice 7"]).read_bytes()
+    r = httpx.post(f"{plain.url}/v1/documents/describe", data={"dpi": "nan"}, files={"file": ("a.pdf", pdf)},
+                   timeout=60)
+    message = expect(plain, r, 400, "dpi")
+    assert "--" not in message, message
+
+
+def test_a_server_that_is_not_llamadocs_is_said_in_one_line(tmp_path: Path) -> None:
+    import http.server
+
+    from llamadoc.errors import EngineError
+    from llamadoc.models.remote import Client
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/ok" else 500)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>not llamadoc</html>" if self.path == "/ok" else b"[1, 2]")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = Client(f"127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(EngineError, match="did not answer as a llamadoc server"):
+            client.call("/ok")
+        with pytest.raises(EngineError, match="failed: HTTP 500"):
+            client.call("/broken")  # an error body that is JSON, but not an object
+    finally:
+        server.shutdown()

@@ -11,6 +11,7 @@ CLI does not already install.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -67,22 +68,31 @@ class Client:
             request = urllib.request.Request(self.url + path, data=data, headers=self._headers)
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
-                    return json.loads(response.read())
+                    return self._answer(response.read())
             except urllib.error.HTTPError as err:
                 wait = _retry_after(err)
                 if wait is None or time.monotonic() + wait > deadline:
                     raise self._failure(err) from None
-            except (urllib.error.URLError, OSError) as err:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
                 reason = getattr(err, "reason", err)
                 raise EngineError(f"cannot reach the llamadoc server at {self.url} ({reason})",
                                   hint="start it with `llamadoc serve`, or unset LLAMADOC_HOST to run here") from None
             interrupt.check()
             time.sleep(wait)
 
+    def _answer(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):  # an HTML page: another server at this address
+            raise EngineError(f"the server at {self.url} did not answer as a llamadoc server (its answer is not "
+                              "JSON)", hint="check the address: llamadoc serve prints it when it starts") from None
+
     def _failure(self, err: urllib.error.HTTPError) -> LlamadocError:
         try:
             body = json.loads(err.read())
-        except ValueError:
+        except (ValueError, RecursionError, OSError, http.client.HTTPException):
+            body = {}
+        if not isinstance(body, dict):
             body = {}
         if err.code == 401:
             return UsageError(f"the llamadoc server at {self.url} refused the API key",

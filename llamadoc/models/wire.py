@@ -94,6 +94,8 @@ def request_from_wire(body: dict[str, Any], max_pixels: int | None = None) -> tu
         raise UsageError("not an engine request: prompt and system must be strings")
     if not (schema is None or isinstance(schema, dict)) or not isinstance(images, list):
         raise UsageError("not an engine request: schema must be an object and images a list")
+    if len(images) > 1:  # every engine reads one page per request; each image is decoded whole
+        raise UsageError(f"an engine request carries one page image, not {len(images):,}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise UsageError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamadoc.engines.base import GenerationResponse
+from llamadoc.server.failures import SHOWN
 
 MAX_REASON = 300  # characters of a refusal's reason in the log
 _KEY = "llamadoc_access"
@@ -72,9 +73,9 @@ class AccessLog:
             await self.app(scope, receive, sending)
         finally:
             ms = (time.perf_counter() - started) * 1000
-            parts = [scope.get("method", "?"), scope.get("path", "?"), str(status or "-")]
+            parts = [_plain(scope.get("method", "?")), _plain(scope.get("path", "?")), str(status or "-")]
             if note.get("model"):
-                parts.append(f"model={note['model']}")
+                parts.append(f"model={_plain(note['model'])}")
             if "stream" in note:
                 stream = "yes" if note["stream"] else "no"
                 parts.append(f"stream={stream} images={note['images']} tools={note['tools']}")
@@ -89,10 +90,18 @@ class AccessLog:
             reason = note.get("reason") or (_reason(bytes(body)) if status >= 400 else None)
             line = " ".join(parts)
             if reason:
-                line += f": refused: {reason[:MAX_REASON]}"
+                line += f": refused: {_plain(reason, MAX_REASON)}"
             elif status == 0:
                 line += ": the client went away before the answer"
             self.log(line)
+
+
+def _plain(text: str, most: int = SHOWN) -> str:
+    """A client's text in one line of the log: uvicorn decodes %0A in a path to a newline, which
+    would start a line that looks like the server's own; control characters are escaped, and
+    the text cut at ``most`` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: most + 1])
+    return escaped if len(escaped) <= most and len(text) <= most else escaped[:most] + "..."
 
 
 def _reason(body: bytes) -> str:

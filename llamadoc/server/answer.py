@@ -49,7 +49,9 @@ class _Done:
 def judged(verdicts: Sequence[Verdict], what: str, mode: str, warnings: list[str]) -> None:
     """Apply the server's policy: raise (withheld) under block, note under flag. Unjudged is not safe.
     What a text-only guard could not see is said in every answer, as the CLI's results record it."""
-    warnings.extend(f"the {v.subject} was {NOT_SCREENED}" for v in verdicts if v.screened == NOT_SCREENED)
+    for note in (f"the {v.subject} was {NOT_SCREENED}" for v in verdicts if v.screened == NOT_SCREENED):
+        if note not in warnings:  # once, however many images went unseen
+            warnings.append(note)
     failure = next((v.error for v in verdicts if v.error), None)
     codes = sorted({f"{c} {n}" for v in verdicts if v.safe is False for c, n in zip(v.categories, v.category_names,
                                                                                     strict=True)})
@@ -78,7 +80,8 @@ async def generate(resident: Resident, chat: Chat, client: Request, keep_alive: 
         if num_ctx is not None:
             await to_thread.run_sync(resident.ensure_context, num_ctx)
         if guard is not None:
-            verdicts = await run("guard", guard.check_request, chat.prompt, chat.image, chat.context())
+            verdicts = await run("guard", guard.check_request, chat.prompt, chat.image, chat.context(),
+                                 chat.other_images)
             judged(verdicts, "the request", mode, warnings)
         live = mode != "block"
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ from llamadoc.web.access import Access, Gate, default_origins
 REAP_S = 1.0  # how often idle models are checked against keep-alive
 BODY_IDLE_S = 20.0  # seconds a request body may go without a byte
 CLOSE_S = 3.0  # seconds the engine gets to stop at shutdown; then the process exits without unloading it
+BODIES_HELD = 4  # request bodies of the largest size held at once, all connections together
 
 
 def _error(path: str, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
@@ -69,11 +70,14 @@ class Guarded:
 
     The body is read whole (up to the limit) before the app sees it, so an oversized request
     gets 413 before any of it is parsed; later reads pass through, so a streaming route still
-    hears that its client went away.
+    hears that its client went away. The bodies held at once, all connections together, are
+    limited to BODIES_HELD of the largest size: past that a request is answered 503 (retry),
+    not held, so 256 connections cannot each hold 64 MiB.
     """
 
     def __init__(self, app: ASGIApp, api_key: str | None, max_body: int, body_timeout: float = 60.0) -> None:
         self.app, self.api_key, self.max_body, self.body_timeout = app, api_key, max_body, body_timeout
+        self.held, self.most_held = 0, BODIES_HELD * max_body  # bytes; one event loop: no lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,36 +93,45 @@ class Guarded:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             await self._too_large(path, scope, receive, send)
             return
-        chunks, size = [], 0
-        deadline = time.monotonic() + self.body_timeout
-        while True:
-            try:  # a body that trickles in, or stops, must not hold its connection for good
-                wait = min(BODY_IDLE_S, deadline - time.monotonic())
-                message = await asyncio.wait_for(receive(), max(wait, 0.001))
-            except TimeoutError:
-                await _error(path, 408, f"the request body did not arrive within {self.body_timeout:g} s "
-                                        f"(or stopped for {BODY_IDLE_S:g} s)", code="request_timeout")(
-                    scope, receive, send)
-                return
-            if message["type"] != "http.request":
-                return  # the client went away mid-body: nothing to answer, no job to start
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body:
-                await self._too_large(path, scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            deadline = time.monotonic() + self.body_timeout
+            while True:
+                try:  # a body that trickles in, or stops, must not hold its connection for good
+                    wait = min(BODY_IDLE_S, deadline - time.monotonic())
+                    message = await asyncio.wait_for(receive(), max(wait, 0.001))
+                except TimeoutError:
+                    await _error(path, 408, f"the request body did not arrive within {self.body_timeout:g} s "
+                                            f"(or stopped for {BODY_IDLE_S:g} s)", code="request_timeout")(
+                        scope, receive, send)
+                    return
+                if message["type"] != "http.request":
+                    return  # the client went away mid-body: nothing to answer, no job to start
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                self.held += len(chunks[-1])
+                if size > self.max_body:
+                    await self._too_large(path, scope, receive, send)
+                    return
+                if self.held > self.most_held:
+                    await _error(path, 503, "the server is receiving too many large requests at once; retry shortly",
+                                 code="server_busy", headers={"Retry-After": "1"})(scope, receive, send)
+                    return
+                if not message.get("more_body", False):
+                    break
+            replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.held -= size
 
     def _authorised(self, scope: Scope) -> bool:
         assert self.api_key is not None

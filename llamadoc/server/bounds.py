@@ -36,6 +36,7 @@ T = TypeVar("T")
 DECODERS = 2  # images decoded at once: each may briefly hold a few hundred MB at the ceiling
 JUDGES = 4  # requests with guard work under way (the guard judges one prompt at a time)
 JOBS = 2  # document jobs running at once; their pages share the engine's batches anyway
+PARSERS = 1  # large JSON bodies parsed at once: json.loads holds the GIL, and a parsed body its memory
 
 
 # The limits of each event loop (one per server; the tests run several), made on first use.
@@ -58,7 +59,7 @@ def bounds(request: Request) -> Bounds:
 def limiter(kind: str) -> CapacityLimiter:
     kinds = _limiters.setdefault(asyncio.get_running_loop(), {})
     if kind not in kinds:
-        kinds[kind] = CapacityLimiter({"decode": DECODERS, "guard": JUDGES, "jobs": JOBS}[kind])
+        kinds[kind] = CapacityLimiter({"decode": DECODERS, "guard": JUDGES, "jobs": JOBS, "parse": PARSERS}[kind])
     return kinds[kind]
 
 

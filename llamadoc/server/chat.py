@@ -67,6 +67,13 @@ class Chat:
         """The conversation's most recent image (the one the guard sees)."""
         return next((m.images[-1] for m in reversed(self.messages) if m.images), None)
 
+    @property
+    def other_images(self) -> list[Image]:
+        """The images the engine reads besides ``image``: a conversation's earlier ones (only
+        libmtmd's models get them; with_images leaves them out for Llama 3.2 Vision)."""
+        images = [i for m in self.messages for i in m.images]
+        return images[:-1]
+
     def context(self) -> list[str]:
         """The conversation's other texts, screened beside the prompt (the guard caches verdicts,
         so a history screened in an earlier turn costs nothing again)."""

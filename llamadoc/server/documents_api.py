@@ -10,6 +10,7 @@ given travels in the X-Llamadoc-Exit-Code header.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from llamadoc.results import DocumentResult
 from llamadoc.server import bounds
 from llamadoc.server.answer import POLL_S
 from llamadoc.server.bounds import check_prompt
-from llamadoc.server.failures import ApiError
+from llamadoc.server.failures import ApiError, shown
 from llamadoc.server.resident import Batched, Resident
 from llamadoc.tasks import Ask, Describe, Extract, Task
 from llamadoc.tasks.schema import check_schema
@@ -98,13 +99,13 @@ async def documents(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     kind = request.path_params["task"]
     if kind not in ("ask", "describe", "extract"):
-        raise ApiError(404, f"no such task {kind!r}: use ask, describe or extract")
+        raise ApiError(404, f"no such task {shown(kind)}: use ask, describe or extract")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, "send the documents as multipart/form-data, one 'file' field each")
     form = await request.form(max_files=resident.options.max_documents, max_fields=len(FIELDS) + 8)
     unknown = sorted(set(form.keys()) - FIELDS)
     if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r}", code=None)
+        raise ApiError(400, f"unknown field {shown(unknown[0])}", code=None)
     files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
     if not files:
         raise ApiError(400, "no documents: send each as a 'file' field")
@@ -122,8 +123,8 @@ async def documents(request: Request) -> Response:
                            resident.options.max_tokens),
             sampling=Sampling(temperature=_number(form, "temperature", float) or 0.0,
                               seed=_number(form, "seed", int) or 0))
-    except UsageError as err:
-        raise ApiError(400, str(err)) from None
+    except UsageError as err:  # said with the CLI's flags (--dpi): named as this form's fields (dpi)
+        raise ApiError(400, re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(err))) from None
     sources = [Source(label=printable(Path(f.filename or f"upload-{i}").name), data=await f.read(),
                       rel=printable(Path(f.filename or f"upload-{i}").name)) for i, f in enumerate(files, 1)]
     per_page, several = _flag(form, "per_page"), len(sources) > 1

@@ -31,6 +31,7 @@ from llamadoc.server.resident import Resident
 from llamadoc.server.streams import json_body
 
 STRICTNESS = {"off": 0, "flag": 1, "block": 2}
+PAGE_IMAGES = 1  # what llamadoc.models.remote sends: one page per request, as every engine reads it
 
 
 def _screened(resident: Resident, client_mode: Any) -> str:
@@ -69,8 +70,12 @@ async def generate(request: Request) -> Response:
     body = await json_body(request)
     prompt, system = body.get("prompt"), body.get("system")
     check_prompt(resident, prompt if isinstance(prompt, str) else None, system if isinstance(system, str) else None)
-    gen, client_mode = await run("decode", request_from_wire, body, resident.options.max_image_pixels)
-    mode = _screened(resident, client_mode)
+    images = body.get("images")
+    if isinstance(images, list) and len(images) > PAGE_IMAGES:  # refused before any is decoded
+        raise ApiError(413, f"an engine request carries one page image, not {len(images):,}",
+                       code="request_too_large")
+    mode = _screened(resident, body.get("guard"))  # before decoding: a client refused costs nothing
+    gen, _ = await run("decode", request_from_wire, body, resident.options.max_image_pixels)
     most = resident.options.max_tokens
     if gen.max_tokens > most:  # every route honours --max-tokens: the context was sized for it
         gen = GenerationRequest(prompt=gen.prompt, images=gen.images, system=gen.system, schema=gen.schema,

@@ -14,6 +14,16 @@ from llamadoc import errors
 from llamadoc.errors import LlamadocError
 from llamadoc.models.wire import error_to_wire
 
+SHOWN = 100  # characters of a client's text (a model name, a path) repeated in a message or the log
+
+
+def shown(text: object, most: int = SHOWN) -> str:
+    """What a client sent, as it may be repeated: quoted, each control character escaped (a
+    newline in a model name must not start a forged line in the log), and at most ``most``
+    characters (a 20 MiB name is not written back 20 MiB long)."""
+    quoted = repr(text if isinstance(text, str) else str(text))
+    return quoted if len(quoted) <= most else quoted[: most - 4] + "...'"
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None,

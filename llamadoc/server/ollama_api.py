@@ -34,10 +34,10 @@ from llamadoc.server.chat import (
     stop_texts,
     token_budget,
 )
-from llamadoc.server.failures import ApiError
+from llamadoc.server.failures import ApiError, shown
 from llamadoc.server.options import parse_duration
 from llamadoc.server.resident import DEFAULT, KeepAlive, Resident
-from llamadoc.server.streams import Stream, json_body
+from llamadoc.server.streams import Stream, check_unicode, json_body
 
 NDJSON = "application/x-ndjson"
 
@@ -59,7 +59,7 @@ def _model(request: Request, resident: Resident, body: dict[str, Any]) -> str:
         raise ApiError(400, "model is required")
     accesslog.model(request, name)
     if not resident.serves(name):
-        raise ApiError(404, f"model {name!r} not found: this server serves {resident.name}")
+        raise ApiError(404, f"model {shown(name)} not found: this server serves {resident.name}")
     return name
 
 
@@ -233,6 +233,9 @@ def decode_context(resident: Resident, value: Any) -> list[Turn]:
         raise bad
     try:
         data = json.loads(bytes(value))
+        check_unicode(data)  # as any body: a \ud800 escape would fail only when rendered
+        if not all(isinstance(keys, list) and all(isinstance(k, str) for k in keys) for _, _, keys in data["turns"]):
+            raise bad
         turns = [Turn(str(role), str(text), [resident.images.recall(k) for k in keys])
                  for role, text, keys in data["turns"]]
     except KeyError:
@@ -320,7 +323,7 @@ async def pull(request: Request) -> Response:
     name = body.get("model") or body.get("name")
     settings = resident.models.settings
     if not isinstance(name, str) or name not in settings.models:
-        raise ApiError(404, f"model {name!r} is not in the registry (see `llamadoc models list`)")
+        raise ApiError(404, f"model {shown(name)} is not in the registry (see `llamadoc models list`)")
     spec = settings.model(name)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

@@ -31,7 +31,7 @@ from llamadoc.server.chat import (
     token_budget,
     tool_choice,
 )
-from llamadoc.server.failures import ApiError, body
+from llamadoc.server.failures import ApiError, body, shown
 from llamadoc.server.resident import Resident
 from llamadoc.server.streams import Stream, json_body
 
@@ -54,13 +54,15 @@ def _turn(i: int, message: dict[str, Any]) -> Turn:
     images: list[bytes | Image] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "input_text") and isinstance(part.get("text"), str):
+        if kind in ("text", "input_text"):
+            if not isinstance(part.get("text"), str):
+                raise ApiError(400, f"messages[{i}].content[{j}].text must be a string")
             texts.append(part["text"])
         elif kind == "image_url":
             url = part.get("image_url")
             images.append(data_uri(url.get("url") if isinstance(url, dict) else url, f"messages[{i}].content[{j}]"))
         else:
-            raise ApiError(400, f"messages[{i}].content[{j}]: parts of type {kind!r} are not supported "
+            raise ApiError(400, f"messages[{i}].content[{j}]: parts of type {shown(kind)} are not supported "
                                 "(text and image_url are)")
     return Turn(role, "\n".join(texts), images)
 
@@ -84,7 +86,7 @@ async def completions(request: Request) -> Response:
     req = await json_body(request)
     name = req.get("model")
     if not isinstance(name, str) or not resident.serves(name):
-        raise ApiError(404, f"the model {name!r} does not exist: this server serves {resident.name}",
+        raise ApiError(404, f"the model {shown(name)} does not exist: this server serves {resident.name}",
                        code="model_not_found")
     accesslog.model(request, name)
     messages = req.get("messages")
@@ -173,7 +175,7 @@ async def model(request: Request) -> Response:
     resident: Resident = request.app.state.resident
     name = request.path_params["name"]
     if not resident.serves(name):
-        raise ApiError(404, f"the model {name!r} does not exist: this server serves {resident.name}",
+        raise ApiError(404, f"the model {shown(name)} does not exist: this server serves {resident.name}",
                        code="model_not_found")
     return JSONResponse(_card(resident, name))
 

@@ -7,15 +7,18 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from llamadoc.server.bounds import run
 from llamadoc.server.failures import ApiError
 
 JSON_TYPE = re.compile(r"application/([\w.+-]+\+)?json\s*(;.*)?", re.IGNORECASE)
-PARSE_ON_LOOP = 256 << 10  # bytes: bigger bodies are parsed on a worker thread
+PARSE_ON_LOOP = 256 << 10  # bytes: bigger bodies are parsed on a worker thread, one at a time
+# JSON values one body may hold: a 60 MB body of [[],[],...] parses into 30 million lists,
+# about 2 GB. Real requests hold far fewer (a 128k-token /api/generate context is 128k).
+MAX_JSON_ITEMS = 1_000_000
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -30,18 +33,22 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise ApiError(415, f"send the request as JSON (Content-Type: application/json), not {kind}",
                        code="unsupported_media_type")
     raw = await request.body()
-    body = _parse(raw) if len(raw) <= PARSE_ON_LOOP else await to_thread.run_sync(_parse, raw)
+    body = _parse(raw) if len(raw) <= PARSE_ON_LOOP else await run("parse", _parse, raw)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
 
 
 def _parse(raw: bytes) -> Any:
+    # Counted before parsing, in C: an upper bound of the values (commas in strings count too).
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_ITEMS:
+        raise ApiError(413, f"the request body holds over {MAX_JSON_ITEMS:,} JSON values, more than any request "
+                            "this server answers needs", code="request_too_large")
     try:
         body = json.loads(raw, parse_constant=_no_constant) if raw else {}
     except (ValueError, RecursionError):
         raise ApiError(400, "the request body is not JSON") from None
-    _check_unicode(body)
+    check_unicode(body)
     return body
 
 
@@ -49,7 +56,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_unicode(value: Any) -> None:
+def check_unicode(value: Any) -> None:
     """A \\ud800 escape parses into a string no encoder takes: refused here, not a 500 later."""
     stack = [value]
     while stack:
