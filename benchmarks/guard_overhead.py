@@ -50,11 +50,10 @@ def main() -> None:
         os.environ["LLAMADOC_HOME"] = str(root / "home")  # a fresh verdict cache
         warm = make_pdf(root / "warm.pdf", ["warm-up page"])
         pdf = make_pdf(root / "doc.pdf", [f"Page {i}: revenue grew {i}% in region {i % 4}" for i in range(args.pages)])
-        common = {"mmproj": str(mmproj), "threads": args.threads, "max_tokens": 32}
         rows = []
         for label, policy in (("guard off", GuardPolicy(mode="off")),
                               ("guard on", GuardPolicy(mode="flag", model=str(guard)))):
-            with Reader(str(model), guard=policy, **common) as reader:  # type: ignore[arg-type]
+            with Reader(str(model), mmproj=str(mmproj), threads=args.threads, guard=policy) as reader:
                 run(reader, warm)  # loads both models; first-call costs
                 elapsed, pages = run(reader, pdf)
             rows.append((label, pages / elapsed))

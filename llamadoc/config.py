@@ -202,10 +202,16 @@ class Settings:
     hf_token: str | None = None  # None: huggingface_hub looks in its usual places
     hf_cache: Path | None = None  # huggingface_hub's cache, whose files are used in place
     ollama_stores: tuple[Path, ...] = ()  # Ollama's own model folders, whose blobs are used in place
-    stdin_limit: int = DEFAULT_STDIN_LIMIT  # bytes a pipe may carry (LLAMADOC_STDIN_LIMIT)
+    stdin_limit_set: str = ""  # LLAMADOC_STDIN_LIMIT as given: checked when a pipe is read (stdin_limit)
     server: str | None = None  # a running `llamadoc serve` for the document commands (LLAMADOC_HOST)
     api_key: str | None = None  # its Bearer token (LLAMADOC_API_KEY); `llamadoc serve`'s own key too
     origins: tuple[str, ...] = ()  # web origins `llamadoc serve` allows besides its defaults (LLAMADOC_ORIGINS)
+
+    @property
+    def stdin_limit(self) -> int:
+        """Bytes a pipe may carry. Checked here, when documents are collected, so that a bad value
+        fails the commands that read a pipe and not `llamadoc models list`."""
+        return _stdin_limit(self.stdin_limit_set)
 
     @property
     def models_dir(self) -> Path:
@@ -293,7 +299,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         hf_token=env.get("HF_TOKEN") or None,
         hf_cache=_hf_cache(env),
         ollama_stores=_ollama_stores(env),
-        stdin_limit=_stdin_limit(env),
+        stdin_limit_set=env.get("LLAMADOC_STDIN_LIMIT", ""),
         server=env.get("LLAMADOC_HOST") or None,
         api_key=env.get("LLAMADOC_API_KEY") or None,
         origins=_list(env.get("LLAMADOC_ORIGINS", "")),
@@ -316,8 +322,7 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(p for p in (part.strip().strip("\"'").strip() for part in value.split(",")) if p)
 
 
-def _stdin_limit(env: Mapping[str, str]) -> int:
-    value = env.get("LLAMADOC_STDIN_LIMIT", "")
+def _stdin_limit(value: str) -> int:
     if not value:
         return DEFAULT_STDIN_LIMIT
     try:

@@ -93,7 +93,16 @@ class Reader:
         guard: GuardPolicy | None = None,
     ) -> None:
         """``models``, or this machine's models made from the other arguments (the CLI's options)."""
-        if models is None:
+        if models is not None:
+            given = {"model": model, "mmproj": mmproj, "config": config, "settings": settings, "guard": guard,
+                     "threads": threads}
+            named = [name for name, value in given.items() if value is not None]
+            named += [name for name, value, default in (("gpu_layers", gpu_layers, -1), ("ctx", ctx, 0),
+                                                        ("verbose", verbose, False), ("pull", pull, True))
+                      if value != default]
+            if named:  # they would be ignored: the models are made already
+                raise UsageError(f"Reader(models=...) takes no {', '.join(named)}: give them to the models instead")
+        else:
             models = LocalModels(ModelSettings(
                 settings=settings or load_settings(config), model=model, mmproj=mmproj, gpu_layers=gpu_layers,
                 ctx=ctx, threads=threads, verbose=verbose, pull=pull, guard=guard or GuardPolicy()), notify)

@@ -75,6 +75,21 @@ def test_extract_from_python_with_a_schema_dict(text_model: Path, mmproj: Path, 
     assert doc.options["schema"] == "<dict>" and doc.model is not None and doc.model.device == "CPU"
 
 
+def test_a_later_run_that_needs_more_context_gets_it(text_model: Path, mmproj: Path, chart: Path) -> None:
+    with tiny_reader(text_model, mmproj) as reader:
+        reader.describe(chart, max_tokens=1)
+        first = reader.models.loaded
+        assert first is not None
+        small = first.n_ctx
+        reader.describe(chart, max_tokens=1)  # needs no more: the same engine
+        assert reader.models.loaded is first
+        reader.describe(chart, max_tokens=3000)
+        assert reader.models.loaded is not None and reader.models.loaded.n_ctx > small  # (up to the trained context)
+        grown = reader.models.loaded
+        reader.describe(chart, max_tokens=1)  # less again: kept
+        assert reader.models.loaded is grown
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: GuardPolicy(mode="blok"), "--guard 'blok' is not one of block, flag, off"),
     (lambda: GuardPolicy(threshold=2.0), "--guard-threshold must be between 0 and 1"),
@@ -89,6 +104,7 @@ def test_extract_from_python_with_a_schema_dict(text_model: Path, mmproj: Path, 
     (lambda: Extract(schema={"type": "object"}, embedded="maybe"), "--embedded 'maybe' is not one of"),
     (lambda: Extract(schema={"type": "array"}), "the schema must describe an object"),
     (lambda: Ask("  "), "the question is empty"),
+    (lambda: Reader(models=object(), model="m.gguf", ctx=8192), "takes no model, ctx"),  # type: ignore[arg-type]
 ])
 def test_options_check_themselves_with_the_clis_messages(make: object, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):

@@ -71,14 +71,14 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or pe
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 # One option whose value says where, since an option cannot take an optional value: `--ray local` mirrors Ray's `auto`.
 Ray = Annotated[str | None, typer.Option("--ray", help="Run the batch on Ray: local (this machine), auto (the cluster "
-                                          "joined with `ray start`) or HOST:PORT. Needs llamadoc[ray].")]
+                                          "joined with `ray start`) or HOST:PORT. Needs llamadoc\\[ray].")]
 Workers = Annotated[str | None, typer.Option("--workers", help="Ray model workers: N, or N-M to autoscale "
                                               "(default: one per GPU, else one).")]
 CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", help="CPUs each Ray model worker takes "
                                                       "(default 1; also its threads).")]
 # Its environment variable is read by llamadoc.config, as every LLAMADOC_* is.
 Server = Annotated[str | None, typer.Option(
-    "--server", help="Send the pages to a running `llamadoc serve` (host:port or URL). [env var: LLAMADOC_HOST]")]
+    "--server", help="Send the pages to a running `llamadoc serve` (host:port or URL); also LLAMADOC_HOST.")]
 
 
 @dataclass(frozen=True)

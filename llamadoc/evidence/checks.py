@@ -38,10 +38,6 @@ def _fold_line(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
-def _word_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
-
-
 # -- numbers ------------------------------------------------------------------------------------
 
 # A run of digits with the separators numbers are printed with; spaces only within a line.

@@ -44,17 +44,3 @@ def scaled(words: PageWords, width: float, height: float, source: str | None = N
     return PageWords(words.index, width, height, source or words.source, tuple(
         Word(w.text, round(w.x0 * sx, 2), round(w.y0 * sy, 2), round(w.x1 * sx, 2), round(w.y1 * sy, 2), w.line)
         for w in words.words))
-
-
-def text_of(words: PageWords) -> str:
-    """The page's words as text, one printed line per line."""
-    out: list[str] = []
-    line = None
-    for w in words.words:
-        if line is not None and w.line != line:
-            out.append("\n")
-        elif line is not None:
-            out.append(" ")
-        out.append(w.text)
-        line = w.line
-    return "".join(out)

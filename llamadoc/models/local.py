@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import astuple, replace
 
 from llamadoc import engines, registry
 from llamadoc.config import DEFAULT_MAX_PIXELS, Settings
@@ -30,6 +30,7 @@ class LocalModels:
         self._sha256: str | None = None
         self._guard: Guard | None = None
         self._engine: VisionEngine | None = None
+        self._sized: EngineNeeds | None = None  # what the loaded engine's context holds
         self.loaded_at: float | None = None  # wall-clock time the vision engine loaded
         self.load_ms = 0.0  # what that load took
 
@@ -65,16 +66,27 @@ class LocalModels:
         return self._engine
 
     def vision_engine(self, needs: EngineNeeds) -> VisionEngine:
+        """The engine, loaded on first need and held for the runs after it. Its context is sized
+        for the run that loaded it; a later run that needs more (a larger --max-tokens, a larger
+        page, a longer schema) loads it again, sized for both, rather than being cut short. The
+        runs of one Reader follow each other, and the server asks with the same needs each time."""
         with self._lock:
+            r = self.resolve()
+            wanted = replace(needs, max_pixels=needs.max_pixels or r.max_pixels or DEFAULT_MAX_PIXELS)
+            if self._engine is not None and self._sized is not None and not _covers(self._sized, wanted,
+                                                                                   fixed_ctx=bool(self.spec.ctx)):
+                wanted = EngineNeeds(*(max(a, b) for a, b in zip(astuple(self._sized), astuple(wanted), strict=True)))
+                self._engine.close()
+                self._engine = None
             if self._engine is None:
-                r = self.resolve()
                 options = LoadOptions(
                     model_path=str(r.model_path), mmproj_path=str(r.mmproj_path) if r.mmproj_path else None,
-                    gpu_layers=self.spec.gpu_layers, n_ctx=self.spec.ctx, max_tokens=needs.max_tokens,
-                    prompt_tokens=needs.prompt_tokens, threads=self.spec.threads, verbose=self.spec.verbose)
+                    gpu_layers=self.spec.gpu_layers, n_ctx=self.spec.ctx, max_tokens=wanted.max_tokens,
+                    prompt_tokens=wanted.prompt_tokens, threads=self.spec.threads, verbose=self.spec.verbose)
                 started = time.perf_counter()
-                self._engine = engines.load_vision_engine(r.engine, options, needs.max_pixels or r.max_pixels
-                                                           or DEFAULT_MAX_PIXELS)
+                assert wanted.max_pixels is not None
+                self._engine = engines.load_vision_engine(r.engine, options, wanted.max_pixels)
+                self._sized = wanted
                 self.loaded_at, self.load_ms = time.time(), (time.perf_counter() - started) * 1000
             return self._engine
 
@@ -137,3 +149,10 @@ class LocalModels:
                 self.loaded_at = None
             if self._guard is not None:
                 self._guard.close()
+
+
+def _covers(sized: EngineNeeds, wanted: EngineNeeds, fixed_ctx: bool) -> bool:
+    """An engine loaded for ``sized`` holds what ``wanted`` asks (with --ctx the context is the
+    user's, whatever the tokens: only the page size is left to compare)."""
+    tokens = fixed_ctx or (sized.max_tokens >= wanted.max_tokens and sized.prompt_tokens >= wanted.prompt_tokens)
+    return tokens and (sized.max_pixels or 0) >= (wanted.max_pixels or 0)
