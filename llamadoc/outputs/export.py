@@ -276,9 +276,9 @@ def incomplete(fields: dict[str, Any]) -> str | None:
             return f"{path} {value!r} is not one clear amount"
         if kind != "amount" and (isinstance(value, bool) or not isinstance(value, str | int if kind == "id" else str)):
             return f"{path} is {_kind_of(value)}, not text"
-        if isinstance(value, str) and _NOT_XML.search(value):
-            char = _NOT_XML.search(value).group()  # type: ignore[union-attr]
-            return f"{path} holds the control character U+{ord(char):04X}, which XML cannot hold"
+        control = _NOT_XML.search(value) if isinstance(value, str) else None
+        if control is not None:
+            return f"{path} holds the control character U+{ord(control.group()):04X}, which XML cannot hold"
     failed = [c.detail for c in checks.arithmetic(fields) if c.status == "fail"]
     if failed:
         return failed[0]
@@ -310,9 +310,8 @@ def _typed(fields: dict[str, Any], items: list[dict[str, Any]]) -> Iterator[tupl
 
 
 def _kind_of(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "true or false", int: "a number", float: "a number",
-            str: "text"}.get(
-        type(value), type(value).__name__)
+    names = {dict: "an object", list: "a list", bool: "true or false", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _get(fields: dict[str, Any], path: str) -> Any:
