@@ -17,7 +17,8 @@ from llamadoc.server.failures import ApiError
 JSON_TYPE = re.compile(r"application/([\w.+-]+\+)?json\s*(;.*)?", re.IGNORECASE)
 PARSE_ON_LOOP = 256 << 10  # bytes: bigger bodies are parsed on a worker thread, one at a time
 # JSON values one body may hold: a 60 MB body of [[],[],...] parses into 30 million lists,
-# about 2 GB. Real requests hold far fewer (a 128k-token /api/generate context is 128k).
+# about 2 GB. Real requests hold far fewer: the most is /api/generate's context, an int per
+# byte of its conversation's JSON (up to 6 per character of text, which --max-prompt-kb bounds).
 MAX_JSON_ITEMS = 1_000_000
 
 
@@ -33,16 +34,18 @@ async def json_body(request: Request) -> dict[str, Any]:
         raise ApiError(415, f"send the request as JSON (Content-Type: application/json), not {kind}",
                        code="unsupported_media_type")
     raw = await request.body()
-    body = _parse(raw) if len(raw) <= PARSE_ON_LOOP else await run("parse", _parse, raw)
+    resident = getattr(request.app.state, "resident", None)
+    most = max(MAX_JSON_ITEMS, 8 * resident.options.max_prompt) if resident is not None else MAX_JSON_ITEMS
+    body = _parse(raw, most) if len(raw) <= PARSE_ON_LOOP else await run("parse", _parse, raw, most)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
 
 
-def _parse(raw: bytes) -> Any:
+def _parse(raw: bytes, most: int = MAX_JSON_ITEMS) -> Any:
     # Counted before parsing, in C: an upper bound of the values (commas in strings count too).
-    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > MAX_JSON_ITEMS:
-        raise ApiError(413, f"the request body holds over {MAX_JSON_ITEMS:,} JSON values, more than any request "
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") > most:
+        raise ApiError(413, f"the request body holds over {most:,} JSON values, more than any request "
                             "this server answers needs", code="request_too_large")
     try:
         body = json.loads(raw, parse_constant=_no_constant) if raw else {}
