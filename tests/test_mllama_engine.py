@@ -141,7 +141,8 @@ def test_image_weights_take_the_cpus_fastest_type(engine: MllamaEngine) -> None:
     assert {ggml.tensor(b).type for b in blocks} == {ggml.BF16 if want == ggml.BF16 else ggml.F16}
 
 
-@pytest.mark.parametrize("engine", ["llamadoc.engines.mllama.ggml", "llamadoc.engines.mtmd", "llamadoc.engines.llama"])
+@pytest.mark.parametrize("engine", ["llamadoc.engines.mllama.ggml", "llamadoc.engines.mtmd", "llamadoc.engines.llama",
+                                    "llamadoc.engines.mllama.tokenizer", "llamadoc.engines.mllama.sampling"])
 @pytest.mark.parametrize("env,want", [
     ({}, "10000"),  # libgomp's default spins 300,000 times at each barrier before it sleeps
     ({"GOMP_SPINCOUNT": "50"}, "50"),  # the user's count stays
@@ -153,3 +154,12 @@ def test_openmp_threads_spin_briefly_unless_the_user_chose(engine: str, env: dic
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**base, **env, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
     assert out == str(want)
+
+
+def test_libgomp_reads_the_spin_count_whichever_engine_module_loads_it_first() -> None:
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    for module in ("llamadoc.engines.mllama.tokenizer", "llamadoc.engines.mllama.sampling", "llamadoc.engines.mllama.ggml"):
+        shown = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True, text=True,
+                               env={**base, "OMP_DISPLAY_ENV": "verbose", "PYTHONPATH": str(REPO)}, check=True,
+                               timeout=120).stderr
+        assert "GOMP_SPINCOUNT = '10000'" in shown, (module, shown[-500:])

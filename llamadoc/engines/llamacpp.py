@@ -13,17 +13,6 @@ from llamadoc.engines.base import LoadOptions
 from llamadoc.errors import ModelError, UsageError
 from llamadoc.interrupt import called_from_c
 
-# ggml's CPU threads are an OpenMP team (libgomp in llama-cpp-python's Linux builds) that meets
-# at a barrier after every graph node. Left alone, libgomp spins 300,000 times (milliseconds)
-# before it sleeps: when another process holds a core, the waiting thread spins on the core its
-# partner needs. On a shared 2-core VM, 10,000 spins made 2-thread decoding 4.2x faster under
-# other work and cost nothing when the machine was quiet, where fewer spins (or sleeping at
-# once) lost 2.5-13% (benchmarks/README.md, "Threads that wait"). libgomp reads it once, when
-# the first ggml library loads: every engine imports this module before it loads one. A wait
-# policy or spin count the user set is kept.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
 _callbacks: dict[bool, Any] = {}  # kept referenced: ctypes callbacks die with their Python object
 
 

@@ -366,7 +366,8 @@ def load_weights(f: GGUFFile, expected: dict[str, Expected], where: dict[str, in
     ``keep_plain`` (to be cast: ggml copies no repacked tensor).
 
     A repacked matrix of a type in ``twin_types`` also gets a twin in ``plain``: the same tensor
-    bound to the file's pages, which the repacking has read already (no memory is added). The
+    bound to the file's pages, which the repacking has read already (nothing is allocated; a
+    prompt batch reads those pages again, which model.twin_types weighs against memory). The
     repacked layout is faster for a few rows (decode); for a prompt batch ggml's tiled K-quant
     GEMM, which skips repacked weights, is faster on x86 (1.7x for Q4_K at 512 rows,
     benchmarks/README.md).

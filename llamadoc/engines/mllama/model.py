@@ -21,6 +21,7 @@ from llamadoc.errors import ContextFull, PageError, UsageError
 
 from . import ggml
 from .backend import (
+    Device,
     Runtime,
     cpu_device,
     cpu_repack_buffer_type,
@@ -33,6 +34,8 @@ from .ggml import lib
 from .gguf_io import GGUFFile
 from .graph import Graph, mask_rows
 from .loader import (
+    MATMUL,
+    Expected,
     MllamaConfig,
     Weights,
     cast_weights,
@@ -43,7 +46,7 @@ from .loader import (
     placement,
     split_projector,
 )
-from .memory import MemoryEstimate, estimate_memory
+from .memory import HEADROOM, MemoryEstimate, estimate_memory
 from .preprocess import Preprocessed, open_image, preprocess
 from .sampling import Sampler
 from .text import Shape, build_decoder
@@ -60,6 +63,23 @@ def tiled_gemm_types() -> frozenset[int]:
         return frozenset()
     return frozenset({ggml.Q2_K, ggml.Q3_K, ggml.Q4_K, ggml.Q5_K, ggml.Q6_K})
 DEFAULT_BATCH = 512  # prompt tokens per prefill graph: bounds the compute buffer
+
+
+def twin_types(gguf: GGUFFile, expected: dict[str, Expected], on_gpu: dict[str, bool], memory: MemoryEstimate,
+               cpu: Device) -> frozenset[int]:
+    """tiled_gemm_types, when the CPU's memory holds both layouts of the weights it twins: a
+    twin allocates nothing, but a prompt batch reads the file's pages again beside the repacked
+    copy. Where they would not both fit, every prefill would read those pages from the disk
+    again, so the repacked layout serves prompt batches too (as before twins)."""
+    types = tiled_gemm_types()
+    if not types or not cpu.memory_total:
+        return types
+    repacked = sum(gguf.tensors[n].nbytes for n, e in expected.items()
+                   if e.use == MATMUL and not on_gpu[e.group] and gguf.tensors[n].type in types)
+    working = memory.total("CPU") - memory.parts.get("CPU", {}).get("weights", 0)
+    if cpu.memory_free < os.path.getsize(gguf.path) + repacked + working + HEADROOM:
+        return frozenset()
+    return types
 
 
 @dataclass
@@ -151,7 +171,8 @@ class MllamaModel:
             kv_type = ggml.F16 if kv_f16 else ggml.F32
             n_ctx = pad_keys(n_ctx)
             memory = estimate_memory(gguf, config, expected, groups, n_ctx, 1, image_cache, kv_type, n_batch)
-            memory.check(gpu, cpu_device())
+            cpu = cpu_device()
+            memory.check(gpu, cpu)
             runtime = Runtime(gpu, threads or llamacpp.default_threads())
             try:
                 where = {g: runtime.buffer_type(on) for g, on in groups.items()}
@@ -164,7 +185,8 @@ class MllamaModel:
                 weights = load_weights(gguf, expected, where, runtime.buffer_type(False),
                                        cross_norm_fixes(config) if fix_cross_norms else {},
                                        (repack, partial(repack_supports, runtime.cpu, repack)) if repack else None,
-                                       keep_plain=[*to_bf16, "mm.0.weight"], twin_types=tiled_gemm_types())
+                                       keep_plain=[*to_bf16, "mm.0.weight"],
+                                       twin_types=twin_types(gguf, expected, groups, memory, cpu))
                 cast_weights(runtime, weights, to_bf16, ggml.BF16)
                 # The projector, split by the vision state it reads (F16 on a GPU: the vision tower
                 # ran faster in F16 than in Q8_0 on an H100, benchmarks/gpu_check_h100.md).
