@@ -210,3 +210,71 @@ def test_what_a_document_says_is_shown_as_text_never_run(page: Any, fresh: Made)
         expect(page.locator("#pwned")).to_have_count(0)
         assert page.evaluate("() => document.body.dataset.pwned") is None
         page.goto("about:blank")
+
+
+def decisions_of(made: Made) -> dict[str, Any]:
+    return {Path(json.loads(p.read_text())["source"]).name: json.loads(p.read_text())
+            for p in (made.out / ".review" / "decisions").glob("*.json")}
+
+
+def test_a_double_click_decides_once_and_edits_wait_for_their_document(page: Any, fresh: Made) -> None:
+    from playwright.sync_api import expect
+
+    result = fresh.out / "clean.json"
+    body = json.loads(result.read_text())
+    address = "Hauptstrasse 5\n10115 Berlin"
+    body["fields"]["seller"]["address"] = address
+    next(v for v in body["values"] if v["path"] == "seller.address")["value"] = address
+    result.write_text(json.dumps(body))
+    with reviewing(fresh.out) as review:
+        page.goto(review.url)
+        expect(page.locator("#doc-title")).to_have_text("wrong.pdf")
+        page.locator("#approve").dblclick()  # a second click while the first decision is on its way
+        expect(page.locator("#doc-title")).to_have_text("absent.pdf")
+        expect(page.locator("#progress")).to_have_text("1 of 5 reviewed")
+        expect(page.locator("#banner")).not_to_contain_text("after you opened it")  # no conflict with itself
+
+        # An edit left undecided waits for its document while the person looks at another.
+        number = page.locator("input[data-path='invoice_number']")
+        number.fill("RE-2026-0901-B")
+        page.keyboard.press("Escape")
+        page.keyboard.press("j")
+        expect(page.locator("#doc-title")).to_have_text("again.pdf")
+        page.keyboard.press("k")
+        expect(page.locator("#doc-title")).to_have_text("absent.pdf")
+        expect(number).to_have_value("RE-2026-0901-B")
+        expect(page.locator("#banner")).to_contain_text("not yet decided, are back")
+
+        # A value of two lines keeps them, and is no edit when left alone.
+        page.locator("#queue a", has_text="clean.pdf").click()
+        expect(page.locator("#doc-title")).to_have_text("clean.pdf")
+        expect(page.locator("textarea[data-path='seller.address']")).to_have_value(address)
+        page.locator("#approve").click()
+        expect(page.locator("#progress")).to_have_text("2 of 5 reviewed")
+        page.goto("about:blank")
+    made = decisions_of(fresh)
+    assert made["wrong.pdf"]["revision"] == 1 and made["clean.pdf"]["changed"] == {}
+    log = [json.loads(line) for line in (fresh.out / ".review" / "audit.jsonl").read_text().splitlines()]
+    assert [e["action"] for e in log] == ["approve", "approve"]
+
+
+def test_a_read_only_page_takes_the_document_over_when_the_other_moves_on(browser: Any, page: Any,
+                                                                            fresh: Made) -> None:
+    from playwright.sync_api import expect
+
+    other = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    with reviewing(fresh.out) as review:
+        page.goto(review.url)
+        expect(page.locator("#doc-title")).to_have_text("wrong.pdf")
+        other.goto(review.url)  # another reviewer, on the same first document
+        expect(other.locator("#banner")).to_contain_text("read only")
+        expect(other.locator("#approve")).to_be_disabled()
+        page.locator("#approve").click()
+        expect(page.locator("#doc-title")).to_have_text("absent.pdf")
+        # Within a heartbeat the other page holds it, shows the decision made, and may decide again.
+        expect(other.locator("#decision")).to_contain_text("Approved by", timeout=25_000)
+        expect(other.locator("#approve")).to_be_enabled()
+        expect(other.locator("#progress")).to_have_text("1 of 5 reviewed")
+        other.goto("about:blank")
+        page.goto("about:blank")
+    other.context.close()

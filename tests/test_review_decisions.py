@@ -97,7 +97,9 @@ def test_a_decision_names_the_revision_it_follows(fresh: Made) -> None:
     ("1200", 1200.0, {"type": ["number", "null"]}, 1200.0),
     ("10", 10, {"type": ["number", "null"]}, 10),
     ("1.5", 10, {}, 1.5),
-    ("1.234,50", 1234.5, {"type": "number"}, "1.234,50"),  # not a plain number: kept as typed, for its check
+    ("1.234,50", 1234.5, {"type": "number"}, 1234.5),  # as a German invoice prints it
+    ("2634,20", 1200.0, {"type": ["number", "null"]}, 2634.2),
+    ("1,234", 1234.5, {"type": "number"}, "1,234"),  # 1234 or 1.234: kept as typed, for its check to say so
     ("", "DE123", {}, None),
     ("  ATU13585627 ", "x", {}, "ATU13585627"),
     ("0815", "RE-0815", {"type": "string"}, "0815"),
@@ -107,6 +109,20 @@ def test_what_a_person_types_becomes_a_value_of_the_kind_it_replaces(typed: str,
                                                                        schema: dict[str, Any], value: Any) -> None:
     got = coerce(typed, original, schema)
     assert got == value and type(got) is type(value)
+
+
+def test_the_audit_log_records_each_edit_once(fresh: Made) -> None:
+    decisions = Decisions(fresh.out)
+    entry, doc = entry_of(fresh.out, "absent.pdf")
+    old = doc.fields["buyer"]["name"]
+    edit = {"buyer.name": {"old": old, "new": "Acme GmbH"}}
+    first = decisions.decide(entry, doc.source, "approved", doc.fields, edit, by="alice")
+    second = decisions.decide(entry, doc.source, "rejected", doc.fields, edit, base=first.revision, by="bob")
+    decisions.decide(entry, doc.source, "approved", doc.fields, {}, base=second.revision, by="carol")
+    log = [(e["action"], e["by"], e["field"], e.get("old"), e.get("new")) for e in decisions.audit()]
+    assert log == [("edit", "alice", "buyer.name", old, "Acme GmbH"), ("approve", "alice", None, None, None),
+                   ("reject", "bob", None, None, None),  # the same edit, not logged again
+                   ("edit", "carol", "buyer.name", "Acme GmbH", old), ("approve", "carol", None, None, None)]
 
 
 def test_infinity_is_no_value_a_person_can_type() -> None:

@@ -182,6 +182,9 @@ def _decision(body: Any, where: Path) -> Decision:
     return made
 
 
+_NONE = object()  # no earlier value: unlike any JSON value, None included
+
+
 class Decisions:
     """The decisions and audit log of one -o folder."""
 
@@ -275,7 +278,7 @@ class Decisions:
                                 at=now(), revision=seen + 1)
                 # The log first: a crash between the two leaves a logged decision without its file
                 # (decided again), never a decision the log does not show.
-                self._append(made)
+                self._append(made, current if current is not None and not current.stale(entry.digest) else None)
                 write_atomic(self.path(entry.id), json.dumps(made.to_json(), ensure_ascii=False, indent=1) + "\n")
         except Timeout:
             raise DecisionError(f"another reviewer has been writing a decision on {source} for {LOCK_WAIT_S:g} s",
@@ -285,10 +288,18 @@ class Decisions:
                                 f"({err.strerror or err})", hint="check that the folder can be written") from None
         return made
 
-    def _append(self, made: Decision) -> None:
+    def _append(self, made: Decision, before: Decision | None = None) -> None:
+        """The decision's lines in the audit log: an edit for each value changed since ``before``
+        (the decision it follows, on the same result: its edits were logged then), then the decision."""
+        earlier = before.changed if before is not None else {}
         lines = [{"at": made.at, "by": made.by, "action": "edit", "document": made.source, "result": made.result,
-                  "id": made.id, "field": path, "old": change.get("old"), "new": change.get("new")}
-                 for path, change in made.changed.items()]
+                  "id": made.id, "field": path, "old": earlier[path]["new"] if path in earlier else change.get("old"),
+                  "new": change.get("new")}
+                 for path, change in made.changed.items()
+                 if earlier.get(path, {}).get("new", _NONE) != change.get("new")]
+        lines += [{"at": made.at, "by": made.by, "action": "edit", "document": made.source, "result": made.result,
+                   "id": made.id, "field": path, "old": change.get("new"), "new": change.get("old")}
+                  for path, change in earlier.items() if path not in made.changed]  # taken back to the model's
         lines.append({"at": made.at, "by": made.by, "action": ACTIONS[made.decision],
                       "document": made.source, "result": made.result, "id": made.id, "field": None,
                       "note": made.note, "revision": made.revision})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llamadoc.errors import DocumentError, LlamadocError, UsageError
-from llamadoc.evidence.checks import _leaves, _path, _subschema, arithmetic
+from llamadoc.evidence.checks import _amount, _leaves, _path, _subschema, arithmetic
 from llamadoc.evidence.validate import _keys, check_value
 from llamadoc.files import write_atomic
 from llamadoc.outputs.decisions import Decision, DecisionError, Decisions, Entry, entries, result_stats
@@ -354,7 +354,8 @@ def record_checks(record: dict[str, Any], schema: dict[str, Any] | None) -> list
 
 def coerce(typed: Any, original: Any, schema: dict[str, Any]) -> Any:
     """What a person typed as the value it stands for: empty is null; a number where the value
-    (or its schema) is a number and the text is one; otherwise the text."""
+    (or its schema) is a number and the text is one clear number, however its locale writes it
+    (the amount check reads it so too); otherwise the text."""
     if isinstance(typed, float) and not math.isfinite(typed):
         raise UsageError("a value is a finite number")
     if typed is None or isinstance(typed, bool | int | float):
@@ -371,7 +372,11 @@ def coerce(typed: Any, original: Any, schema: dict[str, Any]) -> Any:
     if numeric and re.fullmatch(r"-?\d+(\.\d+)?", text) and math.isfinite(float(text)):
         number = float(text)
         return int(number) if "." not in text and ("integer" in wanted or isinstance(original, int)) else number
-    return text
+    amount = _amount(text) if numeric else None  # as an invoice prints it: 2634,20 or 1.234,50
+    if amount is not None and math.isfinite(amount):
+        whole = amount == amount.to_integral_value() and ("integer" in wanted or isinstance(original, int))
+        return int(amount) if whole else float(amount)
+    return text  # not one clear number (1.234 may be either): kept as typed, for its check to say so
 
 
 def _get(record: Any, keys: tuple[str | int, ...]) -> Any:

@@ -6,15 +6,21 @@
   const $ = (selector, root = document) => root.querySelector(selector);
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
   const HEARTBEAT_MS = 15000; // the server lets a hold go after 45 s without one
+  const FIELD = "input[data-path], textarea[data-path]"; // a value's editor: a textarea where it has lines
 
   const state = {
     queue: [], reviewer: "", doc: null, edits: {}, readonly: false, session: session(),
     prefetched: new Map(), checking: 0, heartbeat: null, selected: null,
+    deciding: false, // a decision on its way: a second click or key waits for it
+    dirty: false, // edits or a note not yet decided
+    drafts: new Map(), // document id -> {edits, note} left undecided when the person moved on
   };
 
   function session() {
-    // One per browser tab, kept across reloads: the hold on a document is this tab's.
-    let id = sessionStorage.getItem("llamadoc-review-session");
+    // One per browser tab, kept across reloads: the hold on a document is this tab's. A tab the
+    // browser duplicated (or restored) copies sessionStorage too, so only a reload keeps it.
+    const [navigation] = performance.getEntriesByType("navigation");
+    let id = navigation && navigation.type === "reload" ? sessionStorage.getItem("llamadoc-review-session") : null;
     if (!id) {
       const bytes = new Uint8Array(12);
       crypto.getRandomValues(bytes);
@@ -148,6 +154,7 @@
       banner(err.message);
       return;
     }
+    keepDraft();
     state.doc = doc;
     if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`); // a reload comes back here
     state.edits = {};
@@ -156,10 +163,25 @@
     if (decided) { // the approved values are the ones to show, and to keep when decided again
       for (const [path, change] of Object.entries(decided.changed)) state.edits[path] = shown(change.new);
     }
+    const draft = state.drafts.get(id);
+    state.dirty = Boolean(draft);
+    if (draft) Object.assign(state.edits, draft.edits);
     renderDocument(doc);
+    if (draft) {
+      $("#note").value = draft.note;
+      banner("Your edits to this document, not yet decided, are back.");
+      recheck();
+    }
     markCurrent(id);
     await hold(id);
     prefetch();
+  }
+
+  // What the person typed and did not decide stays with its document while they look at another.
+  function keepDraft() {
+    if (!state.doc) return;
+    if (state.dirty) state.drafts.set(state.doc.id, { edits: { ...state.edits }, note: $("#note").value });
+    else state.drafts.delete(state.doc.id);
   }
 
   async function hold(id) {
@@ -173,7 +195,7 @@
       } else banner(err.message);
     }
     $$("#form-pane input, #form-pane textarea, #approve, #reject").forEach((node) => {
-      node.disabled = state.readonly || !state.doc || !state.doc.fields;
+      node.disabled = state.readonly || !state.doc || !state.doc.fields || state.deciding;
     });
     $("#note").disabled = state.readonly;
     $("#reject").disabled = state.readonly;
@@ -197,10 +219,12 @@
     $("#banner").textContent = text || "";
   }
 
+  const docBanner = (doc) => [doc.decision_problem, doc.images, ...doc.errors].filter(Boolean).join(" · ");
+
   function renderDocument(doc) {
     $("#doc-title").textContent = doc.source.split(/[\\/#]/).pop();
     $("#doc-source").textContent = doc.source + (doc.embedded ? ` (read from its e-invoice ${doc.embedded})` : "");
-    banner([doc.decision_problem, doc.images, ...doc.errors].filter(Boolean).join(" · "));
+    banner(docBanner(doc));
     $("#doc-reasons").replaceChildren(...doc.review.map((r) => el("li", { text: r })));
     renderPages(doc);
     renderFields(doc);
@@ -269,6 +293,10 @@
       form.append(el("p", { text: "No fields were extracted from this document: reject it, or run it again." }));
       return;
     }
+    if (!doc.values.length) {
+      form.append(el("p", { text: "The model found none of the schema's fields in this document: approve it "
+        + "empty, or reject it." }));
+    }
     const rows = new Map(); // line item index -> {key: value}
     let n = 0;
     for (const v of doc.values) {
@@ -280,15 +308,23 @@
         continue;
       }
       const id = `f-${n++}`;
-      const input = el("input", { id, type: "text", value: value(v), "data-path": v.path,
-        "aria-describedby": `${id}-info`, spellcheck: false });
+      const input = editor(v, { id, "aria-describedby": `${id}-info` });
       form.append(el("div", { className: `field${v.look.length ? " look" : ""}`, "data-path": v.path },
         el("label", { for: id, text: label(v.path) }), input, info(v, `${id}-info`)));
     }
     if (rows.size) items.append(lineItems(rows));
-    for (const input of $$("input[data-path]")) {
+    for (const input of $$(FIELD)) {
       if (state.edits[input.dataset.path] !== undefined) mark(input.dataset.path, true);
     }
+  }
+
+  // An input, or a textarea for a value of several lines (an input would join them, and an
+  // untouched address would come back as an edit).
+  function editor(v, attrs) {
+    const text = value(v);
+    const lines = text.split("\n").length;
+    return lines > 1 ? el("textarea", { ...attrs, value: text, rows: Math.min(lines, 6), "data-path": v.path,
+      spellcheck: false }) : el("input", { ...attrs, type: "text", value: text, "data-path": v.path, spellcheck: false });
   }
 
   function value(v) {
@@ -306,8 +342,7 @@
         if (!v) return el("td", {});
         const failed = v.checks.filter((c) => c.status === "fail");
         return el("td", { className: `cell${v.look.length ? " look" : ""}`, "data-path": v.path },
-          el("input", { type: "text", value: value(v), "data-path": v.path, spellcheck: false,
-            "aria-label": `Line ${index + 1} ${key.replace(/_/g, " ")}`,
+          editor(v, { "aria-label": `Line ${index + 1} ${key.replace(/_/g, " ")}`,
             title: [v.look.join(", "), ...failed.map((c) => c.detail)].filter(Boolean).join(" · ") || null }),
           failed.length ? checkList(failed) : null);
       })));
@@ -345,7 +380,7 @@
   }
 
   function focusField(path) {
-    const input = $(`input[data-path="${CSS.escape(path)}"]`);
+    const input = $(`input[data-path="${CSS.escape(path)}"], textarea[data-path="${CSS.escape(path)}"]`);
     if (input) {
       input.focus();
       input.select();
@@ -353,14 +388,15 @@
   }
 
   function nextLook(from) {
-    const inputs = $$("input[data-path]").filter((input) =>
-      input.closest(".look") && !input.disabled);
+    if (!state.doc) return;
+    const inputs = $$(FIELD).filter((input) => input.closest(".look") && !input.disabled);
     if (!inputs.length) {
-      $("#approve").focus();
-      $("#decision").textContent = "Nothing left that needs a look: approve with a.";
+      // Not the Approve button: a second Enter would approve before the person chose to.
+      $("#doc-title").focus();
+      banner("Nothing left that needs a look: approve with a, or reject with r.");
       return;
     }
-    const all = $$("input[data-path]");
+    const all = $$(FIELD);
     const at = from ? all.indexOf(from) : state.selected ?
       all.findIndex((input) => input.dataset.path === state.selected) : -1;
     const next = inputs.find((input) => all.indexOf(input) > at) || inputs[0];
@@ -378,6 +414,7 @@
     const original = state.doc.values.find((v) => v.path === path);
     if (original && input.value === shown(original.value)) delete state.edits[path];
     else state.edits[path] = input.value;
+    state.dirty = true;
     mark(path, state.edits[path] !== undefined);
     clearTimeout(checkTimer);
     checkTimer = setTimeout(recheck, 120);
@@ -418,19 +455,30 @@
 
   async function decide(decision) {
     const doc = state.doc;
-    if (!doc || state.readonly || (decision === "approved" && !doc.fields)) return;
+    if (!doc || state.readonly || state.deciding || (decision === "approved" && !doc.fields)) return;
     performance.mark("llamadoc:decide");
     clearTimeout(checkTimer);
     let made;
+    buttons(true);
     try {
       made = await api(`api/documents/${doc.id}/decision`, {
         session: state.session, decision, note: $("#note").value, values: state.edits,
         base: doc.decision ? doc.decision.revision : 0,
       });
     } catch (err) {
+      buttons(false);
+      if (err.status === 409 && doc === state.doc) { // decided elsewhere since: show theirs, keep ours
+        state.prefetched.delete(doc.id);
+        keepDraft();
+        await open(doc.id);
+        refreshQueue();
+      }
       banner(err.message);
       return;
     }
+    buttons(false);
+    state.dirty = false;
+    state.drafts.delete(doc.id);
     doc.decision = made.decision;
     doc.decision_problem = null;
     const item = state.queue.find((i) => i.id === doc.id);
@@ -443,6 +491,17 @@
     const next = nextUndecided(doc.id);
     if (next) go(next.id);
     else $("#decision").textContent += " · every document is decided.";
+    refreshQueue(); // what other reviewers decided meanwhile
+  }
+
+  function buttons(busy) {
+    state.deciding = busy;
+    $("#approve").disabled = busy || state.readonly || !state.doc || !state.doc.fields;
+    $("#reject").disabled = busy || state.readonly;
+  }
+
+  function refreshQueue() {
+    loadQueue().then(renderQueue).catch(() => {});
   }
 
   function nextUndecided(after) {
@@ -458,7 +517,7 @@
     const typing = target instanceof Element && target.matches("input, textarea, select");
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
-      decide("approved");
+      if (!event.repeat) decide("approved"); // a key held down decides once, not this and the next
       return;
     }
     if (typing) {
@@ -466,7 +525,7 @@
         event.preventDefault();
         target.blur();
         $("#doc-title").focus();
-      } else if (event.key === "Enter" && target.matches("input[data-path]")) {
+      } else if (event.key === "Enter" && target.matches("input[data-path]")) { // a textarea takes its Enter
         event.preventDefault();
         nextLook(target);
       }
@@ -481,7 +540,7 @@
     const action = actions[event.key];
     if (action) {
       event.preventDefault();
-      action();
+      if (!(event.repeat && (event.key === "a" || event.key === "r"))) action();
     }
   }
 
@@ -491,22 +550,33 @@
     document.addEventListener("keydown", keys);
     $("#fields").addEventListener("submit", (e) => e.preventDefault());
     $("#form-pane").addEventListener("input", (e) => {
-      if (e.target.matches("input[data-path]")) edited(e.target);
+      if (e.target.matches(FIELD)) edited(e.target);
+      else if (e.target.id === "note") state.dirty = true;
     });
     $("#form-pane").addEventListener("focusin", (e) => {
-      if (e.target.matches("input[data-path]")) select(e.target.dataset.path);
+      if (e.target.matches(FIELD)) select(e.target.dataset.path);
     });
     $("#approve").addEventListener("click", () => decide("approved"));
     $("#reject").addEventListener("click", () => decide("rejected"));
     $("#keys-button").addEventListener("click", () => $("#keys").showModal());
     $("#filter").addEventListener("change", renderQueue);
     window.addEventListener("hashchange", () => open(location.hash.slice(1)));
+    window.addEventListener("beforeunload", (event) => {
+      keepDraft();
+      if (state.drafts.size) event.preventDefault(); // the browser asks before edits not decided are lost
+    });
     window.addEventListener("pagehide", () => {
       if (state.doc) api(`api/documents/${state.doc.id}/release`, { session: state.session }, true).catch(() => {});
     });
     state.heartbeat = setInterval(() => {
-      if (state.doc && !state.readonly) api(`api/documents/${state.doc.id}/hold`, { session: state.session })
-        .catch(() => {});
+      if (!state.doc) return;
+      const id = state.doc.id;
+      const wasReadonly = state.readonly;
+      api(`api/documents/${id}/hold`, { session: state.session }).then(() => {
+        // The other page moved on: this one may decide now, on the document as it is now.
+        if (wasReadonly && state.doc && state.doc.id === id) open(id);
+      }).catch(() => {});
+      if (wasReadonly) refreshQueue();
     }, HEARTBEAT_MS);
     loadQueue().then(() => {
       const wanted = location.hash.slice(1);
