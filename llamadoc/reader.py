@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Protocol
 
 from llamadoc.batch.options import RunOptions
 from llamadoc.batch.pipeline import Pipeline, recorded_options
+from llamadoc.batch.prefetch import NO_OCR
 from llamadoc.config import Settings, load_settings
 from llamadoc.engines.base import Sampling
 from llamadoc.errors import UsageError, WriteFailed
@@ -218,14 +219,23 @@ class Reader:
                 swept.sweep()
         events.on_start(len(sources))
         duplicates = Duplicates()  # the same invoice twice, even in other bytes
+        said_no_ocr = False
         with Claims(output.state / "locks" if output.state is not None else None) as claims:
             run = runner or self.run
             for doc in run(task, sources, options, force=force, store=store, claim=claims.claim,
                            on_page=events.on_page):
-                earlier = duplicates.add(doc)
+                try:
+                    earlier = duplicates.add(doc)
+                except (ArithmeticError, ValueError, TypeError) as err:
+                    earlier = []  # one record's odd values: a note on it, not the run's end
+                    doc.warnings.append(f"duplicates were not looked for: {type(err).__name__}: {err}")
                 for first in earlier:
                     mark(doc, first.source)
                     mark(first, doc.source)
+                no_ocr = next((w for w in doc.warnings if w.startswith(NO_OCR)), None)
+                if no_ocr is not None and not said_no_ocr:  # once a batch, not once a document
+                    events.notify(f"{no_ocr}; their values get no evidence")
+                    said_no_ocr = True
                 written = None
                 problems = report.problems(doc)
                 if writer is not None:

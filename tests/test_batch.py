@@ -96,7 +96,9 @@ def test_fail_on_decides_the_exit_code(run_cli: Any, model_args: list[str], tmp_
     good = make_image(tmp_path / "good.png")
     args = ["ask", str(good), str(tmp_path / "missing.png"), "-q", "?", *model_args, "--max-tokens", "2"]
     assert run_cli(*args).exit_code == 1
-    assert run_cli(*args, "--fail-on", "blocked").exit_code == 0
+    chosen = run_cli(*args, "--fail-on", "blocked")
+    assert chosen.exit_code == 0  # --fail-on chooses: failures were left out, and the summary says so
+    assert "not counted in the exit code: failed (--fail-on blocked; add failed to count it)" in chosen.stderr
     bad = run_cli(*args, "--fail-on", "failed,typo")
     assert bad.exit_code == 2 and "unknown outcome typo" in bad.stderr
     quiet = run_cli(*args, "--quiet")

@@ -149,7 +149,7 @@ def test_no_evidence_says_why() -> None:
     assert locator.find(99.0, "number", ("gross_total",))[0].why_not == "not found on page 1"
     assert locator.find(None, "text", ("x",))[0].why_not == "no value"
     assert locator.find("x" * 200, "text", ("note",))[0].why_not.startswith("free text over")
-    assert Locator({}).find("A-1", "text", ("x",))[0].why_not == "no page was read"
+    assert Locator({}).find("A-1", "text", ("x",))[0].why_not == "no page has word boxes (a scan needs OCR: see the document's warnings)"
     blind = Locator({1: PageWords(1, 100, 100, "ocr")}).find("A-1", "text", ("x",))[0]
     assert blind.why_not == "no page has a text layer or OCR words"
     # A number does not match inside a longer one, nor a name inside a longer word.

@@ -103,6 +103,7 @@ def test_a_later_run_that_needs_more_context_gets_it(text_model: Path, mmproj: P
     (lambda: Shard.parse("half"), "--shard 'half' is not i/n"),
     (lambda: Extract(schema={"type": "object"}, embedded="maybe"), "--embedded 'maybe' is not one of"),
     (lambda: Extract(schema={"type": "array"}), "the schema must describe an object"),
+    (lambda: Extract(schema={"type": "object", "properties": {"a.b": {}}}), "the property 'a.b' holds '.'"),
     (lambda: Ask("  "), "the question is empty"),
     (lambda: Reader(models=object(), model="m.gguf", ctx=8192), "takes no model, ctx"),  # type: ignore[arg-type]
 ])

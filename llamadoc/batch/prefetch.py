@@ -26,6 +26,10 @@ from llamadoc.inputs.sources import Source
 from llamadoc.results import DocumentResult, Page, Verdict
 from llamadoc.tasks import Plan, Task
 
+# The note a document gets when its scanned pages could not be read for word boxes (the batch
+# says it once on stderr: every value of those pages goes without evidence).
+NO_OCR = "no word boxes for pages without a text layer"
+
 
 @dataclass
 class DocStart:
@@ -188,7 +192,7 @@ class Preparer:
                 if why_not is None:
                     page.words = doc.read_words(page.index)
                 elif why_not not in plan.notes:
-                    plan.notes.append(f"no word boxes for pages without a text layer: {why_not}")
+                    plan.notes.append(f"{NO_OCR}: {why_not}")
         except (DocumentError, RuntimeError) as err:  # MuPDF's and Tesseract's complaints
             plan.notes.append(f"page {page.index}: no word boxes ({err})")
         page.words_ms = (time.perf_counter() - started) * 1000

@@ -66,7 +66,7 @@ Force = Annotated[bool, typer.Option("--force", help="Redo documents an earlier 
 Shard = Annotated[str | None, typer.Option("--shard", help="Process the i-th of n slices of the batch, e.g. 2/4.")]
 FailOn = Annotated[str | None, typer.Option(
     "--fail-on", help="Outcomes that make the exit code non-zero: failed,blocked,ungrounded,check-failed,"
-    "needs-review,duplicate (default failed,blocked).")]
+    "needs-review,duplicate (default failed,blocked; the list replaces it).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress, summary or per-document messages.")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own logging.")]
 # One option whose value says where, since an option cannot take an optional value: `--ray local` mirrors Ray's `auto`.

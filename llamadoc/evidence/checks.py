@@ -45,9 +45,24 @@ _NUMBER_RUN = re.compile(r"(?<!\w)\d(?:[\d.,' ]*\d)?(?!\w)")
 _GROUP = re.compile(r"\d{3}(?:[.,]\d+)?")  # what follows a thousands space: 234 or 234,56
 
 
+# What an amount on an invoice can be: under 10^15 and to at most 10 places. Past them a number is
+# an id or a model's runaway digits, and Decimal's 28 digits could not round it to the cent.
+_MOST_DIGITS_BEFORE, _MOST_PLACES = 15, 10
+
+
+def _plausible(numbers: set[Decimal]) -> set[Decimal]:
+    return {n for n in numbers if n.is_finite() and (not n or n.adjusted() < _MOST_DIGITS_BEFORE)
+            and -n.as_tuple().exponent <= _MOST_PLACES}  # type: ignore[operator]
+
+
 def _readings(token: str) -> set[Decimal]:
     """Every value a number without spaces can mean: 1,234.56 / 1.234,56 / 1'234.56 /
-    4,24 / 1,234 (1234 or 1.234) / 3.441.812; nothing for what no locale writes (21.05.14)."""
+    4,24 / 1,234 (1234 or 1.234) / 3.441.812; nothing for what no locale writes (21.05.14),
+    nor for what no amount is (_plausible)."""
+    return _plausible(_all_readings(token))
+
+
+def _all_readings(token: str) -> set[Decimal]:
     marks = [c for c in token if not c.isdigit()]
     if not marks:
         return {Decimal(token)}
@@ -94,7 +109,7 @@ def _as_numbers(value: Any) -> set[Decimal]:
         return set()
     if isinstance(value, (int, float, Decimal)):
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-        return {abs(number)} if number.is_finite() else set()
+        return _plausible({abs(number)})
     if isinstance(value, str):
         folded = _fold(value)
         runs = _NUMBER_RUN.findall(folded)

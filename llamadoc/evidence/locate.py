@@ -11,6 +11,7 @@ looked for on the lines of its description.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ _CENT = Decimal("0.01")
 MAX_NUMBER_WORDS = 3  # "1 234 567,89", "EUR 1.234,56"
 MAX_DATE_WORDS = 4  # "5. Dezember 2026", "December 5, 2026"
 MAX_TEXT_LINES = 4  # a name or an IBAN wrapped over a few lines; an address goes by its parts
+# Words a page may hold for its values to be looked for on it: an invoice page holds a few
+# hundred, a dense statement a few thousand; each value costs a pass over the page's words.
+MAX_PAGE_WORDS = 20_000
 
 # Words that label a field on invoices, by the words of its name; in the languages of the corpus.
 _LABELS = {
@@ -185,8 +189,10 @@ class Locator:
     """Finds values in the word boxes of a document's pages."""
 
     def __init__(self, pages: Mapping[int, PageWords]) -> None:
-        self.pages = {i: _Page(words) for i, words in sorted(pages.items()) if words.words}
+        self.pages = {i: _Page(words) for i, words in sorted(pages.items())
+                      if words.words and len(words.words) <= MAX_PAGE_WORDS}
         self.blind = sorted(i for i, words in pages.items() if not words.words)
+        self.crowded = sorted(i for i, words in pages.items() if len(words.words) > MAX_PAGE_WORDS)
 
     def find(self, value: Any, kind: str | None, keys: tuple[str | int, ...] = (), origin: int | None = None,
              near: Place | None = None) -> tuple[Evidence, Place | None]:
@@ -202,7 +208,9 @@ class Locator:
             return Evidence("none", why_not=f"free text over {MAX_GROUNDED_TEXT} characters is not matched word "
                                             "for word"), None
         if not self.pages:
-            why = "no page has a text layer or OCR words" if self.blind else "no page was read"
+            why = (f"no page to look on: {self._crowded()}" if self.crowded else
+                   "no page has a text layer or OCR words" if self.blind else
+                   "no page has word boxes (a scan needs OCR: see the document's warnings)")
             return Evidence("none", why_not=why), None
         order = sorted(self.pages, key=lambda i: (i != origin, i))
         for index in order:
@@ -210,7 +218,14 @@ class Locator:
             if runs:
                 best = self._best(self.pages[index], runs, keys, near if near and near.page == index else None)
                 return self._evidence(index, best, len(runs)), Place(index, best[0][0], best[-1][1])
-        return Evidence("none", why_not=f"not found on {_pages(sorted(order))}"), None
+        crowded = f" ({self._crowded()})" if self.crowded else ""
+        return Evidence("none", why_not=f"not found on {_pages(sorted(order))}{crowded}"), None
+
+    def _crowded(self) -> str:
+        if not self.crowded:
+            return ""
+        return (f"{_pages(self.crowded)} {'holds' if len(self.crowded) == 1 else 'hold'} over {MAX_PAGE_WORDS:,} "
+                "words, more than evidence reads")
 
     def _runs(self, page: _Page, value: Any, kind: str) -> list[list[tuple[int, int]]]:
         """Every place the value is printed on a page: each a list of runs (one, or one per
@@ -254,6 +269,11 @@ class Locator:
             return runs[0]
         labels = _labels(keys)
         words = page.words.words
+        # The words that label this field, by line, found once (not once per place it is printed).
+        labelled: dict[int, list[int]] = {}
+        for k, word in enumerate(words):
+            if any(page.folded[k].startswith(w) for w in labels):
+                labelled.setdefault(word.line, []).append(k)
 
         def score(run: list[tuple[int, int]]) -> tuple[float, ...]:
             start = run[0][0]
@@ -263,10 +283,8 @@ class Locator:
                 first, last = words[near.start].line, words[near.end - 1].line
                 distance = 0 if first <= line <= last else min(abs(line - first), abs(line - last))
                 closeness = -distance
-            label = 0
-            for k, word in enumerate(words):
-                if (word.line == line and k < start) or word.line == line - 1:
-                    label += (2 if word.line == line else 1) * any(page.folded[k].startswith(w) for w in labels)
+            # A label before it on its line counts twice; one on the line above, once.
+            label = 2 * bisect.bisect_left(labelled.get(line, []), start) + len(labelled.get(line - 1, []))
             later = start if _is_total(keys) else -start  # totals stand at the end; the rest at the first
             return (closeness, label, later)
 
@@ -302,11 +320,15 @@ def _before_marks(word: str) -> list[str]:
 
 
 def _minimal(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The matching spans (shortest first) that hold no shorter match: one per place."""
+    """The matching spans (shortest first) that hold no shorter match: one per place. A span
+    holds a kept one only if that one starts inside it, so only its own few starts are looked
+    at (spans are a few words long): a page of 8,000 matches costs 8,000 steps, not 64 million."""
+    ends: dict[int, int] = {}  # start -> the end of the shortest span kept there
     taken: list[tuple[int, int]] = []
     for i, j in spans:
-        if not any(a >= i and b <= j for a, b in taken):
+        if not any(ends.get(a, j + 1) <= j for a in range(i, j)):
             taken.append((i, j))
+            ends[i] = min(ends.get(i, j), j)
     return sorted(taken)
 
 

@@ -65,10 +65,10 @@ def read(image: Image, index: int, width: float, height: float) -> PageWords:
     import pymupdf
 
     # RGB: MuPDF's OCR device reads no words from a grey pixmap (seen with PyMuPDF 1.26).
+    if image.width * image.height > MAX_PIXELS:  # shrunk first, then copied as RGB: one small copy
+        scale = (MAX_PIXELS / (image.width * image.height)) ** 0.5
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     rgb = image.convert("RGB")
-    if rgb.width * rgb.height > MAX_PIXELS:
-        scale = (MAX_PIXELS / (rgb.width * rgb.height)) ** 0.5
-        rgb = rgb.resize((max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))))
     pix = pymupdf.Pixmap(pymupdf.csRGB, rgb.width, rgb.height, rgb.tobytes(), False)
     pix.set_dpi(72, 72)  # one pixel, one point: the OCR page measures the image in pixels
     folder = tessdata()

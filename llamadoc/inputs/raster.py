@@ -452,7 +452,10 @@ class Document:
 
             try:
                 page = self._pdf[index - 1]
-                zoom = OCR_DPI / 72
+                # At OCR_DPI, but never past what OCR reads (ocr.MAX_PIXELS): a 200-inch page is
+                # drawn at 36 DPI, not into a 60,000-pixel-square image of tens of GB.
+                area = max(1.0, page.rect.width * page.rect.height)
+                zoom = min(OCR_DPI / 72, (ocr.MAX_PIXELS / area) ** 0.5)
                 pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB, alpha=False)
             except _pdf_errors() as err:
                 raise DocumentError(f"page {index} of {self.label} cannot be rendered ({decoder_message(err)})") \

@@ -1,4 +1,5 @@
-"""The batch report: counts, problems and the exit code, so a batch with failures never exits 0.
+"""The batch report: counts, problems and the exit code, so a batch with failures never exits 0
+(unless --fail-on, which chooses the outcomes that count, leaves failures out: the summary says so).
 
 As black's ``Report.return_code``: the report decides, the faces only exit with it.
 """
@@ -133,6 +134,12 @@ class Report:
             if len(self.duplicates) > 20:
                 lines.append(f"  ... and {len(self.duplicates) - 20} more")
         lines.extend(self.notes)
+        left_out = [name for name, happened in (
+            ("failed", self.counts[Status.FAILED] or self.failed_pages),
+            ("blocked", self.counts[Status.BLOCKED] or self.blocked_pages)) if happened and name not in self.fail_on]
+        if left_out:  # --fail-on chooses, as ruff's --select does: say what it let through
+            lines.append(f"not counted in the exit code: {' and '.join(left_out)} (--fail-on "
+                         f"{','.join(o for o in OUTCOMES if o in self.fail_on)}; add {','.join(left_out)} to count it)")
         if self.failures:
             lines.append("problems:")
             lines.extend(f"  {line}" for line in self.failures[:20])

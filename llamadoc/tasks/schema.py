@@ -77,7 +77,26 @@ def check_schema(schema: Any, where: str) -> dict[str, Any]:
         raise UsageError(f"{where} is not a valid JSON Schema: {err.message}") from None
     if schema.get("type", "object") != "object":
         raise UsageError(f"{where} must describe an object (type: object)")
+    _check_names(schema, where)
     return schema
+
+
+def _check_names(schema: dict[str, Any], where: str) -> None:
+    """Each value is known by its path (seller.vat_id, line_items[2].amount) in the results, the
+    review page and exports: a property named "a.b" or "x[0]" would share a path with another."""
+    stack: list[Any] = [schema]
+    while stack:  # check_bounds has capped the nodes
+        node = stack.pop()
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                odd = next((name for name in properties if re.search(r"[.\[\]]", str(name))), None)
+                if odd is not None:
+                    raise UsageError(f"{where}: the property {str(odd)[:60]!r} holds '.', '[' or ']', which "
+                                     "name a value's place in a record", hint="rename it (a_b instead of a.b)")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def load_schema(path: str | Path) -> Any:
