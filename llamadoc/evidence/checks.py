@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Any
 
 from llamadoc.results import Check, PageWords, Word
@@ -45,9 +45,12 @@ _NUMBER_RUN = re.compile(r"(?<!\w)\d(?:[\d.,' ]*\d)?(?!\w)")
 _GROUP = re.compile(r"\d{3}(?:[.,]\d+)?")  # what follows a thousands space: 234 or 234,56
 
 
-# What an amount on an invoice can be: under 10^15 and to at most 10 places. Past them a number is
-# an id or a model's runaway digits, and Decimal's 28 digits could not round it to the cent.
-_MOST_DIGITS_BEFORE, _MOST_PLACES = 15, 10
+# The numbers a field or a page may mean: up to 35 digits before the point (a long reference
+# number held as an integer) and 20 after it (a float's repr). Past them a number is a model's
+# runaway digits (1e30 is one token) and is not looked for. What is kept is rounded in WIDE, whose
+# 60 digits hold any of them to the cent (Decimal's default 28 do not: 1e30 raised mid-batch).
+_MOST_DIGITS_BEFORE, _MOST_PLACES = 35, 20
+WIDE = Context(prec=60)
 
 
 def _plausible(numbers: set[Decimal]) -> set[Decimal]:
@@ -423,7 +426,8 @@ def _agree(kind: str, key: str, model: Any, truth: Any) -> bool:
         # 9.90 printed agrees with 9.9000 in the XML; 9 or 9.8 does not.
         places = max(_places(given), min(2, _places(exact)))
         step = Decimal(1).scaleb(-places)
-        return exact.quantize(step, ROUND_HALF_UP) == given.quantize(step, ROUND_HALF_UP)
+        with localcontext(WIDE):
+            return exact.quantize(step, ROUND_HALF_UP) == given.quantize(step, ROUND_HALF_UP)
     if not isinstance(model, str):
         return False
     if kind == "date":

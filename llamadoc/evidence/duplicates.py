@@ -10,10 +10,10 @@ document of each key; the faces flag both documents and the summary names the pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
-from llamadoc.evidence.checks import _amount, _dates_in, _fold
+from llamadoc.evidence.checks import WIDE, _amount, _dates_in, _fold
 from llamadoc.results import DocumentResult
 
 
@@ -37,7 +37,8 @@ def invoice_keys(fields: dict[str, Any] | None) -> list[str]:
     if len(dates) != 1 or gross is None:
         return []
     when = next(iter(dates)).isoformat()
-    total = gross.quantize(Decimal("0.01"))
+    with localcontext(WIDE):
+        total = gross.quantize(Decimal("0.01"))
     return [f"{s}|date={when}|gross={total}" for s in sellers]
 
 

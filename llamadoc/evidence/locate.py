@@ -16,13 +16,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from functools import cached_property
 from typing import Any
 
 from llamadoc.evidence.checks import (
     _CURRENCY_MARKS,
     MAX_GROUNDED_TEXT,
+    WIDE,
     _as_numbers,
     _dates_in,
     _fold,
@@ -233,7 +234,8 @@ class Locator:
         if kind == "number":
             targets = _as_numbers(value)
             # A price kept to four places in the data is printed to the cent: 67.2269 as 67,23.
-            targets |= {t.quantize(_CENT, ROUND_HALF_UP) for t in targets if -t.as_tuple().exponent > 2}  # type: ignore[operator]
+            with localcontext(WIDE):
+                targets |= {t.quantize(_CENT, ROUND_HALF_UP) for t in targets if -t.as_tuple().exponent > 2}  # type: ignore[operator]
             return [[run] for run in _minimal([(i, j) for i, j, values in page.numbers if targets & values])]
         if kind == "date":
             wanted = _dates_in(_fold(str(value)))

@@ -323,7 +323,13 @@ def _get(fields: dict[str, Any], path: str) -> Any:
 
 def _decimal(value: Any) -> Decimal | None:
     """An amount or quantity as a decimal: a number as written (1234.5), or text as its locale
-    prints it ("1.234,50"); None when it is no one finite number."""
+    prints it ("1.234,50"); None when it is no one finite number an invoice holds (10^15 or more
+    is a model's runaway digits, which no e-invoice amount is)."""
+    exact = _read_decimal(value)
+    return exact if exact is None or not exact or exact.adjusted() < 15 else None
+
+
+def _read_decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
