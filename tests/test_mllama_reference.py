@@ -205,3 +205,23 @@ def test_prompt_batches_read_the_file_layout_of_repacked_k_quants(gguf_dir: Path
         assert rel_err(got, other) <= 1e-2
         assert rel_err(got, want) <= 1.05 * rel_err(other, want)
         assert (got.argmax(-1) == other.argmax(-1)).all()
+
+
+def test_twins_are_made_only_when_memory_holds_both_layouts(gguf_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt batch reads a twin's file pages beside the repacked copy: where free memory would
+    not hold both, every prefill would read them from the disk again, so there are no twins."""
+    from llamadoc.engines.mllama import model as model_module
+    from llamadoc.engines.mllama.backend import Device, cpu_device
+
+    if not model_module.tiled_gemm_types():
+        pytest.skip("no tiled K-quant GEMM on this CPU")
+    real = cpu_device()
+    tight = Device(real.ptr, real.name, real.description, real.kind, memory_free=(1 << 20),
+                   memory_total=real.memory_total, backend=real.backend)
+    monkeypatch.setattr(model_module, "cpu_device", lambda: tight)
+    monkeypatch.setattr(model_module.MemoryEstimate, "check", lambda *_args: None)  # it fits, only just
+    model = MllamaModel.load(gguf(gguf_dir, "k256", "Q4_K_M"), threads=1)
+    try:
+        assert not model.weights.plain
+    finally:
+        model.close()
