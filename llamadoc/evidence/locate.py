@@ -28,6 +28,7 @@ from llamadoc.evidence.checks import (
     _dates_in,
     _fold,
     _numbers_in,
+    _pages,
 )
 from llamadoc.results import Evidence, PageWords
 
@@ -343,6 +344,3 @@ def _labels(keys: tuple[str | int, ...]) -> set[str]:
 def _is_total(keys: tuple[str | int, ...]) -> bool:
     return bool(keys) and isinstance(keys[-1], str) and "total" in keys[-1]
 
-
-def _pages(indices: list[int]) -> str:
-    return f"page {indices[0]}" if len(indices) == 1 else "pages " + ", ".join(map(str, indices))
