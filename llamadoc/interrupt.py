@@ -66,9 +66,16 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def exiting() -> None:
     """Ignore further signals: the process is on its way out with its exit code (130 after a
     Ctrl-C, or the finished run's). At shutdown Python puts back the default handlers, which
-    would kill it by signal instead."""
+    would kill it by signal instead.
+
+    And clear CPython's mark of an unhandled KeyboardInterrupt. CPython sets it when one leaves
+    code that exec() runs from a string, even if it is caught later (dataclasses build their
+    methods that way while modules import, so a signal then sets it), and `python -m` then
+    ends the process killed by SIGINT, not with the exit code the run chose (0 for a service's
+    SIGTERM). CPython clears the mark each time exec() starts on a string."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exec("None")  # a constant string: see above
 
 
 def check() -> None:

@@ -56,13 +56,14 @@ def serving(log: list[str] | None = None, mounts: dict[str, object] | None = Non
     other faces' apps by prefix, as the CLI mounts them (serve --review)."""
     from llamadoc.server import http, listen
     from llamadoc.server.app import build
+    from llamadoc.web.stopping import Server
 
     opts = ServeOptions(**{"threads": 1, **options, "port": 0})  # type: ignore[arg-type]
     sock = listen(opts.host, 0)
     say = log.append if log is not None else (lambda _m: None)
     resident = Resident(opts, notify=say)
     app = build(resident, say, mounts=mounts)  # type: ignore[arg-type]
-    server = http.Server(http.config(app, opts, say), app.state.bounds.stopping)  # serve()'s own settings
+    server = Server(http.config(app, opts, say), app.state.bounds.stopping)  # serve()'s own settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

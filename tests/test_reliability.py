@@ -279,6 +279,35 @@ print(fired, raised, deferred, flush=True)
     assert "ctypes callback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_inside_exec_code_ends_with_the_chosen_exit_code(signum: int, tmp_path: Path) -> None:
+    """CPython marks a KeyboardInterrupt that leaves exec()'d code (dataclasses build their
+    methods so, while modules import) as unhandled even when caught, and `python -m` then dies
+    by SIGINT instead of exiting with the code the run chose. The CLI's main() calls exiting()
+    once the code is decided; so does this module, run as `python -m llamadoc` is."""
+    code = r"""
+import sys
+from llamadoc import interrupt
+interrupt.install()
+print("ready", flush=True)
+try:
+    while True:
+        exec("x = 0\nfor i in range(30000): x += i")
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+interrupt.exiting()  # as main() does on its way out
+sys.exit(0)
+"""
+    (tmp_path / "looping.py").write_text(code)
+    proc = subprocess.Popen([sys.executable, "-m", "looping"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    time.sleep(0.05)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (0, "stopped\n"), err[-2000:]  # not -2: killed by SIGINT
+
+
 # -- 4. no temporary file outlives a kill -9 ------------------------------------------
 
 

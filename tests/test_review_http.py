@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,19 @@ def test_a_damaged_result_file_is_one_problem_and_the_others_are_reviewed(fresh:
     assert queue_names(body) == QUEUE
     assert sorted(p.split(":")[0] for p in body["problems"]) == [
         "broken-checks.json", "broken-options.json", "broken-page_count.json", "broken-values.json"]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_a_signal_sent_on_hearing_the_page_is_up_stops_it(fresh: Made, signum: int, code: int) -> None:
+    """At once, as a service manager or a script sends it: the line with the page's address is
+    said only once the server hears signals (said before, a SIGTERM could go unheard)."""
+    with reviewing(fresh.out) as review:
+        review.process.send_signal(signum)
+        assert review.process.wait(20) == code
+        assert review.process.stderr is not None
+        err = review.process.stderr.read().decode()
+    assert f"stopped; every decision is kept in {fresh.out / '.review'}" in err
+    assert all(line.startswith("llamadoc: ") for line in err.splitlines())  # no traceback, no warning
 
 
 def test_a_results_folder_that_is_not_one_is_a_usage_error(tmp_path: Path, run_cli: Any) -> None:

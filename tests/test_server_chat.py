@@ -252,6 +252,32 @@ def test_shutdown_says_stopped(text_model: Path, mmproj: Path, tmp_path: Path) -
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert "stopped" in err and "finished documents" not in err and "Traceback" not in err
+    assert proc.returncode == 0
+
+
+def test_a_signal_deferred_before_the_server_listens_still_stops_it(text_model: Path, mmproj: Path,
+                                                                   tmp_path: Path) -> None:
+    """A SIGTERM that the CLI's handler had to defer (it landed inside a llama.cpp callback or a
+    finalizer while the server started) is acted on once the server's own handlers take over:
+    without that, the server never heard it and served on."""
+    code = f"""
+import signal
+from llamadoc import interrupt
+from llamadoc.guard import GuardPolicy
+from llamadoc.server import serve
+from llamadoc.server.options import ServeOptions
+interrupt.install()
+interrupt._requested = signal.SIGTERM  # as _handler leaves it when it cannot raise where it landed
+serve(ServeOptions(model={str(text_model)!r}, mmproj={str(mmproj)!r}, guard=GuardPolicy(mode="off"), port=0),
+      notify=print)
+print("returned", flush=True)
+"""
+    script = tmp_path / "serve.py"
+    script.write_text(code)
+    env = {**os.environ, "LLAMADOC_HOME": str(tmp_path / "home"), "LLAMADOC_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.endswith("returned\n"), done.stderr[-2000:]
+    assert "serving" not in done.stdout  # it stopped before saying it serves
 
 
 # -- Llama 3.2 Vision (the mllama engine) ------------------------------------------------------

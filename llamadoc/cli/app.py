@@ -121,11 +121,7 @@ def serve(
         max_tokens=max_tokens, max_body_mb=max_body_mb, max_prompt_kb=max_prompt_kb, max_pages=max_pages,
         max_connections=max_connections, origins=(*settings.origins, *(allow_origin or ())),
         hosts=tuple(allow_host or ()), config=config, verbose=verbose)
-    try:
-        run(options, notify=say, mounts=mounts)
-    except KeyboardInterrupt:  # Ctrl-C: a server has no documents to keep, it just stops (exit 130)
-        say("stopped")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    run(options, notify=say, mounts=mounts)  # Ctrl-C raises KeyboardInterrupt: Commands.invoke says "stopped", 130
     say("stopped")  # SIGTERM: a service asked to stop, exit 0
 
 

@@ -8,6 +8,7 @@ runs inside ``Commands.invoke``, so no command maps an error itself.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,9 +17,10 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from llamadoc import config
+from llamadoc import config, interrupt
 from llamadoc.errors import ExitCode, LlamadocError
 
+SERVICES = frozenset({"serve", "review"})  # commands that run until stopped, with no documents of their own
 _root = {"traceback": False}  # set by the root command on every run, so one run never leaks into the next
 
 Config = Annotated[Path | None, typer.Option("--config", help="A models.toml that adds or overrides models.")]
@@ -56,6 +58,10 @@ class Commands(TyperGroup):
         except KeyboardInterrupt:
             if raise_errors():
                 raise
+            if ctx.invoked_subcommand in SERVICES:  # SIGTERM, even while it starts, is a service's normal stop
+                say("stopped")
+                raise typer.Exit(int(ExitCode.OK if interrupt.requested() == signal.SIGTERM
+                                     else ExitCode.INTERRUPTED)) from None
             say("interrupted; finished documents are kept")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except Exception as err:  # a bug: say so plainly, offer the traceback

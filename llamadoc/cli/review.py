@@ -40,9 +40,11 @@ def review(
     settings = load_settings(config)  # LLAMADOC_ORIGINS, as the server reads it
     options = ReviewOptions(out=folder, port=port, browser=not no_browser, origins=settings.origins,
                             documents=tuple(documents or ()))
+    stopped = f"stopped; every decision is kept in {folder / REVIEW_DIR}"
     try:
         run(options, notify=say)
-    except KeyboardInterrupt:
-        say(f"stopped; every decision is kept in {folder / REVIEW_DIR}")
+    except KeyboardInterrupt:  # Ctrl-C, or a signal before the page served
+        say(stopped)
         raise typer.Exit(int(ExitCode.INTERRUPTED if interrupt.requested() != signal.SIGTERM else ExitCode.OK)
                          ) from None
+    say(stopped)  # SIGTERM: exit 0

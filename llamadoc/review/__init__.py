@@ -10,6 +10,7 @@ the same app under /review/.
 
 from __future__ import annotations
 
+import signal
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ def app(options: ReviewOptions) -> Any:
 
 
 def review(options: ReviewOptions, notify: Callable[[str], None] = lambda _m: None) -> None:
-    """Serve the page until Ctrl-C or SIGTERM, and open it in the browser."""
+    """Serve the page until Ctrl-C (raises KeyboardInterrupt) or SIGTERM (returns), and open it in
+    the browser."""
     _web_stack()
     import uvicorn
 
@@ -56,6 +58,7 @@ def review(options: ReviewOptions, notify: Callable[[str], None] = lambda _m: No
     from llamadoc.review.routes import build
     from llamadoc.web import listen
     from llamadoc.web.access import Access, Gate, default_origins
+    from llamadoc.web.stopping import Server
 
     page = build(options.out, options.documents)
     warm()
@@ -66,20 +69,25 @@ def review(options: ReviewOptions, notify: Callable[[str], None] = lambda _m: No
     gated = Gate(page, Access(origins=(*default_origins(), *options.origins), bound=HOST), hints=hints)
     config = uvicorn.Config(gated, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
     batch = page.state.batch
     items = batch.refresh()
     needs = sum(1 for i in items if i.needs_review or i.reasons)
-    notify(f"reviewing {len(items)} documents of {options.out} ({needs} need a look) at {url}")
-    for problem in batch.problems:
-        notify(f"left out: {problem}")
-    notify("Ctrl-C stops")
+
+    def started() -> None:  # said once the server accepts, and hears a SIGTERM sent on hearing it
+        notify(f"reviewing {len(items)} documents of {options.out} ({needs} need a look) at {url}")
+        for problem in batch.problems:
+            notify(f"left out: {problem}")
+        notify("Ctrl-C stops")
+
+    server = Server(config, started=started)
     if options.browser:
         webbrowser.open(url)  # the socket listens already: the page's first request waits for the server
     try:
         server.run(sockets=[sock])
     finally:
         page.state.holds.close()
+    if server.signalled == signal.SIGINT:
+        raise KeyboardInterrupt  # Ctrl-C: the command line exits 130; SIGTERM returns, exit 0
 
 
 def _web_stack() -> None:

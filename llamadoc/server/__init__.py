@@ -34,6 +34,7 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     from llamadoc.server import http
     from llamadoc.server.app import build
     from llamadoc.server.resident import Resident
+    from llamadoc.web.stopping import Server
 
     if not is_loopback(options.host):  # said first: a wrong --host is the likely mistake
         notify(f"warning: plain HTTP on {options.host}: the API key and every document cross the network "
@@ -42,9 +43,11 @@ def serve(options: ServeOptions, notify: Callable[[str], None] = lambda _m: None
     resident = Resident(options, notify)
     host, port = sock.getsockname()[:2]
     app = build(resident, notify, mounts)
-    server = http.Server(http.config(app, options, notify), app.state.bounds.stopping)
-    notify(f"serving {resident.name} at http://{host}:{port} (Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*"
-           + "".join(f", {prefix}/" for prefix in mounts or {}) + ")")
+    routes = "".join(f", {prefix}/" for prefix in mounts or {})
+    serving = (f"serving {resident.name} at http://{host}:{port} "
+               f"(Ollama /api/*, OpenAI /v1/*, llamadoc /v1/documents/*{routes})")
+    # Said once the server listens with its own signal handlers: a SIGTERM sent on hearing it is heard.
+    server = Server(http.config(app, options, notify), app.state.bounds.stopping, started=lambda: notify(serving))
     server.run(sockets=[sock])
     if app.state.abandoned:  # the engine is inside a step that cannot stop: unloading it now could crash
         notify("stopped; the engine was mid-step (a prompt or an image), so its model is left to the process's exit")

@@ -7,9 +7,10 @@ descriptors (then asyncio logs a traceback per failed accept). The protocol here
 connection that has not sent a request's headers within --header-timeout, and one opened while
 the cap of open connections is reached; the cap is kept below the file limit.
 
-On SIGTERM (or Ctrl-C) the app hears it at once (Bounds.stopping): streams end with an error
-line in their own format, document jobs stop at their next page, and uvicorn gives what is left
-``timeout_graceful_shutdown`` seconds. SIGTERM exits 0, as a service asked to stop; Ctrl-C 130.
+On SIGTERM (or Ctrl-C) the app hears it at once (Bounds.stopping, through web/stopping.py's
+Server): streams end with an error line in their own format, document jobs stop at their next
+page, and uvicorn gives what is left ``timeout_graceful_shutdown`` seconds. SIGTERM exits 0, as a
+service asked to stop; Ctrl-C 130.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import asyncio
 import contextlib
 import logging
 import resource
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from types import FrameType
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -112,34 +111,6 @@ class Protocol(H11Protocol):
         record = logging.LogRecord("llamadoc.connections", logging.WARNING, __file__, 0, message, None, None)
         if self._once is None or self._once.filter(record):
             self.log(record.getMessage())
-
-
-class Server(uvicorn.Server):
-    """uvicorn's server, telling the app the moment a stop is asked for."""
-
-    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
-        super().__init__(config)
-        self.stopping = stopping
-        self.signalled: int | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.signalled = self.signalled or sig
-        self.stopping.set()
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """As uvicorn's, but the signal is not raised again once the server has stopped: the
-        face decides the exit code (0 after SIGTERM, 130 after Ctrl-C)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def config(app: Any, options: ServeOptions, log: Callable[[str], None] = lambda _m: None) -> uvicorn.Config:

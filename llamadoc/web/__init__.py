@@ -1,6 +1,7 @@
 """What the local web faces share (`llamadoc serve`, `llamadoc review`): who may call them from
-where (access.py: Origin and Host as Ollama checks them) and the listening socket. Below the
-faces, so neither imports the other; Starlette loads only with access.py, inside a face.
+where (access.py: Origin and Host as Ollama checks them), the listening socket, and how a
+signal stops them (stopping.py). Below the faces, so neither imports the other; Starlette and
+uvicorn load only with access.py and stopping.py, inside a face.
 """
 
 from __future__ import annotations
