@@ -21,7 +21,6 @@ ModelNames = Annotated[
     list[str],
     typer.Argument(help="Model names from `models list`, or hf:// / ollama:// addresses.", show_default=False),
 ]
-PATH_ROLES = ("model", "mmproj", "template", "params")
 
 
 @models_app.command("list")
@@ -68,27 +67,19 @@ def models_pull(
     """
     from llamadoc import registry
     from llamadoc.config import load_settings
-    from llamadoc.registry.card import entry_or_file
-    from llamadoc.registry.locate import complete
+    from llamadoc.registry.card import pull_plan
 
     settings = load_settings(config)
     for name in names:
-        target = entry_or_file(settings, name)
-        if isinstance(target, Path):
-            say(f"{target} is a local file: nothing to download")
-            print(target)
+        plan = pull_plan(settings, name, source, quant)
+        if isinstance(plan, Path):
+            say(f"{plan} is a local file: nothing to download")
+            print(plan)
             continue
-        chosen = target.with_origin(source) if source else target
-        if quant and not chosen.origins[0].converts:
-            converting = [s.name for s in target.origins if s.converts]
-            raise UsageError(
-                f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.origins[0].name} "
-                "is a ready GGUF",
-                hint=f"add --source {converting[0]}" if converting else "drop --quant",
-            )
-        if (complete(settings, chosen, quant) if source or quant else registry.is_present(settings, target)):
+        if plan.here:
             say(f"model {name} is already here")
-        for path in registry.pull(settings, target, notify=say, source=source, quant=quant, keep_source=keep_source):
+        for path in registry.pull(settings, plan.spec, notify=say, source=source, quant=quant,
+                                  keep_source=keep_source):
             print(path)
 
 
@@ -123,25 +114,10 @@ def models_path(
     config: Config = None,
 ) -> None:
     """Print where a model's file is, for other tools (llama-server -m "$(llamadoc models path NAME)")."""
-    from llamadoc import registry
     from llamadoc.config import load_settings
-    from llamadoc.errors import ModelError
-    from llamadoc.registry.card import entry_or_file, origin_here
+    from llamadoc.registry.card import file_of
 
-    if role not in PATH_ROLES:
-        raise UsageError(f"--file {role!r} is not one of {', '.join(PATH_ROLES)}")
-    settings = load_settings(config)
-    target = entry_or_file(settings, name)
-    if isinstance(target, Path):
-        print(target.absolute())
-        return
-    files = {f.role: f for f in registry.locate(settings, target.with_origin(origin_here(settings, target).name))}
-    file = files.get(role)
-    if file is None:
-        raise ModelError(f"model {name} has no {role} file")
-    if not file.present or file.path is None:
-        raise ModelError(f"model {name} is not downloaded", hint=f"run: llamadoc models pull {name}")
-    print(file.path)
+    print(file_of(load_settings(config), name, role))
 
 
 @models_app.command("info")
@@ -210,41 +186,13 @@ def models_convert(
 
 def doctor(config: Config = None) -> None:
     """Versions, compiled-in ggml backends, GPUs, and where models live."""
-    import platform
-    from importlib.metadata import version
-
-    from llamadoc import engines, registry
     from llamadoc.config import load_settings
+    from llamadoc.registry.card import machine
 
-    settings = load_settings(config)
-    rows = [
-        ("llamadoc", version("llamadoc") if _installed("llamadoc") else "source checkout"),
-        ("python", platform.python_version()),
-        ("llama-cpp-python", version("llama-cpp-python")),
-    ]
-    for dev in engines.devices():
-        memory = (f" ({dev['memory_free'] / 2**30:.1f} of {dev['memory_total'] / 2**30:.1f} GiB free)"
-                  if dev["memory_total"] else "")
-        rows.append(("ggml device", f"{dev['name']} [{dev['kind']}]: {dev['description']}{memory}"))
-    rows.append(("gpu offload", "yes" if engines.gpu_offload() else "no (CPU only)"))
-    rows.append(("LLAMADOC_HOME", str(settings.home)))
-    rows.append(("offline", "yes" if settings.offline else "no"))
-    for name, spec in sorted(settings.models.items()):
-        rows.append(("model", f"{name}: {'present' if registry.is_present(settings, spec) else 'not downloaded'}"))
-    _print_rows(rows)
+    _print_rows(machine(load_settings(config)))
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-
-
-def _installed(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False

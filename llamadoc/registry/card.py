@@ -1,5 +1,7 @@
 """A model's card: its entry, where its files are, and what their GGUF headers say, as (key, value)
-rows that any face can show (`llamadoc models info` prints them)."""
+rows that any face can show (`llamadoc models info` prints them); and what the other `models`
+commands and `doctor` decide before they print: which file a name means, what a pull would
+take, and the machine's report."""
 
 from __future__ import annotations
 
@@ -7,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamadoc.config import ModelSpec, Origin, Settings
-from llamadoc.errors import ModelError
+from llamadoc.errors import ModelError, UsageError
 from llamadoc.gguf_header import GgufSummary, gguf_summary
-from llamadoc.registry.locate import HF_CACHE, OLLAMA, LocalFile, is_present, locate, present_origin
+from llamadoc.registry.locate import HF_CACHE, OLLAMA, LocalFile, complete, is_present, locate, present_origin
 from llamadoc.registry.resolve import looks_like_path
 from llamadoc.registry.transfer import human_size
 
 Rows = list[tuple[str, str]]
+FILE_ROLES = ("model", "mmproj", "template", "params")
 
 
 def entry_or_file(settings: Settings, name: str) -> ModelSpec | Path:
@@ -35,6 +38,74 @@ def downloaded(settings: Settings) -> list[ModelSpec]:
 def origin_here(settings: Settings, spec: ModelSpec) -> Origin:
     """The origin a model's files are here from, else the one a pull would take first."""
     return present_origin(settings, spec) or spec.origins[0]
+
+
+def file_of(settings: Settings, name: str, role: str = "model") -> Path:
+    """Where the ``role`` file of model ``name`` is on this machine (`llamadoc models path`)."""
+    if role not in FILE_ROLES:
+        raise UsageError(f"--file {role!r} is not one of {', '.join(FILE_ROLES)}")
+    target = entry_or_file(settings, name)
+    if isinstance(target, Path):
+        return target.absolute()
+    files = {f.role: f for f in locate(settings, target.with_origin(origin_here(settings, target).name))}
+    file = files.get(role)
+    if file is None:
+        raise ModelError(f"model {name} has no {role} file")
+    if not file.present or file.path is None:
+        raise ModelError(f"model {name} is not downloaded", hint=f"run: llamadoc models pull {name}")
+    return file.path
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What `llamadoc models pull NAME` would take: the entry, and whether that is here already."""
+
+    spec: ModelSpec
+    here: bool
+
+
+def pull_plan(settings: Settings, name: str, source: str | None = None, quant: str | None = None
+              ) -> PullPlan | Path:
+    """The pull of ``name`` from ``source`` at ``quant``, checked before anything downloads; a
+    .gguf path instead when ``name`` is a file of the user's (nothing to pull)."""
+    target = entry_or_file(settings, name)
+    if isinstance(target, Path):
+        return target
+    chosen = target.with_origin(source) if source else target
+    if quant and not chosen.origins[0].converts:
+        converting = [s.name for s in target.origins if s.converts]
+        raise UsageError(
+            f"--quant applies to a checkpoint converted on pull; {name}'s source {chosen.origins[0].name} "
+            "is a ready GGUF",
+            hint=f"add --source {converting[0]}" if converting else "drop --quant",
+        )
+    here = complete(settings, chosen, quant) if source or quant else is_present(settings, target)
+    return PullPlan(spec=target, here=here)
+
+
+def machine(settings: Settings) -> Rows:
+    """`llamadoc doctor`'s report: versions, ggml's devices, where models live and which are here."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from llamadoc import engines
+
+    try:
+        ours = version("llamadoc")
+    except PackageNotFoundError:
+        ours = "source checkout"
+    rows = [("llamadoc", ours), ("python", platform.python_version()),
+            ("llama-cpp-python", version("llama-cpp-python"))]
+    for dev in engines.devices():
+        memory = (f" ({dev['memory_free'] / 2**30:.1f} of {dev['memory_total'] / 2**30:.1f} GiB free)"
+                  if dev["memory_total"] else "")
+        rows.append(("ggml device", f"{dev['name']} [{dev['kind']}]: {dev['description']}{memory}"))
+    rows.append(("gpu offload", "yes" if engines.gpu_offload() else "no (CPU only)"))
+    rows.append(("LLAMADOC_HOME", str(settings.home)))
+    rows.append(("offline", "yes" if settings.offline else "no"))
+    for name, spec in sorted(settings.models.items()):
+        rows.append(("model", f"{name}: {'present' if is_present(settings, spec) else 'not downloaded'}"))
+    return rows
 
 
 @dataclass(frozen=True)
